@@ -1,0 +1,72 @@
+-- Baton's schema, PostgreSQL dialect. Keep in step with ../sqlite/0001_init.sql:
+-- the same tables, columns and constraint names, so that one set of queries runs on both.
+
+CREATE TABLE settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+CREATE TABLE users (
+    id            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    username      TEXT    NOT NULL,
+    display_name  TEXT    NOT NULL,
+    password_hash TEXT    NOT NULL,
+    created_at    BIGINT  NOT NULL,
+    CONSTRAINT users_username_key UNIQUE (username)
+);
+
+CREATE TABLE communities (
+    id         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name       TEXT    NOT NULL,
+    owner_id   BIGINT  NOT NULL REFERENCES users (id),
+    created_at BIGINT  NOT NULL
+);
+
+CREATE TABLE community_members (
+    community_id BIGINT  NOT NULL REFERENCES communities (id),
+    user_id      BIGINT  NOT NULL REFERENCES users (id),
+    role         TEXT    NOT NULL,
+    joined_at    BIGINT  NOT NULL,
+    PRIMARY KEY (community_id, user_id)
+);
+CREATE INDEX community_members_user ON community_members (user_id);
+
+CREATE TABLE channels (
+    id            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    community_id  BIGINT  NOT NULL REFERENCES communities (id),
+    name          TEXT    NOT NULL,
+    private       BOOLEAN NOT NULL,
+    -- the channel's event sequence: the eventSeq of its last new, modify or delete
+    last_seq      BIGINT  NOT NULL DEFAULT 0,
+    -- when last_seq last moved (Unix ms): the `position` emit looks at recent ones
+    last_event_at BIGINT  NOT NULL,
+    created_at    BIGINT  NOT NULL,
+    CONSTRAINT channels_community_name_key UNIQUE (community_id, name)
+);
+CREATE INDEX channels_last_event ON channels (last_event_at);
+
+CREATE TABLE channel_members (
+    channel_id BIGINT  NOT NULL REFERENCES channels (id),
+    user_id    BIGINT  NOT NULL REFERENCES users (id),
+    -- the seq of the last message the user has read (never moves backwards)
+    read_seq   BIGINT  NOT NULL DEFAULT 0,
+    joined_at  BIGINT  NOT NULL,
+    PRIMARY KEY (channel_id, user_id)
+);
+CREATE INDEX channel_members_user ON channel_members (user_id);
+
+CREATE TABLE messages (
+    id            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    channel_id    BIGINT  NOT NULL REFERENCES channels (id),
+    seq           BIGINT  NOT NULL,
+    event_seq     BIGINT  NOT NULL,
+    sender_id     BIGINT  NOT NULL REFERENCES users (id),
+    content       TEXT    NOT NULL,
+    client_msg_id TEXT,
+    created_at    BIGINT  NOT NULL,
+    edited_at     BIGINT,
+    deleted       BOOLEAN NOT NULL DEFAULT FALSE,
+    CONSTRAINT messages_channel_seq_key UNIQUE (channel_id, seq),
+    CONSTRAINT messages_channel_event_seq_key UNIQUE (channel_id, event_seq),
+    CONSTRAINT messages_client_msg_id_key UNIQUE (channel_id, sender_id, client_msg_id)
+);

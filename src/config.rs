@@ -1,0 +1,103 @@
+//! Command line and environment: `baton --help` is the configuration reference.
+//! Every flag can also be set from the environment variable named beside it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "baton", version, about = "A Socket.IO chat server: REST API, Socket.IO gateway, persistence.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the REST API and the Socket.IO gateway on one port (the default).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on (REST, Socket.IO, /healthz, /readyz, /metrics).
+    #[arg(long, env = "BATON_LISTEN", default_value = "127.0.0.1:3000", global = true)]
+    pub listen: SocketAddr,
+
+    /// Database URL: `sqlite://PATH` or `postgres://...`. Unset: a SQLite file
+    /// `baton.db` in the data directory, created and migrated at start.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Directory for the embedded SQLite database.
+    #[arg(long, env = "BATON_DATA_DIR", default_value = "baton-data", global = true)]
+    pub data_dir: PathBuf,
+
+    /// Secret that signs session tokens (at least 32 bytes). Unset: one is generated
+    /// once and kept in the database, so restarts do not log users out.
+    #[arg(long, env = "BATON_SECRET", global = true, hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// How long a session token is valid.
+    #[arg(long, env = "BATON_TOKEN_TTL", default_value = "7d", value_parser = humantime::parse_duration, global = true)]
+    pub token_ttl: Duration,
+
+    /// Origins allowed to open Socket.IO connections and call the API from a browser,
+    /// comma separated (`https://chat.example.com`), or `*` for any. Requests with no
+    /// Origin header (non-browser clients) and same-origin requests are always allowed.
+    #[arg(long, env = "BATON_ALLOWED_ORIGINS", value_delimiter = ',', global = true)]
+    pub allowed_origins: Vec<String>,
+
+    /// Largest HTTP request body (REST) in bytes.
+    #[arg(long, env = "BATON_MAX_HTTP_BODY", default_value_t = 64 * 1024, global = true)]
+    pub max_http_body: usize,
+
+    /// Largest Socket.IO message in bytes, on WebSocket and on long-polling alike.
+    #[arg(long, env = "BATON_MAX_MESSAGE", default_value_t = 64 * 1024, global = true)]
+    pub max_message: usize,
+
+    /// Chat events (new, modify, delete, by socket or REST) a user may send per second.
+    #[arg(long, env = "BATON_CHAT_RATE", default_value_t = 20, global = true)]
+    pub chat_rate: u32,
+
+    /// Chat events a user may send in one burst above the rate.
+    #[arg(long, env = "BATON_CHAT_BURST", default_value_t = 40, global = true)]
+    pub chat_burst: u32,
+
+    /// How often each instance emits `position` for channels with recent events.
+    #[arg(long, env = "BATON_POSITION_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub position_interval: Duration,
+
+    /// Log format: human-readable lines or one JSON object per line.
+    #[arg(long, env = "BATON_LOG_FORMAT", value_enum, default_value = "human", global = true)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The database URL to use: the one given, or the embedded SQLite file.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("baton.db").display()),
+        }
+    }
+
+    /// A configuration for tests and embedding: every default, the given database.
+    pub fn for_database(database_url: impl Into<String>) -> Self {
+        let mut cli = Cli::parse_from(["baton"]);
+        cli.config.database_url = Some(database_url.into());
+        cli.config
+    }
+}

@@ -1,0 +1,380 @@
+//! Namespace `/socket/commu-{id}`: one per community, its rooms are channels.
+//!
+//! On connect the socket is put back in the channels its user joined before (on
+//! any socket, any instance), `rejoined` says which, then the `since` replay runs
+//! and `recovered` closes it. Every event takes an ack, and every bad input gets one
+//! with PROTOCOL.md's error.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::{AckSender, SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
+
+use super::extract::{InOrder, Payload, Turnstile};
+use super::{
+    COMMUNITY_NS_PREFIX, Refusal, Session, ack_body, answer, authenticate, channel_room, room_channel, session,
+    user_room,
+};
+use crate::app::App;
+use crate::chat::{ChannelId, CommunityId, HistoryQuery, UserId};
+use crate::error::{Code, Error, Result};
+use crate::gateway::ChatCommand;
+use crate::reconnect::{self, Since};
+
+/// At most this many channels in one `join` (PROTOCOL.md).
+pub const MAX_JOIN: usize = 100;
+
+pub(super) fn register<A: Adapter>(app: &Arc<App<A>>) {
+    let admit_app = app.clone();
+    let admit = move |socket: SocketRef<A>, TryData(auth): TryData<serde_json::Value>| {
+        let app = admit_app.clone();
+        async move { admit(&app, socket, auth.unwrap_or_default()).await }
+    };
+    let connect_app = app.clone();
+    let on_connect = move |socket: SocketRef<A>| {
+        let app = connect_app.clone();
+        async move { on_connect(&app, socket).await }
+    };
+    app.io
+        .dyn_ns(format!("{COMMUNITY_NS_PREFIX}{{community}}"), on_connect.with(admit))
+        .expect("the community namespace pattern is valid");
+}
+
+/// A community socket's session: who, where, and what to replay once connected.
+struct Pending {
+    since: Option<Since>,
+}
+
+async fn admit<A: Adapter>(app: &Arc<App<A>>, socket: SocketRef<A>, auth: serde_json::Value) -> Result<(), Refusal> {
+    let path = socket.ns().to_owned();
+    app.namespaces.begin(&path);
+    match check_admission(app, &path, &auth).await {
+        Ok((session, pending)) => {
+            socket.extensions.insert(Arc::new(session));
+            socket.extensions.insert(Arc::new(Turnstile::default()));
+            socket.extensions.insert(Arc::new(pending));
+            register_handlers(app, &socket);
+            // The in-flight count ends in `on_connect`, once the socket is in the namespace.
+            Ok(())
+        }
+        Err(e) => {
+            let no_one_else = app.namespaces.end(&path) == 0;
+            if no_one_else && app.io.of(&path).is_some_and(|ns| ns.sockets().is_empty()) {
+                app.io.delete_ns(&path);
+            }
+            tracing::debug!(ns = %path, error = %e, "refused a community connect");
+            Err(Refusal(e))
+        }
+    }
+}
+
+async fn check_admission<A: Adapter>(app: &App<A>, path: &str, auth: &serde_json::Value) -> Result<(Session, Pending)> {
+    if app.is_draining() {
+        return Err(Error::new(Code::Draining, "this instance is draining; connect to another"));
+    }
+    let community: CommunityId = path
+        .strip_prefix(COMMUNITY_NS_PREFIX)
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(|| Error::forbidden("no such community namespace"))?;
+    let user = authenticate(app, auth)?;
+    let since = match auth.get("since") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(parse_since(v)?),
+    };
+    // PROTOCOL.md: refused with `forbidden` unless a member, whether or not the
+    // community exists.
+    app.chat.community_role(user, community).await.map_err(|e| match e.code {
+        Code::NotFound => Error::forbidden("you are not a member of this community"),
+        _ => e,
+    })?;
+    Ok((Session { user, community: Some(community) }, Pending { since }))
+}
+
+fn parse_since(v: &serde_json::Value) -> Result<Since> {
+    let since: Since = serde_json::from_value(v.clone())
+        .map_err(|_| Error::invalid("since must be an object {\"<channelId>\": eventSeq}"))?;
+    if let Some(bad) = since.keys().find(|k| k.parse::<ChannelId>().is_err()) {
+        return Err(Error::invalid(format!("since has a key that is not a channel id: {bad:?}")));
+    }
+    Ok(since)
+}
+
+async fn on_connect<A: Adapter>(app: &Arc<App<A>>, socket: SocketRef<A>) {
+    app.namespaces.end(socket.ns());
+    let Some(session) = session(&socket) else { return };
+    let Some(community) = session.community else { return };
+    let since = socket.extensions.get::<Arc<Pending>>().and_then(|p| p.since.clone());
+    socket.join(user_room(session.user));
+    if let Err(e) = recover(app, &socket, session.user, community, since).await {
+        tracing::warn!(sid = %socket.id, error = %e, "recovery failed; the client can join and page history");
+    }
+}
+
+/// Rejoin, `rejoined`, replay, `recovered` (PROTOCOL.md, Recovery).
+async fn recover<A: Adapter>(
+    app: &App<A>,
+    socket: &SocketRef<A>,
+    user: UserId,
+    community: CommunityId,
+    since: Option<Since>,
+) -> Result<()> {
+    let remembered = app.joins.remembered(user, community).await?;
+    let asked: Vec<(ChannelId, i64)> = since
+        .iter()
+        .flatten()
+        .filter_map(|(k, &n)| Some((k.parse().ok()?, n)))
+        .collect();
+    // A channel the client has a position in was joined: rejoin it too, so its room
+    // is joined before its replay is read.
+    let wanted: BTreeSet<ChannelId> = remembered.iter().copied().chain(asked.iter().map(|(c, _)| *c)).collect();
+    let wanted: Vec<ChannelId> = wanted.into_iter().collect();
+    let rejoined = app.chat.member_channels_among(user, community, &wanted).await?;
+    let lost: Vec<ChannelId> = remembered.iter().copied().filter(|c| !rejoined.contains(c)).collect();
+    if !lost.is_empty() {
+        app.joins.forget(user, community, &lost).await?;
+    }
+    enter_rooms(app, socket, user, community, &rejoined).await?;
+    emit(socket, "rejoined", &serde_json::json!({ "channels": rejoined }));
+    if since.is_some() {
+        let replayable: Vec<(ChannelId, i64)> =
+            asked.into_iter().filter(|(c, _)| rejoined.contains(c)).collect();
+        let recovered = reconnect::replay(&app.chat, socket, &replayable).await?;
+        emit(socket, "recovered", &recovered);
+    }
+    Ok(())
+}
+
+fn emit<A: Adapter, T: serde::Serialize + ?Sized>(socket: &SocketRef<A>, event: &str, data: &T) {
+    if let Err(e) = socket.emit(event, data) {
+        tracing::debug!(sid = %socket.id, event, error = %e, "emit failed");
+    }
+}
+
+/// Puts the socket in the channels' rooms, remembers them for reconnects, and
+/// announces users who just came online there.
+async fn enter_rooms<A: Adapter>(
+    app: &App<A>,
+    socket: &SocketRef<A>,
+    user: UserId,
+    community: CommunityId,
+    channels: &[ChannelId],
+) -> Result<()> {
+    if channels.is_empty() {
+        return Ok(());
+    }
+    socket.join(channels.iter().map(|c| channel_room(*c)).collect::<Vec<_>>());
+    app.joins.remember(user, community, channels).await?;
+    let sid = socket.id.to_string();
+    for &channel in channels {
+        if app.presence.enter(channel, user, &sid).await? {
+            app.announce_presence(community, channel, user, true).await;
+        }
+    }
+    Ok(())
+}
+
+/// Takes the socket out of the channels' rooms and announces users who went offline.
+async fn leave_rooms<A: Adapter>(
+    app: &App<A>,
+    socket: &SocketRef<A>,
+    user: UserId,
+    community: CommunityId,
+    channels: &[ChannelId],
+) -> Result<()> {
+    socket.leave(channels.iter().map(|c| channel_room(*c)).collect::<Vec<_>>());
+    let sid = socket.id.to_string();
+    for &channel in channels {
+        if app.presence.leave(channel, user, &sid).await? {
+            app.announce_presence(community, channel, user, false).await;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelList {
+    channels: Vec<ChannelId>,
+}
+
+impl ChannelList {
+    /// The distinct channels, at most [`MAX_JOIN`].
+    fn parse(payload: Payload) -> Result<Vec<ChannelId>> {
+        let list: ChannelList = payload.parse()?;
+        if list.channels.len() > MAX_JOIN {
+            return Err(Error::too_large(format!("at most {MAX_JOIN} channels at once")));
+        }
+        let set: BTreeSet<ChannelId> = list.channels.into_iter().collect();
+        Ok(set.into_iter().collect())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct HistoryRequest {
+    channel_id: ChannelId,
+    before: Option<i64>,
+    after: Option<i64>,
+    since: Option<i64>,
+    limit: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ReadRequest {
+    channel_id: ChannelId,
+    seq: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TypingRequest {
+    channel_id: ChannelId,
+}
+
+fn register_handlers<A: Adapter>(app: &Arc<App<A>>, socket: &SocketRef<A>) {
+    let a = app.clone();
+    socket.on("join", move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
+        let app = a.clone();
+        async move {
+            let _turn = t.wait().await;
+            answer(ack, &ack_body(on_join(&app, &s, p).await));
+        }
+    });
+    let a = app.clone();
+    socket.on("leave", move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
+        let app = a.clone();
+        async move {
+            let _turn = t.wait().await;
+            answer(ack, &ack_body(on_leave(&app, &s, p).await));
+        }
+    });
+    let a = app.clone();
+    socket.on("chat", move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
+        let app = a.clone();
+        async move {
+            let _turn = t.wait().await;
+            let body = match on_chat(&app, &s, p).await {
+                Ok(message) => serde_json::json!({ "written": true, "chatInfo": message }),
+                Err(e) => serde_json::json!({ "written": false, "chatInfo": null, "error": e.body()["error"] }),
+            };
+            answer(ack, &body);
+        }
+    });
+    let a = app.clone();
+    socket.on("read", move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
+        let app = a.clone();
+        async move {
+            let _turn = t.wait().await;
+            answer(ack, &ack_body(on_read(&app, &s, p).await));
+        }
+    });
+    let a = app.clone();
+    socket.on("history", move |s: SocketRef<A>, ack: AckSender<A>, p: Payload| {
+        let app = a.clone();
+        async move { answer(ack, &ack_body(on_history(&app, &s, p).await)) }
+    });
+    socket.on("typing", move |s: SocketRef<A>, ack: AckSender<A>, p: Payload| async move {
+        answer(ack, &ack_body(on_typing(&s, p).await));
+    });
+    socket.on_fallback(move |ack: AckSender<A>, socketioxide::extract::Event(name): socketioxide::extract::Event| async move {
+        answer(ack, &Error::invalid(format!("unknown event {name:?}")).body());
+    });
+    let a = app.clone();
+    socket.on_disconnect(move |s: SocketRef<A>| {
+        let app = a.clone();
+        async move { on_disconnect(&app, &s).await }
+    });
+}
+
+fn session_of<A: Adapter>(socket: &SocketRef<A>) -> Result<(UserId, CommunityId)> {
+    let session = session(socket).ok_or_else(|| Error::unauthorized("not admitted"))?;
+    let community = session.community.ok_or_else(|| Error::unauthorized("not admitted"))?;
+    Ok((session.user, community))
+}
+
+async fn on_join<A: Adapter>(app: &App<A>, socket: &SocketRef<A>, payload: Payload) -> Result<serde_json::Value> {
+    let (user, community) = session_of(socket)?;
+    let channels = ChannelList::parse(payload)?;
+    let joined = app.chat.member_channels_among(user, community, &channels).await?;
+    let mut rejected = Vec::new();
+    for &channel in channels.iter().filter(|c| !joined.contains(c)) {
+        let refusal = app.chat.join_refusal(user, community, channel).await?;
+        rejected.push(serde_json::json!({ "channelId": channel, "code": refusal.code }));
+    }
+    enter_rooms(app, socket, user, community, &joined).await?;
+    Ok(serde_json::json!({ "joined": joined, "rejected": rejected }))
+}
+
+async fn on_leave<A: Adapter>(app: &App<A>, socket: &SocketRef<A>, payload: Payload) -> Result<serde_json::Value> {
+    let (user, community) = session_of(socket)?;
+    let channels = ChannelList::parse(payload)?;
+    app.joins.forget(user, community, &channels).await?;
+    leave_rooms(app, socket, user, community, &channels).await?;
+    Ok(serde_json::json!({ "left": channels }))
+}
+
+async fn on_chat<A: Adapter>(app: &App<A>, socket: &SocketRef<A>, payload: Payload) -> Result<crate::chat::Message> {
+    let (user, community) = session_of(socket)?;
+    let command: ChatCommand = payload.parse()?;
+    in_community(app, user, community, command.channel_id()).await?;
+    Ok(app.send_chat(user, command, Some(socket)).await?.message)
+}
+
+async fn on_read<A: Adapter>(app: &App<A>, socket: &SocketRef<A>, payload: Payload) -> Result<serde_json::Value> {
+    let (user, community) = session_of(socket)?;
+    let req: ReadRequest = payload.parse()?;
+    in_community(app, user, community, req.channel_id).await?;
+    let seq = app.mark_read(user, req.channel_id, req.seq).await?;
+    Ok(serde_json::json!({ "ok": true, "seq": seq }))
+}
+
+async fn on_history<A: Adapter>(app: &App<A>, socket: &SocketRef<A>, payload: Payload) -> Result<crate::chat::Page> {
+    let (user, community) = session_of(socket)?;
+    let req: HistoryRequest = payload.parse()?;
+    in_community(app, user, community, req.channel_id).await?;
+    let query = HistoryQuery { before: req.before, after: req.after, since: req.since, limit: req.limit };
+    app.chat.history(user, req.channel_id, &query).await
+}
+
+/// Typing is only relayed from a socket in the channel's room (no database read).
+async fn on_typing<A: Adapter>(socket: &SocketRef<A>, payload: Payload) -> Result<serde_json::Value> {
+    let (user, _) = session_of(socket)?;
+    let req: TypingRequest = payload.parse()?;
+    let room = channel_room(req.channel_id);
+    if !socket.rooms().iter().any(|r| *r == room) {
+        return Err(Error::not_found("join the channel before typing in it"));
+    }
+    let typing = serde_json::json!({ "channelId": req.channel_id, "userId": user });
+    if let Err(e) = socket.to(room).volatile().emit("typing", &typing).await {
+        tracing::debug!(error = %e, "typing broadcast failed");
+    }
+    Ok(serde_json::json!({ "ok": true }))
+}
+
+/// Socket events act within the socket's community: a channel of another community
+/// is answered as one that does not exist.
+async fn in_community<A: Adapter>(app: &App<A>, user: UserId, community: CommunityId, channel: ChannelId) -> Result<()> {
+    let found = app.chat.member_channel(user, channel).await?;
+    if found.community_id != community {
+        return Err(Error::not_found("no such channel in this community"));
+    }
+    Ok(())
+}
+
+async fn on_disconnect<A: Adapter>(app: &App<A>, socket: &SocketRef<A>) {
+    let Ok((user, community)) = session_of(socket) else { return };
+    let channels: Vec<ChannelId> = socket.rooms().iter().filter_map(|r| room_channel(r)).collect();
+    // Leaving the rooms is the namespace's job; this only updates presence.
+    let sid = socket.id.to_string();
+    for channel in channels {
+        match app.presence.leave(channel, user, &sid).await {
+            Ok(true) => app.announce_presence(community, channel, user, false).await,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(channel, user, error = %e, "could not record leaving presence"),
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Namespace `/`: each user's own line. A socket here joins `user:{uid}` and gets
+//! `unread` once, then `notify`, `read` and `membership` as they happen.
+
+use std::sync::Arc;
+
+use socketioxide::adapter::Adapter;
+use socketioxide_core::adapter::{DefinedAdapter, Spawnable};
+use socketioxide::extract::{SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
+
+use super::{Refusal, Session, authenticate, refuse, session, user_room};
+use crate::app::App;
+use crate::error::Code;
+
+pub(super) fn register<A: Adapter + DefinedAdapter>(app: &Arc<App<A>>) {
+    let admit_app = app.clone();
+    let admit = move |socket: SocketRef<A>, TryData(auth): TryData<serde_json::Value>| {
+        let app = admit_app.clone();
+        async move { admit(&app, &socket, auth.unwrap_or_default()) }
+    };
+    let connect_app = app.clone();
+    let on_connect = move |socket: SocketRef<A>| {
+        let app = connect_app.clone();
+        async move { on_connect(&app, socket).await }
+    };
+    app.io.ns("/", on_connect.with(admit)).spawn();
+}
+
+fn admit<A: Adapter>(app: &App<A>, socket: &SocketRef<A>, auth: serde_json::Value) -> Result<(), Refusal> {
+    if app.is_draining() {
+        return Err(refuse(Code::Draining, "this instance is draining; connect to another"));
+    }
+    let user = authenticate(app, &auth).map_err(Refusal)?;
+    socket.extensions.insert(Arc::new(Session { user, community: None }));
+    Ok(())
+}
+
+async fn on_connect<A: Adapter>(app: &App<A>, socket: SocketRef<A>) {
+    let Some(session) = session(&socket) else { return };
+    socket.join(user_room(session.user));
+    match app.chat.unread(session.user).await {
+        Ok(unread) => {
+            if let Err(e) = socket.emit("unread", &unread) {
+                tracing::debug!(sid = %socket.id, error = %e, "could not emit unread");
+            }
+        }
+        Err(e) => tracing::warn!(user = session.user, error = %e, "could not compute unread counts"),
+    }
+}

@@ -1,0 +1,115 @@
+//! A channel's members, messages, read marker and presence.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post, put};
+use serde::Deserialize;
+use socketioxide::adapter::Adapter;
+
+use super::{AppState, Caller, Json, OptionalJson, Path, Query};
+use crate::chat::{ChannelId, HistoryQuery, UserId};
+use crate::error::Result;
+use crate::gateway::ChatCommand;
+
+pub fn router<A: Adapter>() -> Router<AppState<A>> {
+    Router::new()
+        .route("/channels/{chid}/members", post(add_member::<A>))
+        .route("/channels/{chid}/members/{uid}", delete(remove_member::<A>))
+        .route("/channels/{chid}/messages", get(history::<A>).post(post_message::<A>))
+        .route("/channels/{chid}/read", put(read::<A>))
+        .route("/channels/{chid}/presence", get(presence::<A>))
+}
+
+#[derive(Deserialize)]
+struct NewMember {
+    username: String,
+}
+
+/// No body: the caller joins a public channel. `{username}`: a member adds someone.
+/// 201 when the membership is new, 200 when it already existed.
+async fn add_member<A: Adapter>(
+    State(app): State<AppState<A>>,
+    Caller(caller): Caller,
+    Path(chid): Path<ChannelId>,
+    OptionalJson(body): OptionalJson<NewMember>,
+) -> Result<impl IntoResponse> {
+    let (channel, user, added) = match body {
+        None => {
+            let (channel, added) = app.chat.join_channel(caller, chid).await?;
+            (channel, app.chat.user(caller).await?, added)
+        }
+        Some(NewMember { username }) => app.chat.add_channel_member(caller, chid, &username).await?,
+    };
+    if added {
+        app.membership_changed(channel.community_id, channel.id, user.id, true).await;
+    }
+    let status = if added { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, axum::Json(serde_json::json!({ "channel": channel, "user": user }))))
+}
+
+async fn remove_member<A: Adapter>(
+    State(app): State<AppState<A>>,
+    Caller(caller): Caller,
+    Path((chid, uid)): Path<(ChannelId, UserId)>,
+) -> Result<impl IntoResponse> {
+    let channel = app.chat.remove_channel_member(caller, chid, uid).await?;
+    app.membership_changed(channel.community_id, channel.id, uid, false).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn history<A: Adapter>(
+    State(app): State<AppState<A>>,
+    Caller(user): Caller,
+    Path(chid): Path<ChannelId>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<impl IntoResponse> {
+    Ok(axum::Json(app.chat.history(user, chid, &query).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NewMessage {
+    content: String,
+    client_msg_id: Option<String>,
+}
+
+/// Posts as the caller, broadcast exactly like a socket `chat`. Answers with the
+/// ack's shape: 201 `{written, chatInfo}`, or 200 for a repeated clientMsgId.
+async fn post_message<A: Adapter>(
+    State(app): State<AppState<A>>,
+    Caller(user): Caller,
+    Path(chid): Path<ChannelId>,
+    Json(body): Json<NewMessage>,
+) -> Result<impl IntoResponse> {
+    let command = ChatCommand::New { channel_id: chid, content: body.content, client_msg_id: body.client_msg_id };
+    let created = app.send_chat(user, command, None).await?;
+    let status = if created.fresh { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, axum::Json(serde_json::json!({ "written": true, "chatInfo": created.message }))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadMarker {
+    seq: i64,
+}
+
+async fn read<A: Adapter>(
+    State(app): State<AppState<A>>,
+    Caller(user): Caller,
+    Path(chid): Path<ChannelId>,
+    Json(body): Json<ReadMarker>,
+) -> Result<impl IntoResponse> {
+    let seq = app.mark_read(user, chid, body.seq).await?;
+    Ok(axum::Json(serde_json::json!({ "ok": true, "seq": seq })))
+}
+
+async fn presence<A: Adapter>(
+    State(app): State<AppState<A>>,
+    Caller(user): Caller,
+    Path(chid): Path<ChannelId>,
+) -> Result<impl IntoResponse> {
+    app.chat.member_channel(user, chid).await?;
+    Ok(axum::Json(serde_json::json!({ "online": app.presence.online(chid).await? })))
+}

@@ -1,0 +1,193 @@
+//! The REST API (`/api/...`), the operations endpoints, and the HTTP concerns shared
+//! with the Socket.IO transport: the Origin allow-list, CORS, body limits.
+
+mod accounts;
+mod channels;
+mod communities;
+mod ops;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use socketioxide::adapter::Adapter;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::app::App;
+use crate::chat::UserId;
+use crate::error::{Code, Error};
+
+pub type AppState<A> = Arc<App<A>>;
+
+/// The whole HTTP surface but Socket.IO, which the caller layers on top.
+pub fn router<A: Adapter>(app: AppState<A>) -> Router {
+    let api = Router::new()
+        .merge(accounts::router())
+        .merge(communities::router())
+        .merge(channels::router())
+        .fallback(|| async { Error::not_found("no such endpoint") });
+    Router::new()
+        .nest("/api", api)
+        .merge(ops::router())
+        .with_state(app)
+}
+
+/// A JSON body whose every failure is our `invalid` (or `too_large`), whatever the
+/// Content-Type says: curl users forget it, and a wrong header is no reason to refuse
+/// well-formed JSON.
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                Error::too_large("the request body is too large")
+            } else {
+                Error::invalid(rejection.body_text())
+            }
+        })?;
+        parse_json(&bytes).map(Json)
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(bytes).map_err(|e| Error::invalid(format!("bad JSON body: {e}")))
+}
+
+/// A body that may be absent (`POST /api/channels/{id}/members` without one joins).
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|_| Error::too_large("the request body is too large"))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(None));
+        }
+        parse_json(&bytes).map(|v| OptionalJson(Some(v)))
+    }
+}
+
+/// A path parameter, refused with `invalid` when it does not parse.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| Path(v))
+            .map_err(|e| Error::invalid(e.body_text()))
+    }
+}
+
+/// Query parameters, refused with `invalid` when they do not parse.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| Query(v))
+            .map_err(|e| Error::invalid(e.body_text()))
+    }
+}
+
+/// The caller, from `Authorization: Bearer <token>`.
+pub struct Caller(pub UserId);
+
+impl<A: Adapter> FromRequestParts<AppState<A>> for Caller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState<A>) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .ok_or_else(|| Error::unauthorized("missing Authorization: Bearer <token>"))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| Error::unauthorized("the Authorization header must be Bearer <token>"))?;
+        app.tokens.verify(token.trim()).map(Caller)
+    }
+}
+
+/// Which browser origins may talk to baton (see `--allowed-origins`).
+#[derive(Debug, Clone)]
+pub struct Origins {
+    any: bool,
+    allowed: Vec<String>,
+}
+
+impl Origins {
+    pub fn new(list: &[String]) -> Self {
+        let allowed: Vec<String> =
+            list.iter().map(|o| o.trim().trim_end_matches('/').to_owned()).filter(|o| !o.is_empty()).collect();
+        Self { any: allowed.iter().any(|o| o == "*"), allowed }
+    }
+
+    /// Whether a request carrying `origin` may proceed: listed, `*`, or the same
+    /// origin as the `host` it was sent to.
+    pub fn allows(&self, origin: &str, host: Option<&str>) -> bool {
+        if self.any || self.allowed.iter().any(|o| o == origin) {
+            return true;
+        }
+        let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+        matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+    }
+
+    /// CORS for the REST API, for the same origins.
+    pub fn cors(&self) -> CorsLayer {
+        let allow = if self.any {
+            AllowOrigin::any()
+        } else {
+            AllowOrigin::list(self.allowed.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+        };
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods(tower_http::cors::Any)
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+    }
+}
+
+/// Refuses requests from browser origins that are not allowed, before they reach
+/// the API or open a Socket.IO connection (cross-site WebSocket hijacking).
+pub async fn check_origin(origins: Arc<Origins>, req: Request, next: Next) -> Response {
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+        let allowed = origin.to_str().is_ok_and(|o| origins.allows(o, host));
+        if !allowed {
+            tracing::info!(origin = ?origin, path = %req.uri().path(), "refused a request from a disallowed origin");
+            return Error::new(Code::Forbidden, "this origin is not allowed (see BATON_ALLOWED_ORIGINS)").into_response();
+        }
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Origins;
+
+    #[test]
+    fn same_origin_and_listed_origins_are_allowed_others_are_not() {
+        let o = Origins::new(&["https://chat.example.com".into()]);
+        assert!(o.allows("https://chat.example.com", Some("baton.internal:3000")));
+        assert!(o.allows("http://localhost:3000", Some("localhost:3000")));
+        assert!(!o.allows("https://evil.example", Some("localhost:3000")));
+        assert!(Origins::new(&["*".into()]).allows("https://evil.example", None));
+    }
+}

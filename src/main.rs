@@ -1,0 +1,32 @@
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use baton::config::{Cli, Command, LogFormat};
+use baton::server::{Server, open_store, shutdown_signal};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.config.log_format);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let server = Server::build(cli.config).await?;
+            server.run_until(shutdown_signal()).await
+        }
+        Command::Migrate => {
+            let store = open_store(&cli.config).await?;
+            store.close().await;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

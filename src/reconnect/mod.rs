@@ -1,0 +1,14 @@
+//! What lets a client come back without losing anything: the channels each user
+//! joined per community ([`Joins`], so a reconnect on any instance rejoins them),
+//! who is online in each channel ([`Presence`]), and the `since` replay.
+//!
+//! Joins and presence are kept outside the socket that made them. On a single node
+//! they live in this process; the cluster keeps the same interface in Redis.
+
+mod joins;
+mod presence;
+mod replay;
+
+pub use joins::Joins;
+pub use presence::Presence;
+pub use replay::{REPLAY_LIMIT, Since, replay};

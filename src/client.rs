@@ -6,6 +6,7 @@
 //!   request path is always `/socket.io/`, whatever path the base URL has.
 //! - Text packets only: binary events and acks (packet types 5 and 6) are logged and skipped.
 //! - One namespace per connection, and each emit carries exactly one argument (`["ev", data]`).
+//! - Acks the server asks for are answered at once with no arguments (`43<ns>,<id>[]`).
 //!
 //! A background task reads the WebSocket: it answers pings, routes acks to their waiters and
 //! queues events for [`Socket::next`]; it also gives up when the server stays silent for longer
@@ -264,6 +265,26 @@ impl Socket {
         event: &str,
         data: Value,
     ) -> Result<AckFuture, ClientError> {
+        self.send_with_ack(|id| vec![Message::text(self.event_frame(Some(id), event, &data))])
+    }
+
+    /// Emits a BINARY_EVENT with one attachment: `data` must hold the placeholder
+    /// `{"_placeholder":true,"num":0}` where the attachment goes. For tests of servers
+    /// that refuse binary payloads; the ack is awaited like [`Socket::emit_with_ack_deferred`].
+    pub async fn emit_binary_with_ack(
+        &self,
+        event: &str,
+        data: Value,
+        attachment: Vec<u8>,
+    ) -> Result<AckFuture, ClientError> {
+        self.send_with_ack(|id| {
+            let header = format!("451-{}{id}[{},{data}]", self.prefix, Value::from(event));
+            vec![Message::text(header), Message::binary(attachment)]
+        })
+    }
+
+    /// Registers an ack id, then sends the frames built for it, in order.
+    fn send_with_ack(&self, frames: impl FnOnce(u64) -> Vec<Message>) -> Result<AckFuture, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.shared
@@ -271,9 +292,11 @@ impl Socket {
             .as_mut()
             .ok_or(ClientError::Closed)?
             .insert(id, tx);
-        if let Err(e) = self.send(Message::text(self.event_frame(Some(id), event, &data))) {
-            self.shared.take_ack(id);
-            return Err(e);
+        for frame in frames(id) {
+            if let Err(e) = self.send(frame) {
+                self.shared.take_ack(id);
+                return Err(e);
+            }
         }
         Ok(AckFuture {
             id,

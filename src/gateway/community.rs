@@ -170,7 +170,7 @@ async fn enter_rooms<A: Adapter>(
     let sid = socket.id.to_string();
     for &channel in channels {
         if app.presence.enter(channel, user, &sid).await? {
-            app.announce_presence(community, channel, user, true).await;
+            app.announce_presence(community, channel, user, true, Some(socket)).await;
         }
     }
     Ok(())
@@ -188,7 +188,7 @@ async fn leave_rooms<A: Adapter>(
     let sid = socket.id.to_string();
     for &channel in channels {
         if app.presence.leave(channel, user, &sid).await? {
-            app.announce_presence(community, channel, user, false).await;
+            app.announce_presence(community, channel, user, false, Some(socket)).await;
         }
     }
     Ok(())
@@ -372,7 +372,7 @@ async fn on_disconnect<A: Adapter>(app: &App<A>, socket: &SocketRef<A>) {
     let sid = socket.id.to_string();
     for channel in channels {
         match app.presence.leave(channel, user, &sid).await {
-            Ok(true) => app.announce_presence(community, channel, user, false).await,
+            Ok(true) => app.announce_presence(community, channel, user, false, Some(socket)).await,
             Ok(false) => {}
             Err(e) => tracing::warn!(channel, user, error = %e, "could not record leaving presence"),
         }

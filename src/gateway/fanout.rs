@@ -138,11 +138,26 @@ impl<A: Adapter> App<A> {
         }
     }
 
-    /// `presence` to the channel's room.
-    pub async fn announce_presence(&self, community: CommunityId, channel: ChannelId, user: UserId, online: bool) {
-        let Some(ns) = self.io.of(community_ns(community)) else { return };
+    /// `presence` to the channel's room, except `origin`, the socket whose coming or
+    /// going caused it.
+    pub async fn announce_presence(
+        &self,
+        community: CommunityId,
+        channel: ChannelId,
+        user: UserId,
+        online: bool,
+        origin: Option<&SocketRef<A>>,
+    ) {
         let presence = serde_json::json!({ "channelId": channel, "userId": user, "online": online });
-        if let Err(e) = ns.to(channel_room(channel)).emit("presence", &presence).await {
+        let room = channel_room(channel);
+        let to_room = match origin {
+            Some(socket) => socket.to(room),
+            None => match self.io.of(community_ns(community)) {
+                Some(ns) => ns.to(room),
+                None => return,
+            },
+        };
+        if let Err(e) = to_room.emit("presence", &presence).await {
             tracing::warn!(channel, user, error = %e, "presence broadcast failed");
         }
     }
@@ -161,7 +176,7 @@ impl<A: Adapter> App<A> {
                 tracing::warn!(channel, user, error = %e, "could not forget the removed user's join");
             }
             match self.presence.remove_user(channel, user).await {
-                Ok(true) => self.announce_presence(community, channel, user, false).await,
+                Ok(true) => self.announce_presence(community, channel, user, false, None).await,
                 Ok(false) => {}
                 Err(e) => tracing::warn!(channel, user, error = %e, "could not update presence"),
             }

@@ -1,0 +1,10 @@
+//! Integration tests: a real baton on a real port, real sockets, a real database
+//! (SQLite by default, PostgreSQL with BATON_TEST_POSTGRES).
+
+mod helpers;
+
+mod bad_input;
+mod concurrency;
+mod recovery;
+mod rest;
+mod socket;

@@ -35,7 +35,14 @@ pub struct App<A: Adapter> {
 }
 
 impl<A: Adapter> App<A> {
-    pub fn new(config: Config, chat: Chat, tokens: Tokens, io: SocketIo<A>, joins: Joins, presence: Presence) -> Self {
+    pub fn new(
+        config: Config,
+        chat: Chat,
+        tokens: Tokens,
+        io: SocketIo<A>,
+        joins: Joins,
+        presence: Presence,
+    ) -> Self {
         let rate = NonZeroU32::new(config.chat_rate.max(1)).unwrap();
         let burst = NonZeroU32::new(config.chat_burst.max(1)).unwrap();
         Self {

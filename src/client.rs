@@ -284,7 +284,10 @@ impl Socket {
     }
 
     /// Registers an ack id, then sends the frames built for it, in order.
-    fn send_with_ack(&self, frames: impl FnOnce(u64) -> Vec<Message>) -> Result<AckFuture, ClientError> {
+    fn send_with_ack(
+        &self,
+        frames: impl FnOnce(u64) -> Vec<Message>,
+    ) -> Result<AckFuture, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.shared

@@ -8,7 +8,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "baton", version, about = "A Socket.IO chat server: REST API, Socket.IO gateway, persistence.")]
+#[command(
+    name = "baton",
+    version,
+    about = "A Socket.IO chat server: REST API, Socket.IO gateway, persistence."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -33,7 +37,12 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Address to listen on (REST, Socket.IO, /healthz, /readyz, /metrics).
-    #[arg(long, env = "BATON_LISTEN", default_value = "127.0.0.1:3000", global = true)]
+    #[arg(
+        long,
+        env = "BATON_LISTEN",
+        default_value = "127.0.0.1:3000",
+        global = true
+    )]
     pub listen: SocketAddr,
 
     /// Database URL: `sqlite://PATH` or `postgres://...`. Unset: a SQLite file
@@ -42,7 +51,12 @@ pub struct Config {
     pub database_url: Option<String>,
 
     /// Directory for the embedded SQLite database.
-    #[arg(long, env = "BATON_DATA_DIR", default_value = "baton-data", global = true)]
+    #[arg(
+        long,
+        env = "BATON_DATA_DIR",
+        default_value = "baton-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
 
     /// Secret that signs session tokens (at least 32 bytes). Unset: one is generated
@@ -57,7 +71,12 @@ pub struct Config {
     /// Origins allowed to open Socket.IO connections and call the API from a browser,
     /// comma separated (`https://chat.example.com`), or `*` for any. Requests with no
     /// Origin header (non-browser clients) and same-origin requests are always allowed.
-    #[arg(long, env = "BATON_ALLOWED_ORIGINS", value_delimiter = ',', global = true)]
+    #[arg(
+        long,
+        env = "BATON_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        global = true
+    )]
     pub allowed_origins: Vec<String>,
 
     /// Largest HTTP request body (REST) in bytes.
@@ -81,7 +100,13 @@ pub struct Config {
     pub position_interval: Duration,
 
     /// Log format: human-readable lines or one JSON object per line.
-    #[arg(long, env = "BATON_LOG_FORMAT", value_enum, default_value = "human", global = true)]
+    #[arg(
+        long,
+        env = "BATON_LOG_FORMAT",
+        value_enum,
+        default_value = "human",
+        global = true
+    )]
     pub log_format: LogFormat,
 }
 

@@ -38,27 +38,45 @@ impl Server<LocalAdapter> {
         let store = open_store(&config).await?;
         let (layer, io) = adapter::with_limits(SocketIo::builder(), &config).build_layer();
         let tokens = Tokens::load(config.secret.as_deref(), &store, config.token_ttl).await?;
-        let app = Arc::new(App::new(config, Chat::new(store), tokens, io, Joins::local(), Presence::local()));
+        let app = Arc::new(App::new(
+            config,
+            Chat::new(store),
+            tokens,
+            io,
+            Joins::local(),
+            Presence::local(),
+        ));
         gateway::register(&app);
         let origins = Arc::new(Origins::new(&app.config.allowed_origins));
         let router = http::router(app.clone())
             .layer(layer)
             .layer(origins.cors())
-            .layer(axum::middleware::from_fn(move |req, next| http::check_origin(origins.clone(), req, next)))
+            .layer(axum::middleware::from_fn(move |req, next| {
+                http::check_origin(origins.clone(), req, next)
+            }))
             .layer(DefaultBodyLimit::max(app.config.max_http_body))
             .layer(TraceLayer::new_for_http());
         let listener = TcpListener::bind(app.config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", app.config.listen))?;
-        Ok(Server { listener, router, app })
+        Ok(Server {
+            listener,
+            router,
+            app,
+        })
     }
 }
 
 /// Connects to the configured database and applies its migrations.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let url = config.database_url();
-    let store = Store::connect(&url).await.with_context(|| format!("cannot open the database {}", redact(&url)))?;
-    store.migrate().await.context("cannot apply the database migrations")?;
+    let store = Store::connect(&url)
+        .await
+        .with_context(|| format!("cannot open the database {}", redact(&url)))?;
+    store
+        .migrate()
+        .await
+        .context("cannot apply the database migrations")?;
     Ok(store)
 }
 
@@ -75,7 +93,9 @@ fn redact(url: &str) -> String {
 
 impl<A: Adapter> Server<A> {
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn app(&self) -> &Arc<App<A>> {
@@ -84,8 +104,15 @@ impl<A: Adapter> Server<A> {
 
     /// Serves until `shutdown` resolves, then stops taking connections, closes the
     /// Socket.IO ones, and returns when the HTTP server is done.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Server { listener, router, app } = self;
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Server {
+            listener,
+            router,
+            app,
+        } = self;
         tracing::info!(addr = %listener.local_addr()?, database = if app.chat.store().is_sqlite() { "sqlite" } else { "postgres" }, "baton is serving");
         let background = tokio::spawn(background_tasks(app.clone()));
         let closing = app.clone();

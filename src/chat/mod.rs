@@ -7,7 +7,9 @@ mod input;
 mod service;
 pub mod store;
 
-pub use input::{ChannelName, ClientMsgId, CommunityName, Content, DisplayName, Password, Username};
+pub use input::{
+    ChannelName, ClientMsgId, CommunityName, Content, DisplayName, Password, Username,
+};
 pub use service::{Chat, Created, HistoryQuery, Page};
 pub use store::Store;
 
@@ -43,7 +45,11 @@ pub enum Role {
 
 impl Role {
     fn parse(s: &str) -> Role {
-        if s == "owner" { Role::Owner } else { Role::Member }
+        if s == "owner" {
+            Role::Owner
+        } else {
+            Role::Member
+        }
     }
     fn as_str(self) -> &'static str {
         match self {

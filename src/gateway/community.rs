@@ -15,8 +15,8 @@ use socketioxide::handler::ConnectHandler;
 
 use super::extract::{InOrder, Payload, Turnstile};
 use super::{
-    COMMUNITY_NS_PREFIX, Refusal, Session, ack_body, answer, authenticate, channel_room, room_channel, session,
-    user_room,
+    COMMUNITY_NS_PREFIX, Refusal, Session, ack_body, answer, authenticate, channel_room,
+    room_channel, session, stopped, user_room,
 };
 use crate::app::App;
 use crate::chat::{ChannelId, CommunityId, HistoryQuery, UserId};
@@ -28,18 +28,25 @@ use crate::reconnect::{self, Since};
 pub const MAX_JOIN: usize = 100;
 
 pub(super) fn register<A: Adapter>(app: &Arc<App<A>>) {
-    let admit_app = app.clone();
+    let admit_app = Arc::downgrade(app);
     let admit = move |socket: SocketRef<A>, TryData(auth): TryData<serde_json::Value>| {
-        let app = admit_app.clone();
-        async move { admit(&app, socket, auth.unwrap_or_default()).await }
+        let app = admit_app.upgrade();
+        async move { admit(&app.ok_or_else(stopped)?, socket, auth.unwrap_or_default()).await }
     };
-    let connect_app = app.clone();
+    let connect_app = Arc::downgrade(app);
     let on_connect = move |socket: SocketRef<A>| {
-        let app = connect_app.clone();
-        async move { on_connect(&app, socket).await }
+        let app = connect_app.upgrade();
+        async move {
+            if let Some(app) = app {
+                on_connect(&app, socket).await
+            }
+        }
     };
     app.io
-        .dyn_ns(format!("{COMMUNITY_NS_PREFIX}{{community}}"), on_connect.with(admit))
+        .dyn_ns(
+            format!("{COMMUNITY_NS_PREFIX}{{community}}"),
+            on_connect.with(admit),
+        )
         .expect("the community namespace pattern is valid");
 }
 
@@ -48,7 +55,11 @@ struct Pending {
     since: Option<Since>,
 }
 
-async fn admit<A: Adapter>(app: &Arc<App<A>>, socket: SocketRef<A>, auth: serde_json::Value) -> Result<(), Refusal> {
+async fn admit<A: Adapter>(
+    app: &Arc<App<A>>,
+    socket: SocketRef<A>,
+    auth: serde_json::Value,
+) -> Result<(), Refusal> {
     let path = socket.ns().to_owned();
     app.namespaces.begin(&path);
     match check_admission(app, &path, &auth).await {
@@ -71,9 +82,16 @@ async fn admit<A: Adapter>(app: &Arc<App<A>>, socket: SocketRef<A>, auth: serde_
     }
 }
 
-async fn check_admission<A: Adapter>(app: &App<A>, path: &str, auth: &serde_json::Value) -> Result<(Session, Pending)> {
+async fn check_admission<A: Adapter>(
+    app: &App<A>,
+    path: &str,
+    auth: &serde_json::Value,
+) -> Result<(Session, Pending)> {
     if app.is_draining() {
-        return Err(Error::new(Code::Draining, "this instance is draining; connect to another"));
+        return Err(Error::new(
+            Code::Draining,
+            "this instance is draining; connect to another",
+        ));
     }
     let community: CommunityId = path
         .strip_prefix(COMMUNITY_NS_PREFIX)
@@ -86,27 +104,45 @@ async fn check_admission<A: Adapter>(app: &App<A>, path: &str, auth: &serde_json
     };
     // PROTOCOL.md: refused with `forbidden` unless a member, whether or not the
     // community exists.
-    app.chat.community_role(user, community).await.map_err(|e| match e.code {
-        Code::NotFound => Error::forbidden("you are not a member of this community"),
-        _ => e,
-    })?;
-    Ok((Session { user, community: Some(community) }, Pending { since }))
+    app.chat
+        .community_role(user, community)
+        .await
+        .map_err(|e| match e.code {
+            Code::NotFound => Error::forbidden("you are not a member of this community"),
+            _ => e,
+        })?;
+    Ok((
+        Session {
+            user,
+            community: Some(community),
+        },
+        Pending { since },
+    ))
 }
 
 fn parse_since(v: &serde_json::Value) -> Result<Since> {
     let since: Since = serde_json::from_value(v.clone())
         .map_err(|_| Error::invalid("since must be an object {\"<channelId>\": eventSeq}"))?;
     if let Some(bad) = since.keys().find(|k| k.parse::<ChannelId>().is_err()) {
-        return Err(Error::invalid(format!("since has a key that is not a channel id: {bad:?}")));
+        return Err(Error::invalid(format!(
+            "since has a key that is not a channel id: {bad:?}"
+        )));
     }
     Ok(since)
 }
 
 async fn on_connect<A: Adapter>(app: &Arc<App<A>>, socket: SocketRef<A>) {
     app.namespaces.end(socket.ns());
-    let Some(session) = session(&socket) else { return };
-    let Some(community) = session.community else { return };
-    let since = socket.extensions.get::<Arc<Pending>>().and_then(|p| p.since.clone());
+    let Some(session) = session(&socket) else {
+        return;
+    };
+    let Some(community) = session.community else {
+        return;
+    };
+    let since = socket
+        .extensions
+        .get::<Arc<Pending>>()
+        .and_then(|p| p.since.clone());
     socket.join(user_room(session.user));
     if let Err(e) = recover(app, &socket, session.user, community, since).await {
         tracing::warn!(sid = %socket.id, error = %e, "recovery failed; the client can join and page history");
@@ -129,18 +165,35 @@ async fn recover<A: Adapter>(
         .collect();
     // A channel the client has a position in was joined: rejoin it too, so its room
     // is joined before its replay is read.
-    let wanted: BTreeSet<ChannelId> = remembered.iter().copied().chain(asked.iter().map(|(c, _)| *c)).collect();
+    let wanted: BTreeSet<ChannelId> = remembered
+        .iter()
+        .copied()
+        .chain(asked.iter().map(|(c, _)| *c))
+        .collect();
     let wanted: Vec<ChannelId> = wanted.into_iter().collect();
-    let rejoined = app.chat.member_channels_among(user, community, &wanted).await?;
-    let lost: Vec<ChannelId> = remembered.iter().copied().filter(|c| !rejoined.contains(c)).collect();
+    let rejoined = app
+        .chat
+        .member_channels_among(user, community, &wanted)
+        .await?;
+    let lost: Vec<ChannelId> = remembered
+        .iter()
+        .copied()
+        .filter(|c| !rejoined.contains(c))
+        .collect();
     if !lost.is_empty() {
         app.joins.forget(user, community, &lost).await?;
     }
     enter_rooms(app, socket, user, community, &rejoined).await?;
-    emit(socket, "rejoined", &serde_json::json!({ "channels": rejoined }));
+    emit(
+        socket,
+        "rejoined",
+        &serde_json::json!({ "channels": rejoined }),
+    );
     if since.is_some() {
-        let replayable: Vec<(ChannelId, i64)> =
-            asked.into_iter().filter(|(c, _)| rejoined.contains(c)).collect();
+        let replayable: Vec<(ChannelId, i64)> = asked
+            .into_iter()
+            .filter(|(c, _)| rejoined.contains(c))
+            .collect();
         let recovered = reconnect::replay(&app.chat, socket, &replayable).await?;
         emit(socket, "recovered", &recovered);
     }
@@ -165,12 +218,18 @@ async fn enter_rooms<A: Adapter>(
     if channels.is_empty() {
         return Ok(());
     }
-    socket.join(channels.iter().map(|c| channel_room(*c)).collect::<Vec<_>>());
+    socket.join(
+        channels
+            .iter()
+            .map(|c| channel_room(*c))
+            .collect::<Vec<_>>(),
+    );
     app.joins.remember(user, community, channels).await?;
     let sid = socket.id.to_string();
     for &channel in channels {
         if app.presence.enter(channel, user, &sid).await? {
-            app.announce_presence(community, channel, user, true, Some(socket)).await;
+            app.announce_presence(community, channel, user, true, Some(socket))
+                .await;
         }
     }
     Ok(())
@@ -184,11 +243,17 @@ async fn leave_rooms<A: Adapter>(
     community: CommunityId,
     channels: &[ChannelId],
 ) -> Result<()> {
-    socket.leave(channels.iter().map(|c| channel_room(*c)).collect::<Vec<_>>());
+    socket.leave(
+        channels
+            .iter()
+            .map(|c| channel_room(*c))
+            .collect::<Vec<_>>(),
+    );
     let sid = socket.id.to_string();
     for &channel in channels {
         if app.presence.leave(channel, user, &sid).await? {
-            app.announce_presence(community, channel, user, false, Some(socket)).await;
+            app.announce_presence(community, channel, user, false, Some(socket))
+                .await;
         }
     }
     Ok(())
@@ -205,7 +270,9 @@ impl ChannelList {
     fn parse(payload: Payload) -> Result<Vec<ChannelId>> {
         let list: ChannelList = payload.parse()?;
         if list.channels.len() > MAX_JOIN {
-            return Err(Error::too_large(format!("at most {MAX_JOIN} channels at once")));
+            return Err(Error::too_large(format!(
+                "at most {MAX_JOIN} channels at once"
+            )));
         }
         let set: BTreeSet<ChannelId> = list.channels.into_iter().collect();
         Ok(set.into_iter().collect())
@@ -236,26 +303,35 @@ struct TypingRequest {
 }
 
 fn register_handlers<A: Adapter>(app: &Arc<App<A>>, socket: &SocketRef<A>) {
-    let a = app.clone();
-    socket.on("join", move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
-        let app = a.clone();
-        async move {
-            let _turn = t.wait().await;
-            answer(ack, &ack_body(on_join(&app, &s, p).await));
-        }
-    });
-    let a = app.clone();
-    socket.on("leave", move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
-        let app = a.clone();
-        async move {
-            let _turn = t.wait().await;
-            answer(ack, &ack_body(on_leave(&app, &s, p).await));
-        }
-    });
-    let a = app.clone();
+    let a = Arc::downgrade(app);
+    socket.on(
+        "join",
+        move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
+            let app = a.upgrade();
+            async move {
+                let Some(app) = app else { return };
+                let _turn = t.wait().await;
+                answer(ack, &ack_body(on_join(&app, &s, p).await));
+            }
+        },
+    );
+    let a = Arc::downgrade(app);
+    socket.on(
+        "leave",
+        move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
+            let app = a.upgrade();
+            async move {
+                let Some(app) = app else { return };
+                let _turn = t.wait().await;
+                answer(ack, &ack_body(on_leave(&app, &s, p).await));
+            }
+        },
+    );
+    let a = Arc::downgrade(app);
     socket.on("chat", move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
-        let app = a.clone();
+        let app = a.upgrade();
         async move {
+            let Some(app) = app else { return };
             let _turn = t.wait().await;
             let body = match on_chat(&app, &s, p).await {
                 Ok(message) => serde_json::json!({ "written": true, "chatInfo": message }),
@@ -264,42 +340,75 @@ fn register_handlers<A: Adapter>(app: &Arc<App<A>>, socket: &SocketRef<A>) {
             answer(ack, &body);
         }
     });
-    let a = app.clone();
-    socket.on("read", move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
-        let app = a.clone();
-        async move {
-            let _turn = t.wait().await;
-            answer(ack, &ack_body(on_read(&app, &s, p).await));
-        }
-    });
-    let a = app.clone();
-    socket.on("history", move |s: SocketRef<A>, ack: AckSender<A>, p: Payload| {
-        let app = a.clone();
-        async move { answer(ack, &ack_body(on_history(&app, &s, p).await)) }
-    });
-    socket.on("typing", move |s: SocketRef<A>, ack: AckSender<A>, p: Payload| async move {
-        answer(ack, &ack_body(on_typing(&s, p).await));
-    });
-    socket.on_fallback(move |ack: AckSender<A>, socketioxide::extract::Event(name): socketioxide::extract::Event| async move {
-        answer(ack, &Error::invalid(format!("unknown event {name:?}")).body());
-    });
-    let a = app.clone();
+    let a = Arc::downgrade(app);
+    socket.on(
+        "read",
+        move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
+            let app = a.upgrade();
+            async move {
+                let Some(app) = app else { return };
+                let _turn = t.wait().await;
+                answer(ack, &ack_body(on_read(&app, &s, p).await));
+            }
+        },
+    );
+    let a = Arc::downgrade(app);
+    socket.on(
+        "history",
+        move |s: SocketRef<A>, ack: AckSender<A>, p: Payload| {
+            let app = a.upgrade();
+            async move {
+                if let Some(app) = app {
+                    answer(ack, &ack_body(on_history(&app, &s, p).await))
+                }
+            }
+        },
+    );
+    socket.on(
+        "typing",
+        move |s: SocketRef<A>, ack: AckSender<A>, p: Payload| async move {
+            answer(ack, &ack_body(on_typing(&s, p).await));
+        },
+    );
+    socket.on_fallback(
+        move |ack: AckSender<A>,
+              socketioxide::extract::Event(name): socketioxide::extract::Event| async move {
+            answer(
+                ack,
+                &Error::invalid(format!("unknown event {name:?}")).body(),
+            );
+        },
+    );
+    let a = Arc::downgrade(app);
     socket.on_disconnect(move |s: SocketRef<A>| {
-        let app = a.clone();
-        async move { on_disconnect(&app, &s).await }
+        let app = a.upgrade();
+        async move {
+            if let Some(app) = app {
+                on_disconnect(&app, &s).await
+            }
+        }
     });
 }
 
 fn session_of<A: Adapter>(socket: &SocketRef<A>) -> Result<(UserId, CommunityId)> {
     let session = session(socket).ok_or_else(|| Error::unauthorized("not admitted"))?;
-    let community = session.community.ok_or_else(|| Error::unauthorized("not admitted"))?;
+    let community = session
+        .community
+        .ok_or_else(|| Error::unauthorized("not admitted"))?;
     Ok((session.user, community))
 }
 
-async fn on_join<A: Adapter>(app: &App<A>, socket: &SocketRef<A>, payload: Payload) -> Result<serde_json::Value> {
+async fn on_join<A: Adapter>(
+    app: &App<A>,
+    socket: &SocketRef<A>,
+    payload: Payload,
+) -> Result<serde_json::Value> {
     let (user, community) = session_of(socket)?;
     let channels = ChannelList::parse(payload)?;
-    let joined = app.chat.member_channels_among(user, community, &channels).await?;
+    let joined = app
+        .chat
+        .member_channels_among(user, community, &channels)
+        .await?;
     let mut rejected = Vec::new();
     for &channel in channels.iter().filter(|c| !joined.contains(c)) {
         let refusal = app.chat.join_refusal(user, community, channel).await?;
@@ -309,7 +418,11 @@ async fn on_join<A: Adapter>(app: &App<A>, socket: &SocketRef<A>, payload: Paylo
     Ok(serde_json::json!({ "joined": joined, "rejected": rejected }))
 }
 
-async fn on_leave<A: Adapter>(app: &App<A>, socket: &SocketRef<A>, payload: Payload) -> Result<serde_json::Value> {
+async fn on_leave<A: Adapter>(
+    app: &App<A>,
+    socket: &SocketRef<A>,
+    payload: Payload,
+) -> Result<serde_json::Value> {
     let (user, community) = session_of(socket)?;
     let channels = ChannelList::parse(payload)?;
     app.joins.forget(user, community, &channels).await?;
@@ -317,14 +430,22 @@ async fn on_leave<A: Adapter>(app: &App<A>, socket: &SocketRef<A>, payload: Payl
     Ok(serde_json::json!({ "left": channels }))
 }
 
-async fn on_chat<A: Adapter>(app: &App<A>, socket: &SocketRef<A>, payload: Payload) -> Result<crate::chat::Message> {
+async fn on_chat<A: Adapter>(
+    app: &App<A>,
+    socket: &SocketRef<A>,
+    payload: Payload,
+) -> Result<crate::chat::Message> {
     let (user, community) = session_of(socket)?;
     let command: ChatCommand = payload.parse()?;
     in_community(app, user, community, command.channel_id()).await?;
     Ok(app.send_chat(user, command, Some(socket)).await?.message)
 }
 
-async fn on_read<A: Adapter>(app: &App<A>, socket: &SocketRef<A>, payload: Payload) -> Result<serde_json::Value> {
+async fn on_read<A: Adapter>(
+    app: &App<A>,
+    socket: &SocketRef<A>,
+    payload: Payload,
+) -> Result<serde_json::Value> {
     let (user, community) = session_of(socket)?;
     let req: ReadRequest = payload.parse()?;
     in_community(app, user, community, req.channel_id).await?;
@@ -332,16 +453,28 @@ async fn on_read<A: Adapter>(app: &App<A>, socket: &SocketRef<A>, payload: Paylo
     Ok(serde_json::json!({ "ok": true, "seq": seq }))
 }
 
-async fn on_history<A: Adapter>(app: &App<A>, socket: &SocketRef<A>, payload: Payload) -> Result<crate::chat::Page> {
+async fn on_history<A: Adapter>(
+    app: &App<A>,
+    socket: &SocketRef<A>,
+    payload: Payload,
+) -> Result<crate::chat::Page> {
     let (user, community) = session_of(socket)?;
     let req: HistoryRequest = payload.parse()?;
     in_community(app, user, community, req.channel_id).await?;
-    let query = HistoryQuery { before: req.before, after: req.after, since: req.since, limit: req.limit };
+    let query = HistoryQuery {
+        before: req.before,
+        after: req.after,
+        since: req.since,
+        limit: req.limit,
+    };
     app.chat.history(user, req.channel_id, &query).await
 }
 
 /// Typing is only relayed from a socket in the channel's room (no database read).
-async fn on_typing<A: Adapter>(socket: &SocketRef<A>, payload: Payload) -> Result<serde_json::Value> {
+async fn on_typing<A: Adapter>(
+    socket: &SocketRef<A>,
+    payload: Payload,
+) -> Result<serde_json::Value> {
     let (user, _) = session_of(socket)?;
     let req: TypingRequest = payload.parse()?;
     let room = channel_room(req.channel_id);
@@ -357,7 +490,12 @@ async fn on_typing<A: Adapter>(socket: &SocketRef<A>, payload: Payload) -> Resul
 
 /// Socket events act within the socket's community: a channel of another community
 /// is answered as one that does not exist.
-async fn in_community<A: Adapter>(app: &App<A>, user: UserId, community: CommunityId, channel: ChannelId) -> Result<()> {
+async fn in_community<A: Adapter>(
+    app: &App<A>,
+    user: UserId,
+    community: CommunityId,
+    channel: ChannelId,
+) -> Result<()> {
     let found = app.chat.member_channel(user, channel).await?;
     if found.community_id != community {
         return Err(Error::not_found("no such channel in this community"));
@@ -366,15 +504,26 @@ async fn in_community<A: Adapter>(app: &App<A>, user: UserId, community: Communi
 }
 
 async fn on_disconnect<A: Adapter>(app: &App<A>, socket: &SocketRef<A>) {
-    let Ok((user, community)) = session_of(socket) else { return };
-    let channels: Vec<ChannelId> = socket.rooms().iter().filter_map(|r| room_channel(r)).collect();
+    let Ok((user, community)) = session_of(socket) else {
+        return;
+    };
+    let channels: Vec<ChannelId> = socket
+        .rooms()
+        .iter()
+        .filter_map(|r| room_channel(r))
+        .collect();
     // Leaving the rooms is the namespace's job; this only updates presence.
     let sid = socket.id.to_string();
     for channel in channels {
         match app.presence.leave(channel, user, &sid).await {
-            Ok(true) => app.announce_presence(community, channel, user, false, Some(socket)).await,
+            Ok(true) => {
+                app.announce_presence(community, channel, user, false, Some(socket))
+                    .await
+            }
             Ok(false) => {}
-            Err(e) => tracing::warn!(channel, user, error = %e, "could not record leaving presence"),
+            Err(e) => {
+                tracing::warn!(channel, user, error = %e, "could not record leaving presence")
+            }
         }
     }
 }

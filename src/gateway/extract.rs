@@ -26,13 +26,19 @@ pub struct Turnstile {
 
 impl Default for Turnstile {
     fn default() -> Self {
-        Self { issued: AtomicU64::new(0), serving: watch::Sender::new(0) }
+        Self {
+            issued: AtomicU64::new(0),
+            serving: watch::Sender::new(0),
+        }
     }
 }
 
 impl Turnstile {
     fn ticket(self: &Arc<Self>) -> Ticket {
-        Ticket { number: self.issued.fetch_add(1, Ordering::SeqCst), turnstile: Some(self.clone()) }
+        Ticket {
+            number: self.issued.fetch_add(1, Ordering::SeqCst),
+            turnstile: Some(self.clone()),
+        }
     }
 }
 
@@ -58,13 +64,20 @@ impl Ticket {
             // The sender lives in the turnstile we hold, so this cannot fail.
             let _ = rx.wait_for(|serving| *serving == number).await;
         }
-        Turn { _ticket: Ticket { number: self.number, turnstile: self.turnstile.take() } }
+        Turn {
+            _ticket: Ticket {
+                number: self.number,
+                turnstile: self.turnstile.take(),
+            },
+        }
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let Some(t) = self.turnstile.take() else { return };
+        let Some(t) = self.turnstile.take() else {
+            return;
+        };
         let number = self.number;
         if *t.serving.borrow() == number {
             t.serving.send_modify(|s| *s += 1);
@@ -84,7 +97,11 @@ pub struct InOrder(pub Ticket);
 
 impl<A: Adapter> FromMessageParts<A> for InOrder {
     type Error = std::convert::Infallible;
-    fn from_message_parts(s: &Arc<Socket<A>>, _: &mut Value, _: &Option<i64>) -> Result<Self, Self::Error> {
+    fn from_message_parts(
+        s: &Arc<Socket<A>>,
+        _: &mut Value,
+        _: &Option<i64>,
+    ) -> Result<Self, Self::Error> {
         let turnstile = s.extensions.get::<Arc<Turnstile>>().unwrap_or_else(|| {
             // Every socket gets one when admitted; a fresh one still answers in order
             // for this event alone.
@@ -108,16 +125,24 @@ impl Payload {
 
 impl<A: Adapter> FromMessageParts<A> for Payload {
     type Error = std::convert::Infallible;
-    fn from_message_parts(s: &Arc<Socket<A>>, v: &mut Value, ack: &Option<i64>) -> Result<Self, Self::Error> {
+    fn from_message_parts(
+        s: &Arc<Socket<A>>,
+        v: &mut Value,
+        ack: &Option<i64>,
+    ) -> Result<Self, Self::Error> {
         let has_binary = match v {
             Value::Str(_, Some(bins)) => !bins.is_empty(),
             Value::Str(_, None) => false,
             Value::Bytes(_) => true,
         };
         if has_binary {
-            return Ok(Payload(Err(Error::invalid("binary attachments are not accepted"))));
+            return Ok(Payload(Err(Error::invalid(
+                "binary attachments are not accepted",
+            ))));
         }
         let TryData(data) = TryData::<serde_json::Value>::from_message_parts(s, v, ack)?;
-        Ok(Payload(data.map_err(|e| Error::invalid(format!("the payload is not valid JSON data: {e}")))))
+        Ok(Payload(data.map_err(|e| {
+            Error::invalid(format!("the payload is not valid JSON data: {e}"))
+        })))
     }
 }

@@ -73,16 +73,36 @@ impl<A: Adapter> App<A> {
     /// Applies a chat command for `user`: rate limit, write (durable when this
     /// returns), then broadcast to the channel's room except `origin`, the socket that
     /// sent it. Returns the message in its new state, for the ack.
-    pub async fn send_chat(&self, user: UserId, command: ChatCommand, origin: Option<&SocketRef<A>>) -> Result<Created> {
+    pub async fn send_chat(
+        &self,
+        user: UserId,
+        command: ChatCommand,
+        origin: Option<&SocketRef<A>>,
+    ) -> Result<Created> {
         self.check_chat_rate(user)?;
         let created = match command {
-            ChatCommand::New { channel_id, content, client_msg_id } => {
-                self.chat.post(user, channel_id, &content, client_msg_id.as_deref()).await?
+            ChatCommand::New {
+                channel_id,
+                content,
+                client_msg_id,
+            } => {
+                self.chat
+                    .post(user, channel_id, &content, client_msg_id.as_deref())
+                    .await?
             }
-            ChatCommand::Modify { channel_id, message_id, content } => {
-                self.chat.modify(user, channel_id, message_id, &content).await?
+            ChatCommand::Modify {
+                channel_id,
+                message_id,
+                content,
+            } => {
+                self.chat
+                    .modify(user, channel_id, message_id, &content)
+                    .await?
             }
-            ChatCommand::Delete { channel_id, message_id } => self.chat.delete(user, channel_id, message_id).await?,
+            ChatCommand::Delete {
+                channel_id,
+                message_id,
+            } => self.chat.delete(user, channel_id, message_id).await?,
         };
         if created.fresh {
             self.broadcast_change(&created, origin).await;
@@ -119,7 +139,11 @@ impl<A: Adapter> App<A> {
                 return;
             }
         };
-        let rooms: Vec<String> = members.into_iter().filter(|&u| u != message.sender_id).map(user_room).collect();
+        let rooms: Vec<String> = members
+            .into_iter()
+            .filter(|&u| u != message.sender_id)
+            .map(user_room)
+            .collect();
         if rooms.is_empty() {
             return;
         }
@@ -148,7 +172,8 @@ impl<A: Adapter> App<A> {
         online: bool,
         origin: Option<&SocketRef<A>>,
     ) {
-        let presence = serde_json::json!({ "channelId": channel, "userId": user, "online": online });
+        let presence =
+            serde_json::json!({ "channelId": channel, "userId": user, "online": online });
         let room = channel_room(channel);
         let to_room = match origin {
             Some(socket) => socket.to(room),
@@ -165,7 +190,13 @@ impl<A: Adapter> App<A> {
     /// Tells the user's own line that they were added to or removed from a channel.
     /// A removal also takes every socket of theirs out of the channel's room at once,
     /// forgets the channel for their reconnects, and updates presence.
-    pub async fn membership_changed(&self, community: CommunityId, channel: ChannelId, user: UserId, member: bool) {
+    pub async fn membership_changed(
+        &self,
+        community: CommunityId,
+        channel: ChannelId,
+        user: UserId,
+        member: bool,
+    ) {
         if !member {
             if let Some(ns) = self.io.of(community_ns(community)) {
                 if let Err(e) = ns.to(user_room(user)).leave(channel_room(channel)).await {
@@ -176,19 +207,28 @@ impl<A: Adapter> App<A> {
                 tracing::warn!(channel, user, error = %e, "could not forget the removed user's join");
             }
             match self.presence.remove_user(channel, user).await {
-                Ok(true) => self.announce_presence(community, channel, user, false, None).await,
+                Ok(true) => {
+                    self.announce_presence(community, channel, user, false, None)
+                        .await
+                }
                 Ok(false) => {}
                 Err(e) => tracing::warn!(channel, user, error = %e, "could not update presence"),
             }
         }
-        let event = serde_json::json!({ "communityId": community, "channelId": channel, "member": member });
+        let event =
+            serde_json::json!({ "communityId": community, "channelId": channel, "member": member });
         self.to_user("membership", user, &event).await;
     }
 
     /// Moves the user's read marker and tells their other sockets.
     pub async fn mark_read(&self, user: UserId, channel: ChannelId, seq: i64) -> Result<i64> {
         let seq = self.chat.mark_read(user, channel, seq).await?;
-        self.to_user("read", user, &serde_json::json!({ "channelId": channel, "seq": seq })).await;
+        self.to_user(
+            "read",
+            user,
+            &serde_json::json!({ "channelId": channel, "seq": seq }),
+        )
+        .await;
         Ok(seq)
     }
 
@@ -204,9 +244,16 @@ impl<A: Adapter> App<A> {
     /// recently, so a client that lost a live event notices and fills the gap.
     pub async fn emit_positions(&self, since_ms: i64) -> Result<()> {
         for (channel, community, last_seq) in self.chat.store().recently_active(since_ms).await? {
-            let Some(ns) = self.io.of(community_ns(community)) else { continue };
+            let Some(ns) = self.io.of(community_ns(community)) else {
+                continue;
+            };
             let position = serde_json::json!({ "channelId": channel, "lastSeq": last_seq });
-            if let Err(e) = ns.local().to(channel_room(channel)).emit("position", &position).await {
+            if let Err(e) = ns
+                .local()
+                .to(channel_room(channel))
+                .emit("position", &position)
+                .await
+            {
                 tracing::debug!(channel, error = %e, "position emit failed");
             }
         }

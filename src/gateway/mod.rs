@@ -64,6 +64,10 @@ impl std::fmt::Display for Refusal {
 }
 
 /// Registers both namespaces' handlers on the app's Socket.IO instance.
+///
+/// Handlers hold the app weakly: the app owns the Socket.IO instance that owns the
+/// handlers, and a strong reference would keep a stopped instance (its database
+/// pool included) alive forever.
 pub fn register<A: Adapter + socketioxide_core::adapter::DefinedAdapter>(app: &Arc<App<A>>) {
     root::register(app);
     community::register(app);
@@ -80,7 +84,12 @@ pub struct Namespaces {
 
 impl Namespaces {
     fn begin(&self, path: &str) {
-        *self.in_flight.lock().unwrap().entry(path.to_owned()).or_default() += 1;
+        *self
+            .in_flight
+            .lock()
+            .unwrap()
+            .entry(path.to_owned())
+            .or_default() += 1;
     }
 
     /// Ends a connect; returns how many are still in flight for the namespace.
@@ -98,10 +107,9 @@ impl Namespaces {
 
 /// Reads the token from a CONNECT auth payload and checks it.
 fn authenticate<A: Adapter>(app: &App<A>, auth: &serde_json::Value) -> Result<UserId, Error> {
-    let token = auth
-        .get("token")
-        .and_then(|t| t.as_str())
-        .ok_or_else(|| Error::unauthorized("the CONNECT auth payload must carry {\"token\": ...}"))?;
+    let token = auth.get("token").and_then(|t| t.as_str()).ok_or_else(|| {
+        Error::unauthorized("the CONNECT auth payload must carry {\"token\": ...}")
+    })?;
     app.tokens.verify(token)
 }
 
@@ -124,6 +132,11 @@ fn ack_body<T: Serialize>(result: Result<T, Error>) -> serde_json::Value {
 /// The session of an admitted socket.
 fn session<A: Adapter>(socket: &SocketRef<A>) -> Option<Arc<Session>> {
     socket.extensions.get::<Arc<Session>>()
+}
+
+/// The refusal for a connect that arrives while the instance is being torn down.
+fn stopped() -> Refusal {
+    refuse(Code::Unavailable, "this instance is stopping")
 }
 
 fn refuse(code: Code, message: &str) -> Refusal {

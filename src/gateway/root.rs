@@ -4,39 +4,61 @@
 use std::sync::Arc;
 
 use socketioxide::adapter::Adapter;
-use socketioxide_core::adapter::{DefinedAdapter, Spawnable};
 use socketioxide::extract::{SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
+use socketioxide_core::adapter::{DefinedAdapter, Spawnable};
 
-use super::{Refusal, Session, authenticate, refuse, session, user_room};
+use super::{Refusal, Session, authenticate, refuse, session, stopped, user_room};
 use crate::app::App;
 use crate::error::Code;
 
 pub(super) fn register<A: Adapter + DefinedAdapter>(app: &Arc<App<A>>) {
-    let admit_app = app.clone();
+    let admit_app = Arc::downgrade(app);
     let admit = move |socket: SocketRef<A>, TryData(auth): TryData<serde_json::Value>| {
-        let app = admit_app.clone();
-        async move { admit(&app, &socket, auth.unwrap_or_default()) }
+        let app = admit_app.upgrade();
+        async move {
+            admit(
+                &*app.ok_or_else(stopped)?,
+                &socket,
+                auth.unwrap_or_default(),
+            )
+        }
     };
-    let connect_app = app.clone();
+    let connect_app = Arc::downgrade(app);
     let on_connect = move |socket: SocketRef<A>| {
-        let app = connect_app.clone();
-        async move { on_connect(&app, socket).await }
+        let app = connect_app.upgrade();
+        async move {
+            if let Some(app) = app {
+                on_connect(&app, socket).await
+            }
+        }
     };
     app.io.ns("/", on_connect.with(admit)).spawn();
 }
 
-fn admit<A: Adapter>(app: &App<A>, socket: &SocketRef<A>, auth: serde_json::Value) -> Result<(), Refusal> {
+fn admit<A: Adapter>(
+    app: &App<A>,
+    socket: &SocketRef<A>,
+    auth: serde_json::Value,
+) -> Result<(), Refusal> {
     if app.is_draining() {
-        return Err(refuse(Code::Draining, "this instance is draining; connect to another"));
+        return Err(refuse(
+            Code::Draining,
+            "this instance is draining; connect to another",
+        ));
     }
     let user = authenticate(app, &auth).map_err(Refusal)?;
-    socket.extensions.insert(Arc::new(Session { user, community: None }));
+    socket.extensions.insert(Arc::new(Session {
+        user,
+        community: None,
+    }));
     Ok(())
 }
 
 async fn on_connect<A: Adapter>(app: &App<A>, socket: SocketRef<A>) {
-    let Some(session) = session(&socket) else { return };
+    let Some(session) = session(&socket) else {
+        return;
+    };
     socket.join(user_room(session.user));
     match app.chat.unread(session.user).await {
         Ok(unread) => {
@@ -44,6 +66,8 @@ async fn on_connect<A: Adapter>(app: &App<A>, socket: SocketRef<A>) {
                 tracing::debug!(sid = %socket.id, error = %e, "could not emit unread");
             }
         }
-        Err(e) => tracing::warn!(user = session.user, error = %e, "could not compute unread counts"),
+        Err(e) => {
+            tracing::warn!(user = session.user, error = %e, "could not compute unread counts")
+        }
     }
 }

@@ -26,8 +26,14 @@ struct NewUser {
     display_name: Option<String>,
 }
 
-async fn register<A: Adapter>(State(app): State<AppState<A>>, Json(body): Json<NewUser>) -> Result<impl IntoResponse> {
-    let user = app.chat.register(&body.username, &body.password, body.display_name.as_deref()).await?;
+async fn register<A: Adapter>(
+    State(app): State<AppState<A>>,
+    Json(body): Json<NewUser>,
+) -> Result<impl IntoResponse> {
+    let user = app
+        .chat
+        .register(&body.username, &body.password, body.display_name.as_deref())
+        .await?;
     Ok((StatusCode::CREATED, axum::Json(user)))
 }
 
@@ -37,18 +43,31 @@ struct LogIn {
     password: String,
 }
 
-async fn log_in<A: Adapter>(State(app): State<AppState<A>>, Json(body): Json<LogIn>) -> Result<impl IntoResponse> {
+async fn log_in<A: Adapter>(
+    State(app): State<AppState<A>>,
+    Json(body): Json<LogIn>,
+) -> Result<impl IntoResponse> {
     let user = app.chat.login(&body.username, &body.password).await?;
     let token = app.tokens.issue(user.id);
-    Ok(axum::Json(serde_json::json!({ "token": token, "user": user })))
+    Ok(axum::Json(
+        serde_json::json!({ "token": token, "user": user }),
+    ))
 }
 
-async fn me<A: Adapter>(State(app): State<AppState<A>>, Caller(user): Caller) -> Result<impl IntoResponse> {
+async fn me<A: Adapter>(
+    State(app): State<AppState<A>>,
+    Caller(user): Caller,
+) -> Result<impl IntoResponse> {
     let me = app.chat.user(user).await?;
     let communities = app.chat.communities(user).await?;
-    Ok(axum::Json(serde_json::json!({ "user": me, "communities": communities })))
+    Ok(axum::Json(
+        serde_json::json!({ "user": me, "communities": communities }),
+    ))
 }
 
-async fn unread<A: Adapter>(State(app): State<AppState<A>>, Caller(user): Caller) -> Result<impl IntoResponse> {
+async fn unread<A: Adapter>(
+    State(app): State<AppState<A>>,
+    Caller(user): Caller,
+) -> Result<impl IntoResponse> {
     Ok(axum::Json(app.chat.unread(user).await?))
 }

@@ -17,7 +17,10 @@ pub fn router<A: Adapter>() -> Router<AppState<A>> {
     Router::new()
         .route("/channels/{chid}/members", post(add_member::<A>))
         .route("/channels/{chid}/members/{uid}", delete(remove_member::<A>))
-        .route("/channels/{chid}/messages", get(history::<A>).post(post_message::<A>))
+        .route(
+            "/channels/{chid}/messages",
+            get(history::<A>).post(post_message::<A>),
+        )
         .route("/channels/{chid}/read", put(read::<A>))
         .route("/channels/{chid}/presence", get(presence::<A>))
 }
@@ -40,13 +43,23 @@ async fn add_member<A: Adapter>(
             let (channel, added) = app.chat.join_channel(caller, chid).await?;
             (channel, app.chat.user(caller).await?, added)
         }
-        Some(NewMember { username }) => app.chat.add_channel_member(caller, chid, &username).await?,
+        Some(NewMember { username }) => {
+            app.chat.add_channel_member(caller, chid, &username).await?
+        }
     };
     if added {
-        app.membership_changed(channel.community_id, channel.id, user.id, true).await;
+        app.membership_changed(channel.community_id, channel.id, user.id, true)
+            .await;
     }
-    let status = if added { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, axum::Json(serde_json::json!({ "channel": channel, "user": user }))))
+    let status = if added {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        axum::Json(serde_json::json!({ "channel": channel, "user": user })),
+    ))
 }
 
 async fn remove_member<A: Adapter>(
@@ -55,7 +68,8 @@ async fn remove_member<A: Adapter>(
     Path((chid, uid)): Path<(ChannelId, UserId)>,
 ) -> Result<impl IntoResponse> {
     let channel = app.chat.remove_channel_member(caller, chid, uid).await?;
-    app.membership_changed(channel.community_id, channel.id, uid, false).await;
+    app.membership_changed(channel.community_id, channel.id, uid, false)
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -83,10 +97,21 @@ async fn post_message<A: Adapter>(
     Path(chid): Path<ChannelId>,
     Json(body): Json<NewMessage>,
 ) -> Result<impl IntoResponse> {
-    let command = ChatCommand::New { channel_id: chid, content: body.content, client_msg_id: body.client_msg_id };
+    let command = ChatCommand::New {
+        channel_id: chid,
+        content: body.content,
+        client_msg_id: body.client_msg_id,
+    };
     let created = app.send_chat(user, command, None).await?;
-    let status = if created.fresh { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, axum::Json(serde_json::json!({ "written": true, "chatInfo": created.message }))))
+    let status = if created.fresh {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        axum::Json(serde_json::json!({ "written": true, "chatInfo": created.message })),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -111,5 +136,7 @@ async fn presence<A: Adapter>(
     Path(chid): Path<ChannelId>,
 ) -> Result<impl IntoResponse> {
     app.chat.member_channel(user, chid).await?;
-    Ok(axum::Json(serde_json::json!({ "online": app.presence.online(chid).await? })))
+    Ok(axum::Json(
+        serde_json::json!({ "online": app.presence.online(chid).await? }),
+    ))
 }

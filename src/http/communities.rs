@@ -16,7 +16,10 @@ pub fn router<A: Adapter>() -> Router<AppState<A>> {
     Router::new()
         .route("/communities", post(create::<A>).get(list::<A>))
         .route("/communities/{cid}/members", post(add_member::<A>))
-        .route("/communities/{cid}/channels", post(create_channel::<A>).get(channels::<A>))
+        .route(
+            "/communities/{cid}/channels",
+            post(create_channel::<A>).get(channels::<A>),
+        )
 }
 
 #[derive(Deserialize)]
@@ -33,7 +36,10 @@ async fn create<A: Adapter>(
     Ok((StatusCode::CREATED, axum::Json(community)))
 }
 
-async fn list<A: Adapter>(State(app): State<AppState<A>>, Caller(user): Caller) -> Result<impl IntoResponse> {
+async fn list<A: Adapter>(
+    State(app): State<AppState<A>>,
+    Caller(user): Caller,
+) -> Result<impl IntoResponse> {
     Ok(axum::Json(app.chat.communities(user).await?))
 }
 
@@ -49,8 +55,15 @@ async fn add_member<A: Adapter>(
     Path(cid): Path<CommunityId>,
     Json(body): Json<NewMember>,
 ) -> Result<impl IntoResponse> {
-    let (member, added) = app.chat.add_community_member(user, cid, &body.username).await?;
-    let status = if added { StatusCode::CREATED } else { StatusCode::OK };
+    let (member, added) = app
+        .chat
+        .add_community_member(user, cid, &body.username)
+        .await?;
+    let status = if added {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, axum::Json(member)))
 }
 
@@ -67,7 +80,10 @@ async fn create_channel<A: Adapter>(
     Path(cid): Path<CommunityId>,
     Json(body): Json<NewChannel>,
 ) -> Result<impl IntoResponse> {
-    let channel = app.chat.create_channel(user, cid, &body.name, body.private).await?;
+    let channel = app
+        .chat
+        .create_channel(user, cid, &body.name, body.private)
+        .await?;
     Ok((StatusCode::CREATED, axum::Json(channel)))
 }
 

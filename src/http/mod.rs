@@ -113,15 +113,18 @@ pub struct Caller(pub UserId);
 impl<A: Adapter> FromRequestParts<AppState<A>> for Caller {
     type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, app: &AppState<A>) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &AppState<A>,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok())
             .ok_or_else(|| Error::unauthorized("missing Authorization: Bearer <token>"))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| Error::unauthorized("the Authorization header must be Bearer <token>"))?;
+        let token = header.strip_prefix("Bearer ").ok_or_else(|| {
+            Error::unauthorized("the Authorization header must be Bearer <token>")
+        })?;
         app.tokens.verify(token.trim()).map(Caller)
     }
 }
@@ -135,9 +138,15 @@ pub struct Origins {
 
 impl Origins {
     pub fn new(list: &[String]) -> Self {
-        let allowed: Vec<String> =
-            list.iter().map(|o| o.trim().trim_end_matches('/').to_owned()).filter(|o| !o.is_empty()).collect();
-        Self { any: allowed.iter().any(|o| o == "*"), allowed }
+        let allowed: Vec<String> = list
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
+        Self {
+            any: allowed.iter().any(|o| o == "*"),
+            allowed,
+        }
     }
 
     /// Whether a request carrying `origin` may proceed: listed, `*`, or the same
@@ -155,7 +164,11 @@ impl Origins {
         let allow = if self.any {
             AllowOrigin::any()
         } else {
-            AllowOrigin::list(self.allowed.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+            AllowOrigin::list(
+                self.allowed
+                    .iter()
+                    .filter_map(|o| HeaderValue::from_str(o).ok()),
+            )
         };
         CorsLayer::new()
             .allow_origin(allow)
@@ -168,11 +181,18 @@ impl Origins {
 /// the API or open a Socket.IO connection (cross-site WebSocket hijacking).
 pub async fn check_origin(origins: Arc<Origins>, req: Request, next: Next) -> Response {
     if let Some(origin) = req.headers().get(header::ORIGIN) {
-        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok());
         let allowed = origin.to_str().is_ok_and(|o| origins.allows(o, host));
         if !allowed {
             tracing::info!(origin = ?origin, path = %req.uri().path(), "refused a request from a disallowed origin");
-            return Error::new(Code::Forbidden, "this origin is not allowed (see BATON_ALLOWED_ORIGINS)").into_response();
+            return Error::new(
+                Code::Forbidden,
+                "this origin is not allowed (see BATON_ALLOWED_ORIGINS)",
+            )
+            .into_response();
         }
     }
     next.run(req).await

@@ -10,7 +10,9 @@ use super::AppState;
 use crate::error::{Code, Error};
 
 pub fn router<A: Adapter>() -> Router<AppState<A>> {
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz::<A>))
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz::<A>))
 }
 
 /// The process is alive and answering.

@@ -20,19 +20,35 @@ enum Backend {
 
 impl Joins {
     pub fn local() -> Self {
-        Self { backend: Backend::Local(Mutex::default()) }
+        Self {
+            backend: Backend::Local(Mutex::default()),
+        }
     }
 
-    pub async fn remember(&self, user: UserId, community: CommunityId, channels: &[ChannelId]) -> Result<()> {
+    pub async fn remember(
+        &self,
+        user: UserId,
+        community: CommunityId,
+        channels: &[ChannelId],
+    ) -> Result<()> {
         match &self.backend {
             Backend::Local(map) => {
-                map.lock().unwrap().entry((user, community)).or_default().extend(channels);
+                map.lock()
+                    .unwrap()
+                    .entry((user, community))
+                    .or_default()
+                    .extend(channels);
                 Ok(())
             }
         }
     }
 
-    pub async fn forget(&self, user: UserId, community: CommunityId, channels: &[ChannelId]) -> Result<()> {
+    pub async fn forget(
+        &self,
+        user: UserId,
+        community: CommunityId,
+        channels: &[ChannelId],
+    ) -> Result<()> {
         match &self.backend {
             Backend::Local(map) => {
                 let mut map = map.lock().unwrap();

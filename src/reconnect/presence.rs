@@ -22,7 +22,9 @@ enum Backend {
 
 impl Presence {
     pub fn local() -> Self {
-        Self { backend: Backend::Local(Mutex::default()) }
+        Self {
+            backend: Backend::Local(Mutex::default()),
+        }
     }
 
     /// Records the socket in the channel; true if it is the user's first there.
@@ -42,8 +44,12 @@ impl Presence {
         match &self.backend {
             Backend::Local(map) => {
                 let mut map = map.lock().unwrap();
-                let Some(users) = map.get_mut(&channel) else { return Ok(false) };
-                let Some(sockets) = users.get_mut(&user) else { return Ok(false) };
+                let Some(users) = map.get_mut(&channel) else {
+                    return Ok(false);
+                };
+                let Some(sockets) = users.get_mut(&user) else {
+                    return Ok(false);
+                };
                 let last = sockets.remove(socket) && sockets.is_empty();
                 if sockets.is_empty() {
                     users.remove(&user);
@@ -62,7 +68,9 @@ impl Presence {
         match &self.backend {
             Backend::Local(map) => {
                 let mut map = map.lock().unwrap();
-                let Some(users) = map.get_mut(&channel) else { return Ok(false) };
+                let Some(users) = map.get_mut(&channel) else {
+                    return Ok(false);
+                };
                 let was = users.remove(&user).is_some_and(|s| !s.is_empty());
                 if users.is_empty() {
                     map.remove(&channel);
@@ -75,8 +83,12 @@ impl Presence {
     pub async fn online(&self, channel: ChannelId) -> Result<Vec<UserId>> {
         match &self.backend {
             Backend::Local(map) => {
-                let mut users: Vec<UserId> =
-                    map.lock().unwrap().get(&channel).map(|u| u.keys().copied().collect()).unwrap_or_default();
+                let mut users: Vec<UserId> = map
+                    .lock()
+                    .unwrap()
+                    .get(&channel)
+                    .map(|u| u.keys().copied().collect())
+                    .unwrap_or_default();
                 users.sort_unstable();
                 Ok(users)
             }

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
-use socketioxide::{SendError, SocketError};
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
+use socketioxide::{SendError, SocketError};
 
 use crate::chat::store::Slice;
 use crate::chat::{Change, ChannelId, Chat};
@@ -31,10 +31,19 @@ pub struct Recovered {
 /// Replays `channels` (each with the client's position) to the socket, which must
 /// already be in their rooms so that nothing committed meanwhile falls between the
 /// replay and live delivery.
-pub async fn replay<A: Adapter>(chat: &Chat, socket: &SocketRef<A>, channels: &[(ChannelId, i64)]) -> Result<Recovered> {
-    let mut recovered = Recovered { channels: BTreeMap::new(), complete: true };
+pub async fn replay<A: Adapter>(
+    chat: &Chat,
+    socket: &SocketRef<A>,
+    channels: &[(ChannelId, i64)],
+) -> Result<Recovered> {
+    let mut recovered = Recovered {
+        channels: BTreeMap::new(),
+        complete: true,
+    };
     for &(channel, since) in channels {
-        let (messages, has_more) = chat.read_slice(channel, Slice::Changes { since }, REPLAY_LIMIT).await?;
+        let (messages, has_more) = chat
+            .read_slice(channel, Slice::Changes { since }, REPLAY_LIMIT)
+            .await?;
         let mut position = since;
         for message in &messages {
             position = message.event_seq;
@@ -50,10 +59,16 @@ pub async fn replay<A: Adapter>(chat: &Chat, socket: &SocketRef<A>, channels: &[
 
 /// Emits, waiting for room in the socket's outgoing buffer rather than dropping:
 /// a replay can be far larger than what live traffic keeps buffered.
-pub async fn emit_patiently<A: Adapter, T: Serialize + ?Sized>(socket: &SocketRef<A>, event: &'static str, data: &T) {
+pub async fn emit_patiently<A: Adapter, T: Serialize + ?Sized>(
+    socket: &SocketRef<A>,
+    event: &'static str,
+    data: &T,
+) {
     for _ in 0..200 {
         match socket.emit(event, data) {
-            Err(SendError::Socket(SocketError::InternalChannelFull)) => tokio::time::sleep(Duration::from_millis(25)).await,
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                tokio::time::sleep(Duration::from_millis(25)).await
+            }
             Err(e) => {
                 tracing::debug!(sid = %socket.id, error = %e, "replay emit failed");
                 return;

@@ -1,0 +1,100 @@
+// Starts a real baton binary for the JS tests and offers small REST helpers.
+// BATON_BIN names the binary (default: the debug build); DATABASE_URL, when set,
+// names a fresh database the caller created; otherwise a SQLite file in a temp dir.
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { createInterface } from "node:readline";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+
+export async function startBaton(extraEnv = {}) {
+  const dataDir = mkdtempSync(join(tmpdir(), "baton-js-"));
+  const bin = process.env.BATON_BIN || join(root, "target", "debug", "baton");
+  const child = spawn(bin, ["serve"], {
+    env: {
+      ...process.env,
+      BATON_LISTEN: "127.0.0.1:0",
+      BATON_DATA_DIR: dataDir,
+      BATON_LOG_FORMAT: "json",
+      RUST_LOG: "warn,baton::server=info",
+      ...extraEnv,
+    },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const base = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("baton did not start in 20 s")), 20000);
+    child.on("exit", (code) => reject(new Error(`baton exited with ${code}`)));
+    createInterface({ input: child.stdout }).on("line", (line) => {
+      try {
+        const addr = JSON.parse(line).fields?.addr;
+        if (addr) {
+          clearTimeout(timer);
+          resolve(`http://${addr}`);
+        }
+      } catch {}
+    });
+  });
+  const stop = async () => {
+    if (child.exitCode === null) {
+      const exited = new Promise((r) => child.on("exit", r));
+      child.kill("SIGTERM");
+      await exited;
+    }
+    rmSync(dataDir, { recursive: true, force: true });
+    return child.exitCode;
+  };
+  return { base, stop, child };
+}
+
+export function rest(base) {
+  const call = async (method, path, token, body) => {
+    const res = await fetch(base + path, {
+      method,
+      headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    return { status: res.status, body: text ? JSON.parse(text) : null };
+  };
+  return {
+    call,
+    async user(username) {
+      await call("POST", "/api/users", null, { username, password: "password1" });
+      const { body } = await call("POST", "/api/sessions", null, { username, password: "password1" });
+      return { id: body.user.id, username, token: body.token };
+    },
+    async community(owner, members) {
+      const { body } = await call("POST", "/api/communities", owner.token, { name: "acme" });
+      for (const m of members) await call("POST", `/api/communities/${body.id}/members`, owner.token, { username: m.username });
+      return body.id;
+    },
+    async channel(cid, creator, name, isPrivate, members) {
+      const { body } = await call("POST", `/api/communities/${cid}/channels`, creator.token, { name, private: isPrivate });
+      for (const m of members) await call("POST", `/api/channels/${body.id}/members`, creator.token, { username: m.username });
+      return body.id;
+    },
+  };
+}
+
+/** Resolves with the first `event` payload, or rejects after `ms`. */
+export function once(socket, event, ms = 5000) {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`no ${event} within ${ms} ms`)), ms);
+    socket.once(event, (v) => {
+      clearTimeout(t);
+      resolve(v);
+    });
+  });
+}
+
+/** Waits until `predicate()` holds, polling, or fails after `ms`. */
+export async function until(predicate, ms = 5000, what = "condition") {
+  const deadline = Date.now() + ms;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}

@@ -36,7 +36,7 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, Args)]
 pub struct Config {
-    /// Address to listen on (REST, Socket.IO, /healthz, /readyz, /metrics).
+    /// Address to listen on (REST, Socket.IO, /healthz, /readyz).
     #[arg(
         long,
         env = "BATON_LISTEN",

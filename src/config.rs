@@ -36,7 +36,7 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, Args)]
 pub struct Config {
-    /// Address to listen on (REST, Socket.IO, /healthz, /readyz).
+    /// Address to listen on (REST, Socket.IO, /healthz, /readyz, /metrics).
     #[arg(
         long,
         env = "BATON_LISTEN",
@@ -98,6 +98,27 @@ pub struct Config {
     /// How often each instance emits `position` for channels with recent events.
     #[arg(long, env = "BATON_POSITION_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub position_interval: Duration,
+
+    /// Redis URL (`redis://host:port`). Set, baton runs as one instance of a cluster:
+    /// Socket.IO rooms and broadcasts, remembered joins and presence go through
+    /// Redis. A cluster needs a shared database: PostgreSQL, not SQLite.
+    #[arg(long, env = "REDIS_URL", global = true, hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key and pub/sub channel baton uses, so that several
+    /// clusters (or other applications) can share one Redis.
+    #[arg(long, env = "BATON_REDIS_PREFIX", default_value = "baton", global = true)]
+    pub redis_prefix: String,
+
+    /// How long a Redis command may take before baton treats Redis as unreachable
+    /// and delivers to its own clients only.
+    #[arg(long, env = "BATON_REDIS_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration, global = true)]
+    pub redis_timeout: Duration,
+
+    /// This instance's name in the cluster's registry. Unset: the host name and a
+    /// random suffix.
+    #[arg(long, env = "BATON_INSTANCE_ID", global = true)]
+    pub instance_id: Option<String>,
 
     /// Log format: human-readable lines or one JSON object per line.
     #[arg(

@@ -108,6 +108,14 @@ impl From<sqlx::Error> for Error {
     }
 }
 
+/// Redis holds state that can be rebuilt (joins, presence): callers usually log its
+/// failures and go on; where one reaches a client it is `unavailable`.
+impl From<crate::adapter::RedisError> for Error {
+    fn from(e: crate::adapter::RedisError) -> Self {
+        Error::new(Code::Unavailable, format!("the cluster state is unavailable: {e}"))
+    }
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         (self.code.status(), axum::Json(self.body())).into_response()

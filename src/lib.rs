@@ -23,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod http;
+pub mod metrics;
 pub mod reconnect;
 pub mod server;
 

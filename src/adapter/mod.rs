@@ -7,6 +7,10 @@
 use socketioxide::SocketIoBuilder;
 use socketioxide::adapter::Adapter;
 
+mod redis;
+
+pub use redis::{ClusterAdapter, Health, RedisError, RedisLink, ResilientDriver};
+
 use crate::config::Config;
 
 /// Packets buffered per connection before emits to it fail. socketioxide's default

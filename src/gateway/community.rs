@@ -22,7 +22,7 @@ use crate::app::App;
 use crate::chat::{ChannelId, CommunityId, HistoryQuery, UserId};
 use crate::error::{Code, Error, Result};
 use crate::gateway::ChatCommand;
-use crate::reconnect::{self, Since};
+use crate::reconnect::{self, Entry, Since};
 
 /// At most this many channels in one `join` (PROTOCOL.md).
 pub const MAX_JOIN: usize = 100;
@@ -157,7 +157,10 @@ async fn recover<A: Adapter>(
     community: CommunityId,
     since: Option<Since>,
 ) -> Result<()> {
-    let remembered = app.joins.remembered(user, community).await?;
+    let remembered = app.joins.remembered(user, community).await.unwrap_or_else(|e| {
+        tracing::warn!(user, community, error = %e, "remembered joins unavailable; rejoining the since channels only");
+        Vec::new()
+    });
     let asked: Vec<(ChannelId, i64)> = since
         .iter()
         .flatten()
@@ -180,10 +183,10 @@ async fn recover<A: Adapter>(
         .copied()
         .filter(|c| !rejoined.contains(c))
         .collect();
-    if !lost.is_empty() {
-        app.joins.forget(user, community, &lost).await?;
+    if let Err(e) = app.joins.forget(user, community, &lost).await {
+        tracing::warn!(user, community, error = %e, "could not forget channels the user left");
     }
-    enter_rooms(app, socket, user, community, &rejoined).await?;
+    enter_rooms(app, socket, user, community, &rejoined).await;
     emit(
         socket,
         "rejoined",
@@ -207,32 +210,31 @@ fn emit<A: Adapter, T: serde::Serialize + ?Sized>(socket: &SocketRef<A>, event: 
 }
 
 /// Puts the socket in the channels' rooms, remembers them for reconnects, and
-/// announces users who just came online there.
+/// announces users who just came online there. The rooms are joined whatever
+/// happens to the remembering: Redis trouble costs a reconnect its rejoin, not the
+/// live connection its messages.
 async fn enter_rooms<A: Adapter>(
     app: &App<A>,
     socket: &SocketRef<A>,
     user: UserId,
     community: CommunityId,
     channels: &[ChannelId],
-) -> Result<()> {
+) {
     if channels.is_empty() {
-        return Ok(());
+        return;
     }
-    socket.join(
-        channels
-            .iter()
-            .map(|c| channel_room(*c))
-            .collect::<Vec<_>>(),
-    );
-    app.joins.remember(user, community, channels).await?;
-    let sid = socket.id.to_string();
+    socket.join(channels.iter().map(|c| channel_room(*c)).collect::<Vec<_>>());
+    if let Err(e) = app.joins.remember(user, community, channels).await {
+        tracing::warn!(user, community, error = %e, "could not remember joined channels");
+    }
     for &channel in channels {
-        if app.presence.enter(channel, user, &sid).await? {
-            app.announce_presence(community, channel, user, true, Some(socket))
-                .await;
+        let entry = presence_entry(socket, user, community, channel);
+        match app.presence.enter(&entry).await {
+            Ok(true) => app.announce_presence(community, channel, user, true, Some(socket)).await,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(user, channel, error = %e, "could not record presence"),
         }
     }
-    Ok(())
 }
 
 /// Takes the socket out of the channels' rooms and announces users who went offline.
@@ -242,21 +244,20 @@ async fn leave_rooms<A: Adapter>(
     user: UserId,
     community: CommunityId,
     channels: &[ChannelId],
-) -> Result<()> {
-    socket.leave(
-        channels
-            .iter()
-            .map(|c| channel_room(*c))
-            .collect::<Vec<_>>(),
-    );
-    let sid = socket.id.to_string();
+) {
+    socket.leave(channels.iter().map(|c| channel_room(*c)).collect::<Vec<_>>());
     for &channel in channels {
-        if app.presence.leave(channel, user, &sid).await? {
-            app.announce_presence(community, channel, user, false, Some(socket))
-                .await;
+        let entry = presence_entry(socket, user, community, channel);
+        match app.presence.leave(&entry).await {
+            Ok(true) => app.announce_presence(community, channel, user, false, Some(socket)).await,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(user, channel, error = %e, "could not record leaving presence"),
         }
     }
-    Ok(())
+}
+
+pub(super) fn presence_entry<A: Adapter>(socket: &SocketRef<A>, user: UserId, community: CommunityId, channel: ChannelId) -> Entry {
+    Entry { community, channel, user, socket: socket.id.to_string() }
 }
 
 #[derive(Deserialize)]
@@ -414,7 +415,7 @@ async fn on_join<A: Adapter>(
         let refusal = app.chat.join_refusal(user, community, channel).await?;
         rejected.push(serde_json::json!({ "channelId": channel, "code": refusal.code }));
     }
-    enter_rooms(app, socket, user, community, &joined).await?;
+    enter_rooms(app, socket, user, community, &joined).await;
     Ok(serde_json::json!({ "joined": joined, "rejected": rejected }))
 }
 
@@ -425,8 +426,10 @@ async fn on_leave<A: Adapter>(
 ) -> Result<serde_json::Value> {
     let (user, community) = session_of(socket)?;
     let channels = ChannelList::parse(payload)?;
-    app.joins.forget(user, community, &channels).await?;
-    leave_rooms(app, socket, user, community, &channels).await?;
+    if let Err(e) = app.joins.forget(user, community, &channels).await {
+        tracing::warn!(user, community, error = %e, "could not forget left channels");
+    }
+    leave_rooms(app, socket, user, community, &channels).await;
     Ok(serde_json::json!({ "left": channels }))
 }
 
@@ -504,26 +507,14 @@ async fn in_community<A: Adapter>(
 }
 
 async fn on_disconnect<A: Adapter>(app: &App<A>, socket: &SocketRef<A>) {
-    let Ok((user, community)) = session_of(socket) else {
-        return;
-    };
-    let channels: Vec<ChannelId> = socket
-        .rooms()
-        .iter()
-        .filter_map(|r| room_channel(r))
-        .collect();
+    let Ok((user, community)) = session_of(socket) else { return };
     // Leaving the rooms is the namespace's job; this only updates presence.
-    let sid = socket.id.to_string();
-    for channel in channels {
-        match app.presence.leave(channel, user, &sid).await {
-            Ok(true) => {
-                app.announce_presence(community, channel, user, false, Some(socket))
-                    .await
-            }
+    for channel in socket.rooms().iter().filter_map(|r| room_channel(r)) {
+        let entry = presence_entry(socket, user, community, channel);
+        match app.presence.leave(&entry).await {
+            Ok(true) => app.announce_presence(community, channel, user, false, Some(socket)).await,
             Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(channel, user, error = %e, "could not record leaving presence")
-            }
+            Err(e) => tracing::warn!(channel, user, error = %e, "could not record leaving presence"),
         }
     }
 }

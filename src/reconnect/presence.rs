@@ -1,12 +1,55 @@
 //! Who is online in each channel: users with at least one live socket in the
-//! channel's room. Entries are per socket, so the first socket to enter and the
-//! last to leave are known exactly, whatever order sockets come and go in.
+//! channel's room, on any instance. Entries are per socket, so the first socket to
+//! enter and the last to leave are known exactly, whatever order sockets come and
+//! go in, across instances.
+//!
+//! In Redis (scripts in `lua/`, each one atomic):
+//! - `{prefix}:presence:{channel}:{user}`: the user's sockets there, `instance/sid`;
+//! - `{prefix}:online:{channel}`: the users online there;
+//! - `{prefix}:instance:{id}:presence`: every entry an instance made, so that when it
+//!   dies another instance can take its users offline ([`Presence::reap`]), and so
+//!   that after a Redis outage it can put Redis back in step with its sockets
+//!   ([`Presence::resync`]).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 
-use crate::chat::{ChannelId, UserId};
+use fred::prelude::*;
+use fred::types::scripts::Script;
+
+use crate::adapter::RedisLink;
+use crate::chat::{ChannelId, CommunityId, UserId};
 use crate::error::Result;
+
+static ENTER: LazyLock<Script> = LazyLock::new(|| Script::from_lua(include_str!("lua/presence_enter.lua")));
+static LEAVE: LazyLock<Script> = LazyLock::new(|| Script::from_lua(include_str!("lua/presence_leave.lua")));
+static REMOVE_USER: LazyLock<Script> = LazyLock::new(|| Script::from_lua(include_str!("lua/presence_remove_user.lua")));
+
+/// One socket's presence in one channel.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Entry {
+    pub community: CommunityId,
+    pub channel: ChannelId,
+    pub user: UserId,
+    pub socket: String,
+}
+
+impl Entry {
+    /// The instance index's form: `community|channel|user|socket`.
+    fn encode(&self) -> String {
+        format!("{}|{}|{}|{}", self.community, self.channel, self.user, self.socket)
+    }
+
+    fn decode(s: &str) -> Option<Entry> {
+        let mut parts = s.splitn(4, '|');
+        Some(Entry {
+            community: parts.next()?.parse().ok()?,
+            channel: parts.next()?.parse().ok()?,
+            user: parts.next()?.parse().ok()?,
+            socket: parts.next()?.to_owned(),
+        })
+    }
+}
 
 #[derive(Debug)]
 pub struct Presence {
@@ -18,47 +61,61 @@ type Sockets = HashMap<UserId, HashSet<String>>;
 #[derive(Debug)]
 enum Backend {
     Local(Mutex<HashMap<ChannelId, Sockets>>),
+    Redis { link: RedisLink, instance: String },
 }
 
 impl Presence {
     pub fn local() -> Self {
-        Self {
-            backend: Backend::Local(Mutex::default()),
-        }
+        Self { backend: Backend::Local(Mutex::default()) }
+    }
+
+    /// Presence kept in Redis, this instance's entries filed under `instance`.
+    pub fn redis(link: RedisLink, instance: String) -> Self {
+        Self { backend: Backend::Redis { link, instance } }
+    }
+
+    /// Runs an enter or leave script for the entry made by `instance`.
+    async fn script(link: &RedisLink, script: &Script, instance: &str, e: &Entry) -> Result<bool> {
+        let keys = vec![
+            link.key(format!("presence:{}:{}", e.channel, e.user)),
+            link.key(format!("online:{}", e.channel)),
+            link.key(format!("instance:{instance}:presence")),
+        ];
+        let args = vec![format!("{instance}/{}", e.socket), e.user.to_string(), e.encode()];
+        let changed: i64 = link.run(script.evalsha_with_reload(&link.commands, keys, args)).await?;
+        Ok(changed == 1)
     }
 
     /// Records the socket in the channel; true if it is the user's first there.
-    pub async fn enter(&self, channel: ChannelId, user: UserId, socket: &str) -> Result<bool> {
+    pub async fn enter(&self, e: &Entry) -> Result<bool> {
         match &self.backend {
             Backend::Local(map) => {
                 let mut map = map.lock().unwrap();
-                let sockets = map.entry(channel).or_default().entry(user).or_default();
+                let sockets = map.entry(e.channel).or_default().entry(e.user).or_default();
                 let first = sockets.is_empty();
-                Ok(sockets.insert(socket.to_owned()) && first)
+                Ok(sockets.insert(e.socket.clone()) && first)
             }
+            Backend::Redis { link, instance } => Self::script(link, &ENTER, instance, e).await,
         }
     }
 
     /// Removes the socket from the channel; true if it was the user's last there.
-    pub async fn leave(&self, channel: ChannelId, user: UserId, socket: &str) -> Result<bool> {
+    pub async fn leave(&self, e: &Entry) -> Result<bool> {
         match &self.backend {
             Backend::Local(map) => {
                 let mut map = map.lock().unwrap();
-                let Some(users) = map.get_mut(&channel) else {
-                    return Ok(false);
-                };
-                let Some(sockets) = users.get_mut(&user) else {
-                    return Ok(false);
-                };
-                let last = sockets.remove(socket) && sockets.is_empty();
+                let Some(users) = map.get_mut(&e.channel) else { return Ok(false) };
+                let Some(sockets) = users.get_mut(&e.user) else { return Ok(false) };
+                let last = sockets.remove(&e.socket) && sockets.is_empty();
                 if sockets.is_empty() {
-                    users.remove(&user);
+                    users.remove(&e.user);
                 }
                 if users.is_empty() {
-                    map.remove(&channel);
+                    map.remove(&e.channel);
                 }
                 Ok(last)
             }
+            Backend::Redis { link, instance } => Self::script(link, &LEAVE, instance, e).await,
         }
     }
 
@@ -68,31 +125,71 @@ impl Presence {
         match &self.backend {
             Backend::Local(map) => {
                 let mut map = map.lock().unwrap();
-                let Some(users) = map.get_mut(&channel) else {
-                    return Ok(false);
-                };
+                let Some(users) = map.get_mut(&channel) else { return Ok(false) };
                 let was = users.remove(&user).is_some_and(|s| !s.is_empty());
                 if users.is_empty() {
                     map.remove(&channel);
                 }
                 Ok(was)
             }
+            Backend::Redis { link, .. } => {
+                let keys = vec![link.key(format!("presence:{channel}:{user}")), link.key(format!("online:{channel}"))];
+                let was: i64 =
+                    link.run(REMOVE_USER.evalsha_with_reload(&link.commands, keys, vec![user.to_string()])).await?;
+                Ok(was == 1)
+            }
         }
     }
 
+    /// The users online in the channel, ascending.
     pub async fn online(&self, channel: ChannelId) -> Result<Vec<UserId>> {
-        match &self.backend {
+        let mut users: Vec<UserId> = match &self.backend {
             Backend::Local(map) => {
-                let mut users: Vec<UserId> = map
-                    .lock()
-                    .unwrap()
-                    .get(&channel)
-                    .map(|u| u.keys().copied().collect())
-                    .unwrap_or_default();
-                users.sort_unstable();
-                Ok(users)
+                map.lock().unwrap().get(&channel).map(|u| u.keys().copied().collect()).unwrap_or_default()
+            }
+            Backend::Redis { link, .. } => link.run(link.commands.smembers(link.key(format!("online:{channel}")))).await?,
+        };
+        users.sort_unstable();
+        Ok(users)
+    }
+
+    /// Puts Redis back in step with this instance's sockets (after an outage, when
+    /// enters and leaves may have been lost). Returns the presence changes to
+    /// announce: each entry with `true` for a user who came online, `false` for one
+    /// who went offline. A single node has nothing to resync.
+    pub async fn resync(&self, local: &[Entry]) -> Result<Vec<(Entry, bool)>> {
+        let Backend::Redis { link, instance } = &self.backend else { return Ok(Vec::new()) };
+        let filed: Vec<String> = link.run(link.commands.smembers(link.key(format!("instance:{instance}:presence")))).await?;
+        let filed: HashSet<Entry> = filed.iter().filter_map(|s| Entry::decode(s)).collect();
+        let local_set: HashSet<&Entry> = local.iter().collect();
+        let mut changes = Vec::new();
+        for stale in filed.iter().filter(|e| !local_set.contains(e)) {
+            if Self::script(link, &LEAVE, instance, stale).await? {
+                changes.push((stale.clone(), false));
             }
         }
+        for missing in local.iter().filter(|e| !filed.contains(*e)) {
+            if Self::script(link, &ENTER, instance, missing).await? {
+                changes.push((missing.clone(), true));
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Takes a dead instance's sockets out of every channel; returns the entries
+    /// whose user went offline with them. The caller has claimed the instance.
+    pub async fn reap(&self, dead: &str) -> Result<Vec<Entry>> {
+        let Backend::Redis { link, .. } = &self.backend else { return Ok(Vec::new()) };
+        let index = link.key(format!("instance:{dead}:presence"));
+        let filed: Vec<String> = link.run(link.commands.smembers(&index)).await?;
+        let mut offline = Vec::new();
+        for entry in filed.iter().filter_map(|s| Entry::decode(s)) {
+            if Self::script(link, &LEAVE, dead, &entry).await? {
+                offline.push(entry);
+            }
+        }
+        link.run(link.commands.del::<i64, _>(index)).await?;
+        Ok(offline)
     }
 }
 
@@ -100,16 +197,26 @@ impl Presence {
 mod tests {
     use super::*;
 
+    fn e(user: UserId, socket: &str) -> Entry {
+        Entry { community: 1, channel: 1, user, socket: socket.into() }
+    }
+
     #[tokio::test]
     async fn only_the_first_socket_in_and_the_last_out_change_presence() {
         let p = Presence::local();
-        assert!(p.enter(1, 7, "a").await.unwrap());
-        assert!(!p.enter(1, 7, "b").await.unwrap());
-        assert!(!p.enter(1, 7, "b").await.unwrap());
+        assert!(p.enter(&e(7, "a")).await.unwrap());
+        assert!(!p.enter(&e(7, "b")).await.unwrap());
+        assert!(!p.enter(&e(7, "b")).await.unwrap());
         assert_eq!(p.online(1).await.unwrap(), vec![7]);
-        assert!(!p.leave(1, 7, "a").await.unwrap());
-        assert!(p.leave(1, 7, "b").await.unwrap());
-        assert!(!p.leave(1, 7, "b").await.unwrap());
+        assert!(!p.leave(&e(7, "a")).await.unwrap());
+        assert!(p.leave(&e(7, "b")).await.unwrap());
+        assert!(!p.leave(&e(7, "b")).await.unwrap());
         assert!(p.online(1).await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn entries_survive_their_index_encoding() {
+        let entry = Entry { community: 3, channel: 9, user: 12, socket: "aB-c|d".into() };
+        assert_eq!(Entry::decode(&entry.encode()), Some(entry));
     }
 }

@@ -1,0 +1,306 @@
+//! The Redis side of a cluster: the connections, their health, and the pub/sub
+//! driver under socketioxide-redis's adapter.
+//!
+//! socketioxide-redis 0.4 with fred 10, as its example wires it, does not survive a
+//! Redis restart, and [`ResilientDriver`] exists for each way it fails:
+//! - fred without a reconnect policy never reconnects: emits never return. Both
+//!   clients here reconnect forever (exponential back-off, 100 ms to 2 s).
+//! - fred reconnects, but the adapter's shard subscriptions are not restored (fred's
+//!   `manage_subscriptions()` does not do it for this adapter): the driver tracks the
+//!   channels it was asked for and SSUBSCRIBEs them again on every reconnect.
+//! - the adapter publishes to Redis before delivering locally, and fred has no
+//!   command timeout by default: one emit blocked for a whole outage. Every command
+//!   here has `--redis-timeout`, a publish fails at once while Redis is known to be
+//!   down, and the gateway then delivers to its own sockets (see the fanout).
+//! - creating a namespace subscribes to three channels; while Redis is down that
+//!   hung the first connect to the namespace. `subscribe` here never waits for an
+//!   unreachable Redis: it registers the channel and subscribes when Redis is back.
+//! - pub/sub drops silently (fred's broadcast channel, the adapter's queue, Redis's
+//!   output buffer): drops seen here are counted in `baton_pubsub_dropped_total`; the
+//!   eventSeq gaps and the `position` emit are what let clients repair them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::clients::SubscriberClient;
+use fred::types::Message;
+use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::metrics as m;
+
+/// The adapter baton uses in a cluster.
+pub type ClusterAdapter = socketioxide_redis::CustomRedisAdapter<socketioxide::adapter::Emitter, ResilientDriver>;
+
+/// Messages fred buffers for the router task before it lags (fred's default is 32).
+const PUBSUB_BUFFER: usize = 8192;
+
+/// A Redis failure, as the adapter and the gateway see it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RedisError {
+    #[error("redis is unreachable")]
+    Down,
+    #[error("redis: {0}")]
+    Command(String),
+}
+
+impl From<fred::error::Error> for RedisError {
+    fn from(e: fred::error::Error) -> Self {
+        RedisError::Command(e.to_string())
+    }
+}
+
+/// Whether Redis answers, as last seen by the health check.
+#[derive(Debug)]
+pub struct Health {
+    up: AtomicBool,
+}
+
+impl Health {
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::SeqCst)
+    }
+
+    /// Records the state; true if it changed.
+    fn set(&self, up: bool) -> bool {
+        let was = self.up.swap(up, Ordering::SeqCst);
+        metrics::gauge!(m::REDIS_UP).set(if up { 1.0 } else { 0.0 });
+        was != up
+    }
+}
+
+/// The cluster's connections to Redis: one for commands (state, registry), one for
+/// pub/sub (the adapter), and their shared health.
+#[derive(Clone)]
+pub struct RedisLink {
+    pub commands: Client,
+    pub prefix: String,
+    pub timeout: Duration,
+    pub health: Arc<Health>,
+    driver: ResilientDriver,
+}
+
+impl std::fmt::Debug for RedisLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLink").field("prefix", &self.prefix).field("up", &self.health.is_up()).finish()
+    }
+}
+
+impl RedisLink {
+    /// Builds both clients and starts connecting. Does not fail when Redis is down
+    /// at start: the instance serves its own clients and joins the cluster when
+    /// Redis answers.
+    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> anyhow::Result<Self> {
+        let config = Config::from_url(url).map_err(|e| anyhow::anyhow!("bad REDIS_URL: {e}"))?;
+        let mut builder = Builder::from_config(config);
+        builder
+            .with_performance_config(|p| {
+                p.default_command_timeout = timeout;
+                p.broadcast_channel_capacity = PUBSUB_BUFFER;
+            })
+            .with_connection_config(|c| {
+                c.connection_timeout = timeout;
+                c.internal_command_timeout = timeout;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+        let commands = builder.build()?;
+        let subscriber = builder.build_subscriber_client()?;
+        let health = Arc::new(Health { up: AtomicBool::new(false) });
+        commands.connect();
+        subscriber.connect();
+        let up = tokio::time::timeout(timeout * 3, async {
+            commands.wait_for_connect().await.is_ok() && subscriber.wait_for_connect().await.is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        health.set(up);
+        if !up {
+            tracing::warn!(redis = %redact(url), "redis is unreachable at start; serving local clients until it answers");
+        }
+        let driver = ResilientDriver::start(subscriber, health.clone(), timeout);
+        Ok(Self { commands, prefix: prefix.to_owned(), timeout, health, driver })
+    }
+
+    /// The socketioxide-redis adapter's constructor state.
+    pub fn adapter_state(&self) -> socketioxide_redis::RedisAdapterCtr<ResilientDriver> {
+        let config = socketioxide_redis::RedisAdapterConfig::new()
+            .with_prefix(format!("{}-sio", self.prefix))
+            .with_request_timeout(self.timeout * 2)
+            .with_stream_buffer(8192);
+        socketioxide_redis::RedisAdapterCtr::new_with_driver(self.driver.clone(), config)
+    }
+
+    /// A key under the configured prefix.
+    pub fn key(&self, rest: impl std::fmt::Display) -> String {
+        format!("{}:{rest}", self.prefix)
+    }
+
+    /// Runs a command of baton's own state: fails at once while Redis is known to be
+    /// down, and after `--redis-timeout` otherwise.
+    pub async fn run<T>(&self, command: impl Future<Output = FredResult<T>>) -> Result<T, RedisError> {
+        let result = if self.health.is_up() {
+            match tokio::time::timeout(self.timeout, command).await {
+                Ok(r) => r.map_err(RedisError::from),
+                Err(_) => Err(RedisError::Down),
+            }
+        } else {
+            Err(RedisError::Down)
+        };
+        if result.is_err() {
+            metrics::counter!(m::REDIS_ERRORS).increment(1);
+        }
+        result
+    }
+
+    /// Checks Redis with a PING; returns the state if it changed. On recovery the
+    /// pub/sub channels are subscribed again (the subscriber may not have noticed).
+    pub async fn check(&self) -> Option<bool> {
+        let up = tokio::time::timeout(self.timeout, self.commands.ping::<String>(None)).await.is_ok_and(|r| r.is_ok());
+        if !self.health.set(up) {
+            return None;
+        }
+        if up {
+            tracing::info!("redis answers again");
+            metrics::counter!(m::REDIS_RECONNECTS).increment(1);
+            self.driver.resubscribe().await;
+        } else {
+            tracing::warn!("redis is unreachable: delivering to this instance's clients only");
+        }
+        Some(up)
+    }
+
+    pub async fn quit(&self) {
+        let _ = tokio::time::timeout(self.timeout, self.commands.quit()).await;
+        let _ = tokio::time::timeout(self.timeout, self.driver.inner.subscriber.quit()).await;
+    }
+}
+
+/// The URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// socketioxide-redis's pub/sub driver over fred's subscriber client, made to
+/// survive Redis restarts (see the module doc).
+#[derive(Clone)]
+pub struct ResilientDriver {
+    inner: Arc<DriverInner>,
+}
+
+struct DriverInner {
+    subscriber: SubscriberClient,
+    /// Channels the adapter subscribed to, each with its queue: what is routed, and
+    /// what is subscribed again after a reconnect.
+    handlers: RwLock<HashMap<String, mpsc::Sender<ChanItem>>>,
+    health: Arc<Health>,
+    timeout: Duration,
+}
+
+impl ResilientDriver {
+    fn start(subscriber: SubscriberClient, health: Arc<Health>, timeout: Duration) -> Self {
+        let inner = Arc::new(DriverInner { subscriber, handlers: RwLock::default(), health, timeout });
+        tokio::spawn(route_messages(inner.subscriber.message_rx(), Arc::downgrade(&inner)));
+        let weak = Arc::downgrade(&inner);
+        let mut reconnects = inner.subscriber.reconnect_rx();
+        tokio::spawn(async move {
+            while reconnects.recv().await.is_ok() {
+                let Some(inner) = weak.upgrade() else { return };
+                ResilientDriver { inner }.resubscribe().await;
+            }
+        });
+        Self { inner }
+    }
+
+    /// SSUBSCRIBEs every tracked channel again.
+    async fn resubscribe(&self) {
+        let channels: Vec<String> = self.inner.handlers.read().unwrap().keys().cloned().collect();
+        if channels.is_empty() {
+            return;
+        }
+        let count = channels.len();
+        match tokio::time::timeout(self.inner.timeout, self.inner.subscriber.ssubscribe(channels)).await {
+            Ok(Ok(())) => tracing::info!(channels = count, "pub/sub channels subscribed again"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not subscribe pub/sub channels again"),
+            Err(_) => tracing::warn!("subscribing pub/sub channels again timed out"),
+        }
+    }
+
+    async fn bounded<T>(&self, f: impl Future<Output = FredResult<T>>) -> Result<T, RedisError> {
+        match tokio::time::timeout(self.inner.timeout, f).await {
+            Ok(r) => r.map_err(RedisError::from),
+            Err(_) => Err(RedisError::Down),
+        }
+    }
+}
+
+/// Routes pub/sub messages to the adapter's queues by channel.
+async fn route_messages(mut rx: broadcast::Receiver<Message>, inner: std::sync::Weak<DriverInner>) {
+    loop {
+        match rx.recv().await {
+            Ok(msg) => {
+                let Some(inner) = inner.upgrade() else { return };
+                let chan = msg.channel.to_string();
+                let Some(data) = msg.value.into_owned_bytes() else { continue };
+                let handlers = inner.handlers.read().unwrap();
+                if let Some(tx) = handlers.get(&chan) {
+                    if tx.try_send((chan, data)).is_err() {
+                        metrics::counter!(m::PUBSUB_DROPPED).increment(1);
+                        tracing::warn!("a pub/sub message was dropped: the adapter's queue is full");
+                    }
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                metrics::counter!(m::PUBSUB_DROPPED).increment(n);
+                tracing::warn!(dropped = n, "pub/sub messages were dropped: the router lagged");
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+impl Driver for ResilientDriver {
+    type Error = RedisError;
+
+    async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), Self::Error> {
+        if !self.inner.health.is_up() {
+            return Err(RedisError::Down);
+        }
+        self.bounded(self.inner.subscriber.spublish::<i64, _, _>(chan, val)).await.map(drop)
+    }
+
+    async fn subscribe(&self, chan: String, size: usize) -> Result<MessageStream<ChanItem>, Self::Error> {
+        let (tx, rx) = mpsc::channel(size);
+        self.inner.handlers.write().unwrap().insert(chan.clone(), tx);
+        if self.inner.health.is_up() {
+            if let Err(e) = self.bounded(self.inner.subscriber.ssubscribe(chan.as_str())).await {
+                tracing::warn!(chan, error = %e, "subscribe failed; retried when redis answers");
+            }
+        }
+        Ok(MessageStream::new(rx))
+    }
+
+    async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {
+        self.inner.handlers.write().unwrap().remove(&chan);
+        if self.inner.health.is_up() {
+            self.bounded(self.inner.subscriber.sunsubscribe(chan)).await?;
+        }
+        Ok(())
+    }
+
+    async fn num_serv(&self, chan: &str) -> Result<u16, Self::Error> {
+        if !self.inner.health.is_up() {
+            return Err(RedisError::Down);
+        }
+        let (_, n): (String, u16) = self.bounded(self.inner.subscriber.pubsub_shardnumsub(chan)).await?;
+        Ok(n)
+    }
+}

@@ -1,0 +1,69 @@
+//! Prometheus metrics, rendered at `GET /metrics`. The `metrics` crate's macros
+//! record from anywhere; this module installs the exporter once per process and
+//! names what is measured, so that every metric is listed in one place.
+//!
+//! Histograms have buckets (not summaries) so that they aggregate across instances.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Socket.IO sockets connected to this instance, by namespace (gauge).
+pub const SOCKETS: &str = "baton_sockets";
+/// Namespace connects, by `namespace` kind (`root`, `community`) and `result`
+/// (`accepted` or the refusal's code).
+pub const CONNECTS: &str = "baton_connects_total";
+/// Client events received, by `event`.
+pub const EVENTS_IN: &str = "baton_events_in_total";
+/// Events emitted (one per broadcast, not per recipient), by `event`.
+pub const EVENTS_OUT: &str = "baton_events_out_total";
+/// Time from an event's arrival to its ack, by `event` (seconds).
+pub const ACK_SECONDS: &str = "baton_ack_seconds";
+/// Broadcasts that failed, by `kind` (`adapter`: Redis; `socket`: a full or closed socket buffer).
+pub const BROADCAST_ERRORS: &str = "baton_broadcast_errors_total";
+/// Broadcasts delivered to this instance's sockets only because the cluster adapter failed.
+pub const LOCAL_FALLBACKS: &str = "baton_broadcast_local_fallbacks_total";
+/// Database query time, by `query` (seconds).
+pub const DB_SECONDS: &str = "baton_db_query_seconds";
+/// 1 while Redis answers, 0 while it does not (only in a cluster).
+pub const REDIS_UP: &str = "baton_redis_up";
+/// Times the Redis connections came back after a failure.
+pub const REDIS_RECONNECTS: &str = "baton_redis_reconnects_total";
+/// Redis operations of baton's own state (joins, presence, registry) that failed.
+pub const REDIS_ERRORS: &str = "baton_redis_errors_total";
+/// Pub/sub messages dropped before reaching the adapter (a full queue).
+pub const PUBSUB_DROPPED: &str = "baton_pubsub_dropped_total";
+
+const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process's recorder (once; later calls reuse it) and returns the
+/// handle that renders it.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .expect("the buckets are not empty")
+                .install_recorder()
+                .expect("no other metrics recorder is installed");
+            // The exporter needs its upkeep run to drain histogram buffers.
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                })
+                .expect("spawn the metrics upkeep thread");
+            handle
+        })
+        .clone()
+}
+
+/// The namespace label: `/` or the community namespace's path.
+pub fn namespace_label(ns: &str) -> String {
+    ns.to_owned()
+}

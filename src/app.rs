@@ -2,10 +2,12 @@
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use socketioxide::SocketIo;
-use socketioxide::adapter::Adapter;
+
+use crate::adapter::{ChatAdapter, RedisLink};
 
 use crate::auth::Tokens;
 use crate::chat::{Chat, UserId};
@@ -16,7 +18,7 @@ use crate::reconnect::{Joins, Presence};
 
 /// Everything a handler may need. Generic over the Socket.IO adapter only: the local
 /// one on a single node, the Redis one in a cluster, chosen once at start.
-pub struct App<A: Adapter> {
+pub struct App<A: ChatAdapter> {
     pub config: Config,
     pub chat: Chat,
     pub tokens: Tokens,
@@ -32,9 +34,15 @@ pub struct App<A: Adapter> {
     pub namespaces: Namespaces,
     /// Set when the instance stops taking new connections.
     draining: AtomicBool,
+    /// The cluster's Redis, when this instance is one of several.
+    pub redis: Option<RedisLink>,
+    /// Serialises creating community namespaces on demand (see the fanout).
+    pub(crate) namespace_creation: tokio::sync::Mutex<()>,
+    /// This app, weakly: what namespace handlers created later capture.
+    me: Weak<App<A>>,
 }
 
-impl<A: Adapter> App<A> {
+impl<A: ChatAdapter> App<A> {
     pub fn new(
         config: Config,
         chat: Chat,
@@ -42,10 +50,11 @@ impl<A: Adapter> App<A> {
         io: SocketIo<A>,
         joins: Joins,
         presence: Presence,
-    ) -> Self {
+        redis: Option<RedisLink>,
+    ) -> Arc<Self> {
         let rate = NonZeroU32::new(config.chat_rate.max(1)).unwrap();
         let burst = NonZeroU32::new(config.chat_burst.max(1)).unwrap();
-        Self {
+        Arc::new_cyclic(|me| Self {
             chat_limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
             config,
             chat,
@@ -55,7 +64,15 @@ impl<A: Adapter> App<A> {
             presence,
             namespaces: Namespaces::default(),
             draining: AtomicBool::new(false),
-        }
+            redis,
+            namespace_creation: tokio::sync::Mutex::new(()),
+            me: me.clone(),
+        })
+    }
+
+    /// This app, strongly, while it lives.
+    pub fn arc(&self) -> Option<Arc<Self>> {
+        self.me.upgrade()
     }
 
     /// Takes one chat event from the user's allowance.

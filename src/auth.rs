@@ -7,9 +7,7 @@
 use std::time::Duration;
 
 use argon2::Argon2;
-use argon2::password_hash::{
-    PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
-};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -28,10 +26,7 @@ pub struct Tokens {
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokens")
-            .field("secret", &"<redacted>")
-            .field("ttl", &self.ttl)
-            .finish()
+        f.debug_struct("Tokens").field("secret", &"<redacted>").field("ttl", &self.ttl).finish()
     }
 }
 
@@ -44,19 +39,11 @@ struct Claims {
 
 impl Tokens {
     pub fn new(secret: &[u8], ttl: Duration) -> Self {
-        Self {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
-            ttl,
-        }
+        Self { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret), ttl }
     }
 
     /// The configured secret, or the one kept in the database (generated on first use).
-    pub async fn load(
-        configured: Option<&str>,
-        store: &Store,
-        ttl: Duration,
-    ) -> anyhow::Result<Self> {
+    pub async fn load(configured: Option<&str>, store: &Store, ttl: Duration) -> anyhow::Result<Self> {
         let secret = match configured {
             Some(s) if s.len() < 32 => {
                 anyhow::bail!("BATON_SECRET must be at least 32 bytes");
@@ -73,11 +60,7 @@ impl Tokens {
 
     pub fn issue(&self, user: UserId) -> String {
         let now = jsonwebtoken::get_current_timestamp();
-        let claims = Claims {
-            sub: user.to_string(),
-            iat: now,
-            exp: now + self.ttl.as_secs(),
-        };
+        let claims = Claims { sub: user.to_string(), iat: now, exp: now + self.ttl.as_secs() };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing with an in-memory key does not fail")
     }
@@ -86,18 +69,11 @@ impl Tokens {
     pub fn verify(&self, token: &str) -> Result<UserId> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(
-            |e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                    Error::unauthorized("the token has expired")
-                }
-                _ => Error::unauthorized("the token is not valid"),
-            },
-        )?;
-        data.claims
-            .sub
-            .parse()
-            .map_err(|_| Error::unauthorized("the token is not valid"))
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => Error::unauthorized("the token has expired"),
+            _ => Error::unauthorized("the token is not valid"),
+        })?;
+        data.claims.sub.parse().map_err(|_| Error::unauthorized("the token is not valid"))
     }
 }
 
@@ -106,35 +82,20 @@ impl Tokens {
 pub async fn hash_password(password: String) -> Result<String> {
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| {
-                tracing::error!(error = %e, "password hashing failed");
-                Error::new(
-                    crate::error::Code::Unavailable,
-                    "could not hash the password",
-                )
-            })
+        Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| {
+            tracing::error!(error = %e, "password hashing failed");
+            Error::new(crate::error::Code::Unavailable, "could not hash the password")
+        })
     })
     .await
-    .map_err(|_| {
-        Error::new(
-            crate::error::Code::Unavailable,
-            "could not hash the password",
-        )
-    })?
+    .map_err(|_| Error::new(crate::error::Code::Unavailable, "could not hash the password"))?
 }
 
 /// Whether `password` matches the stored hash.
 pub async fn verify_password(password: String, hash: String) -> bool {
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
-            .map(|parsed| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
+            .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
             .unwrap_or(false)
     })
     .await
@@ -147,9 +108,6 @@ pub fn decoy_hash() -> &'static str {
     static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     DECOY.get_or_init(|| {
         let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
-            .hash_password(b"decoy password, never valid", &salt)
-            .unwrap()
-            .to_string()
+        Argon2::default().hash_password(b"decoy password, never valid", &salt).unwrap().to_string()
     })
 }

@@ -56,10 +56,7 @@ pub struct ClientOptions {
 impl Default for ClientOptions {
     /// No extra headers, a 5 s connect timeout.
     fn default() -> Self {
-        Self {
-            headers: Vec::new(),
-            connect_timeout: Duration::from_secs(5),
-        }
+        Self { headers: Vec::new(), connect_timeout: Duration::from_secs(5) }
     }
 }
 
@@ -116,9 +113,7 @@ struct Shared {
 
 impl Shared {
     fn acks(&self) -> std::sync::MutexGuard<'_, Option<AckWaiters>> {
-        self.acks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.acks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn take_ack(&self, id: u64) -> Option<oneshot::Sender<AckResult>> {
@@ -190,18 +185,14 @@ impl Socket {
             ns => format!("{ns},"),
         };
         let (request, host, port) = build_request(base_url, &opts.headers)?;
-        let ws = timeout_at(deadline, open_websocket(request, &host, port))
-            .await
-            .map_err(|_| ClientError::Timeout)??;
+        let ws =
+            timeout_at(deadline, open_websocket(request, &host, port)).await.map_err(|_| ClientError::Timeout)??;
 
         let (sink, stream) = ws.split();
         let (out, out_rx) = mpsc::unbounded_channel();
         let (inbox_tx, inbox) = mpsc::unbounded_channel();
         let (connected_tx, connected) = oneshot::channel();
-        let shared = Arc::new(Shared {
-            acks: Mutex::new(Some(HashMap::new())),
-            open: true.into(),
-        });
+        let shared = Arc::new(Shared { acks: Mutex::new(Some(HashMap::new())), open: true.into() });
         let connect = match auth {
             Value::Null => format!("40{prefix}"),
             auth => format!("40{prefix}{auth}"),
@@ -246,25 +237,13 @@ impl Socket {
 
     /// Emit with an ack id and wait (bounded by `timeout`) for the server's ack; returns the
     /// ack's FIRST argument (`Value::Null` if it had none).
-    pub async fn emit_with_ack(
-        &self,
-        event: &str,
-        data: Value,
-        timeout: Duration,
-    ) -> Result<Value, ClientError> {
-        self.emit_with_ack_deferred(event, data)
-            .await?
-            .wait(timeout)
-            .await
+    pub async fn emit_with_ack(&self, event: &str, data: Value, timeout: Duration) -> Result<Value, ClientError> {
+        self.emit_with_ack_deferred(event, data).await?.wait(timeout).await
     }
 
     /// Like [`Socket::emit_with_ack`] but does not wait: the frame is queued in call order and
     /// the returned [`AckFuture`] is awaited later, so callers can pipeline many sends.
-    pub async fn emit_with_ack_deferred(
-        &self,
-        event: &str,
-        data: Value,
-    ) -> Result<AckFuture, ClientError> {
+    pub async fn emit_with_ack_deferred(&self, event: &str, data: Value) -> Result<AckFuture, ClientError> {
         self.send_with_ack(|id| vec![Message::text(self.event_frame(Some(id), event, &data))])
     }
 
@@ -284,28 +263,17 @@ impl Socket {
     }
 
     /// Registers an ack id, then sends the frames built for it, in order.
-    fn send_with_ack(
-        &self,
-        frames: impl FnOnce(u64) -> Vec<Message>,
-    ) -> Result<AckFuture, ClientError> {
+    fn send_with_ack(&self, frames: impl FnOnce(u64) -> Vec<Message>) -> Result<AckFuture, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.shared
-            .acks()
-            .as_mut()
-            .ok_or(ClientError::Closed)?
-            .insert(id, tx);
+        self.shared.acks().as_mut().ok_or(ClientError::Closed)?.insert(id, tx);
         for frame in frames(id) {
             if let Err(e) = self.send(frame) {
                 self.shared.take_ack(id);
                 return Err(e);
             }
         }
-        Ok(AckFuture {
-            id,
-            rx,
-            shared: self.shared.clone(),
-        })
+        Ok(AckFuture { id, rx, shared: self.shared.clone() })
     }
 
     /// Send an arbitrary engine.io text frame as-is (for tests of malformed input),
@@ -334,17 +302,9 @@ impl Socket {
     /// Waits for the next event named `name`, buffering (not dropping) other events so later
     /// `next`/`next_event` calls still see them in order; returns its first argument (`Null` if
     /// none). Gives `Err(Closed)` when a disconnect or close comes first (it stays buffered).
-    pub async fn next_event(
-        &mut self,
-        name: &str,
-        timeout: Duration,
-    ) -> Result<Value, ClientError> {
+    pub async fn next_event(&mut self, name: &str, timeout: Duration) -> Result<Value, ClientError> {
         let wanted = |item: &Incoming| matches!(item, Incoming::Event { name: n, .. } if n == name);
-        if let Some(pos) = self
-            .buffered
-            .iter()
-            .position(|item| wanted(item) || is_end(item))
-        {
+        if let Some(pos) = self.buffered.iter().position(|item| wanted(item) || is_end(item)) {
             return match self.buffered.remove(pos) {
                 Some(Incoming::Event { args, .. }) => Ok(first(args)),
                 Some(end) => {
@@ -423,34 +383,18 @@ fn first(args: Vec<Value>) -> Value {
 }
 
 /// Builds the upgrade request for `ws://host:port/socket.io/?EIO=4&transport=websocket`.
-fn build_request(
-    base_url: &str,
-    headers: &[(String, String)],
-) -> Result<(Request, String, u16), ClientError> {
-    let bad = |message: String| ClientError::Handshake {
-        status: None,
-        message,
-    };
+fn build_request(base_url: &str, headers: &[(String, String)]) -> Result<(Request, String, u16), ClientError> {
+    let bad = |message: String| ClientError::Handshake { status: None, message };
     let mut url = url::Url::parse(base_url).map_err(|e| bad(format!("url {base_url:?}: {e}")))?;
     if !matches!(url.scheme(), "http" | "ws") || url.set_scheme("ws").is_err() {
-        return Err(bad(format!(
-            "unsupported scheme in {base_url:?} (plain ws only)"
-        )));
+        return Err(bad(format!("unsupported scheme in {base_url:?} (plain ws only)")));
     }
     url.set_path("/socket.io/");
     url.set_query(Some("EIO=4&transport=websocket"));
-    let host = url
-        .host_str()
-        .ok_or_else(|| bad(format!("no host in {base_url:?}")))?;
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned(); // IPv6
+    let host = url.host_str().ok_or_else(|| bad(format!("no host in {base_url:?}")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned(); // IPv6
     let port = url.port_or_known_default().unwrap_or(80);
-    let mut request = url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| bad(e.to_string()))?;
+    let mut request = url.as_str().into_client_request().map_err(|e| bad(e.to_string()))?;
     for (name, value) in headers {
         let header = HeaderName::from_bytes(name.as_bytes()).map_err(|e| bad(e.to_string()))?;
         let value = HeaderValue::from_str(value).map_err(|e| bad(format!("{name}: {e}")))?;
@@ -470,16 +414,10 @@ async fn open_websocket(request: Request, host: &str, port: u16) -> Result<Ws, C
             let body = response.body().as_deref().map(String::from_utf8_lossy);
             let message = format!("{} {}", response.status(), body.unwrap_or_default().trim());
             let status = Some(response.status().as_u16());
-            Err(ClientError::Handshake {
-                status,
-                message: message.trim_end().to_owned(),
-            })
+            Err(ClientError::Handshake { status, message: message.trim_end().to_owned() })
         }
         Err(WsError::Io(e)) => Err(io(e)),
-        Err(e) => Err(ClientError::Handshake {
-            status: None,
-            message: e.to_string(),
-        }),
+        Err(e) => Err(ClientError::Handshake { status: None, message: e.to_string() }),
     }
 }
 
@@ -612,10 +550,7 @@ impl Reader {
                     let ack = format!("43{}{id}[]", self.prefix);
                     let _ = self.out.send(Message::text(ack));
                 }
-                let _ = self.inbox.send(Incoming::Event {
-                    name,
-                    args: items.collect(),
-                });
+                let _ = self.inbox.send(Incoming::Event { name, args: items.collect() });
             }
             (ACK, Some(Value::Array(args))) => {
                 let id = packet.id.ok_or_else(|| protocol("ACK without id"))?;
@@ -684,21 +619,12 @@ mod tests {
         assert_eq!((p.kind, p.ns, p.id), (EVENT, "/socket/commu-1", Some(17)));
         assert_eq!(p.data, Some(json!(["chat", {"a": 1}])));
         let p = parse_packet("35[1]").unwrap();
-        assert_eq!(
-            (p.kind, p.ns, p.id, p.data),
-            (ACK, "/", Some(5), Some(json!([1])))
-        );
+        assert_eq!((p.kind, p.ns, p.id, p.data), (ACK, "/", Some(5), Some(json!([1]))));
         let p = parse_packet("1/x,").unwrap();
         assert_eq!((p.kind, p.ns, p.id, p.data), (DISCONNECT, "/x", None, None));
         assert_eq!(parse_packet("1/x").unwrap().ns, "/x");
         assert_eq!(parse_packet(r#"51-/x,3["e"]"#).unwrap().id, Some(3));
-        for bad in [
-            "",
-            "9",
-            r#"2["chat",{bad"#,
-            "299999999999999999999999[]",
-            "5/x,",
-        ] {
+        for bad in ["", "9", r#"2["chat",{bad"#, "299999999999999999999999[]", "5/x,"] {
             assert!(parse_packet(bad).is_err(), "{bad:?}");
         }
     }

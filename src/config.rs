@@ -8,11 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "baton",
-    version,
-    about = "A Socket.IO chat server: REST API, Socket.IO gateway, persistence."
-)]
+#[command(name = "baton", version, about = "A Socket.IO chat server: REST API, Socket.IO gateway, persistence.")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -37,12 +33,7 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Address to listen on (REST, Socket.IO, /healthz, /readyz, /metrics).
-    #[arg(
-        long,
-        env = "BATON_LISTEN",
-        default_value = "127.0.0.1:3000",
-        global = true
-    )]
+    #[arg(long, env = "BATON_LISTEN", default_value = "127.0.0.1:3000", global = true)]
     pub listen: SocketAddr,
 
     /// Database URL: `sqlite://PATH` or `postgres://...`. Unset: a SQLite file
@@ -51,12 +42,7 @@ pub struct Config {
     pub database_url: Option<String>,
 
     /// Directory for the embedded SQLite database.
-    #[arg(
-        long,
-        env = "BATON_DATA_DIR",
-        default_value = "baton-data",
-        global = true
-    )]
+    #[arg(long, env = "BATON_DATA_DIR", default_value = "baton-data", global = true)]
     pub data_dir: PathBuf,
 
     /// Secret that signs session tokens (at least 32 bytes). Unset: one is generated
@@ -71,12 +57,7 @@ pub struct Config {
     /// Origins allowed to open Socket.IO connections and call the API from a browser,
     /// comma separated (`https://chat.example.com`), or `*` for any. Requests with no
     /// Origin header (non-browser clients) and same-origin requests are always allowed.
-    #[arg(
-        long,
-        env = "BATON_ALLOWED_ORIGINS",
-        value_delimiter = ',',
-        global = true
-    )]
+    #[arg(long, env = "BATON_ALLOWED_ORIGINS", value_delimiter = ',', global = true)]
     pub allowed_origins: Vec<String>,
 
     /// Largest HTTP request body (REST) in bytes.
@@ -112,7 +93,7 @@ pub struct Config {
 
     /// How long a Redis command may take before baton treats Redis as unreachable
     /// and delivers to its own clients only.
-    #[arg(long, env = "BATON_REDIS_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration, global = true)]
+    #[arg(long, env = "BATON_REDIS_TIMEOUT", default_value = "500ms", value_parser = humantime::parse_duration, global = true)]
     pub redis_timeout: Duration,
 
     /// This instance's name in the cluster's registry. Unset: the host name and a
@@ -121,13 +102,7 @@ pub struct Config {
     pub instance_id: Option<String>,
 
     /// Log format: human-readable lines or one JSON object per line.
-    #[arg(
-        long,
-        env = "BATON_LOG_FORMAT",
-        value_enum,
-        default_value = "human",
-        global = true
-    )]
+    #[arg(long, env = "BATON_LOG_FORMAT", value_enum, default_value = "human", global = true)]
     pub log_format: LogFormat,
 }
 

@@ -9,10 +9,11 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.config.log_format);
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => {
-            let server = Server::build(cli.config).await?;
-            server.run_until(shutdown_signal()).await
+        // One config value decides: with REDIS_URL, an instance of a cluster.
+        Command::Serve if cli.config.redis_url.is_some() => {
+            Server::build_cluster(cli.config).await?.run_until(shutdown_signal()).await
         }
+        Command::Serve => Server::build(cli.config).await?.run_until(shutdown_signal()).await,
         Command::Migrate => {
             let store = open_store(&cli.config).await?;
             store.close().await;

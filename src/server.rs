@@ -12,7 +12,8 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::serve::ListenerExt;
 use socketioxide::SocketIo;
-use socketioxide::adapter::{Adapter, LocalAdapter};
+use socketioxide::adapter::LocalAdapter;
+use crate::adapter::{ChatAdapter, ClusterAdapter, RedisLink};
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
@@ -21,62 +22,91 @@ use crate::auth::Tokens;
 use crate::chat::{Chat, Store, now_ms};
 use crate::config::Config;
 use crate::http::{self, Origins};
-use crate::reconnect::{Joins, Presence};
+use crate::reconnect::{BEAT, Joins, Presence, Registry};
 use crate::{adapter, gateway};
 
 /// A bound, wired baton instance, ready to serve.
-pub struct Server<A: Adapter = LocalAdapter> {
+pub struct Server<A: ChatAdapter = LocalAdapter> {
     listener: TcpListener,
     router: Router,
     app: Arc<App<A>>,
+    /// This instance's entry in the cluster's registry (none on a single node).
+    registry: Option<Registry>,
 }
 
 impl Server<LocalAdapter> {
-    /// Opens and migrates the database, binds `config.listen` (port 0 picks a free
-    /// one), and wires the REST API and the Socket.IO gateway.
+    /// A single node: opens and migrates the database, binds `config.listen` (port
+    /// 0 picks a free one), and wires the REST API and the Socket.IO gateway, with
+    /// rooms, joins and presence in this process.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        anyhow::ensure!(config.redis_url.is_none(), "REDIS_URL is set: build a cluster instance instead");
         let store = open_store(&config).await?;
-        let (layer, io) = adapter::with_limits(SocketIo::builder(), &config).build_layer();
-        let tokens = Tokens::load(config.secret.as_deref(), &store, config.token_ttl).await?;
-        let app = Arc::new(App::new(
-            config,
-            Chat::new(store),
-            tokens,
-            io,
-            Joins::local(),
-            Presence::local(),
-        ));
-        gateway::register(&app);
-        let origins = Arc::new(Origins::new(&app.config.allowed_origins));
-        let router = http::router(app.clone())
-            .layer(layer)
-            .layer(origins.cors())
-            .layer(axum::middleware::from_fn(move |req, next| {
-                http::check_origin(origins.clone(), req, next)
-            }))
-            .layer(DefaultBodyLimit::max(app.config.max_http_body))
-            .layer(TraceLayer::new_for_http());
-        let listener = TcpListener::bind(app.config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", app.config.listen))?;
-        Ok(Server {
-            listener,
-            router,
-            app,
-        })
+        let io = adapter::with_limits(SocketIo::builder(), &config);
+        assemble(config, store, io, Joins::local(), Presence::local(), None).await
     }
+}
+
+impl Server<ClusterAdapter> {
+    /// One instance of a cluster: as [`Server::build`], with the Socket.IO adapter,
+    /// joins and presence in Redis. Refuses SQLite: instances must share a database.
+    pub async fn build_cluster(config: Config) -> anyhow::Result<Self> {
+        let url = config.redis_url.clone().context("a cluster instance needs REDIS_URL")?;
+        anyhow::ensure!(
+            !config.database_url().starts_with("sqlite:"),
+            "REDIS_URL is set but the database is SQLite: a cluster's instances must share one database; \
+             set DATABASE_URL=postgres://..."
+        );
+        let store = open_store(&config).await?;
+        let link = RedisLink::connect(&url, &config.redis_prefix, config.redis_timeout).await?;
+        let instance = config.instance_id.clone().unwrap_or_else(default_instance_id);
+        let io = adapter::with_limits(SocketIo::builder().with_adapter::<ClusterAdapter>(link.adapter_state()), &config);
+        let joins = Joins::redis(link.clone());
+        let presence = Presence::redis(link.clone(), instance.clone());
+        let server = assemble(config, store, io, joins, presence, Some((link.clone(), instance.clone()))).await?;
+        tracing::info!(instance, "joining the cluster");
+        Ok(server)
+    }
+}
+
+/// The host name and a random suffix: unique per process, readable in the registry.
+fn default_instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let suffix: u32 = rand::random();
+    format!("{}-{:08x}", if host.is_empty() { "baton" } else { &host }, suffix)
+}
+
+/// Wires an instance around its adapter; the one place both kinds are built.
+async fn assemble<A: ChatAdapter>(
+    config: Config,
+    store: Store,
+    io: socketioxide::SocketIoBuilder<A>,
+    joins: Joins,
+    presence: Presence,
+    cluster: Option<(RedisLink, String)>,
+) -> anyhow::Result<Server<A>> {
+    crate::metrics::install();
+    let (layer, io) = io.build_layer();
+    let tokens = Tokens::load(config.secret.as_deref(), &store, config.token_ttl).await?;
+    let registry = cluster.as_ref().map(|(link, id)| Registry::new(link.clone(), id.clone()));
+    let app = App::new(config, Chat::new(store), tokens, io, joins, presence, cluster.map(|(link, _)| link));
+    gateway::register(&app).await;
+    let origins = Arc::new(Origins::new(&app.config.allowed_origins));
+    let router = http::router(app.clone())
+        .layer(layer)
+        .layer(origins.cors())
+        .layer(axum::middleware::from_fn(move |req, next| http::check_origin(origins.clone(), req, next)))
+        .layer(DefaultBodyLimit::max(app.config.max_http_body))
+        .layer(TraceLayer::new_for_http());
+    let listener =
+        TcpListener::bind(app.config.listen).await.with_context(|| format!("cannot listen on {}", app.config.listen))?;
+    Ok(Server { listener, router, app, registry })
 }
 
 /// Connects to the configured database and applies its migrations.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let url = config.database_url();
-    let store = Store::connect(&url)
-        .await
-        .with_context(|| format!("cannot open the database {}", redact(&url)))?;
-    store
-        .migrate()
-        .await
-        .context("cannot apply the database migrations")?;
+    let store = Store::connect(&url).await.with_context(|| format!("cannot open the database {}", redact(&url)))?;
+    store.migrate().await.context("cannot apply the database migrations")?;
     Ok(store)
 }
 
@@ -91,11 +121,9 @@ fn redact(url: &str) -> String {
     }
 }
 
-impl<A: Adapter> Server<A> {
+impl<A: ChatAdapter> Server<A> {
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr().expect("a bound listener has an address")
     }
 
     pub fn app(&self) -> &Arc<App<A>> {
@@ -104,17 +132,13 @@ impl<A: Adapter> Server<A> {
 
     /// Serves until `shutdown` resolves, then stops taking connections, closes the
     /// Socket.IO ones, and returns when the HTTP server is done.
-    pub async fn run_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let Server {
-            listener,
-            router,
-            app,
-        } = self;
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Server { listener, router, app, registry } = self;
         tracing::info!(addr = %listener.local_addr()?, database = if app.chat.store().is_sqlite() { "sqlite" } else { "postgres" }, "baton is serving");
-        let background = tokio::spawn(background_tasks(app.clone()));
+        let mut background = vec![tokio::spawn(background_tasks(app.clone()))];
+        if let Some(registry) = registry.clone() {
+            background.push(tokio::spawn(cluster_tasks(app.clone(), registry)));
+        }
         let closing = app.clone();
         let listener = listener.tap_io(|tcp| {
             // Chat packets are small and latency-bound: no Nagle delay.
@@ -129,7 +153,12 @@ impl<A: Adapter> Server<A> {
             })
             .await
             .context("the HTTP server failed")?;
-        background.abort();
+        for task in background {
+            task.abort();
+        }
+        if let Some(registry) = registry {
+            leave_cluster(&app, &registry).await;
+        }
         app.chat.store().close().await;
         tracing::info!("baton stopped");
         Ok(())
@@ -137,7 +166,7 @@ impl<A: Adapter> Server<A> {
 }
 
 /// Periodic work: the `position` emit, and forgetting idle users' rate-limit state.
-async fn background_tasks<A: Adapter>(app: Arc<App<A>>) {
+async fn background_tasks<A: ChatAdapter>(app: Arc<App<A>>) {
     let interval = app.config.position_interval.max(Duration::from_millis(100));
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -149,6 +178,49 @@ async fn background_tasks<A: Adapter>(app: Arc<App<A>>) {
             tracing::warn!(error = %e, "position emit failed");
         }
         app.chat_limiter.retain_recent();
+    }
+}
+
+/// A cluster instance's duties: watch Redis (and put it back in step with this
+/// instance when it returns), beat in the registry, and take dead instances' users
+/// offline.
+async fn cluster_tasks<A: ChatAdapter>(app: Arc<App<A>>, registry: Registry) {
+    let Some(link) = app.redis.clone() else { return };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let beat_every = BEAT.as_secs().max(1);
+    let mut ticks: u64 = 0;
+    loop {
+        tick.tick().await;
+        if link.check().await == Some(true) {
+            gateway::resync(&app).await;
+        }
+        if ticks % beat_every == 0 && link.health.is_up() {
+            if let Err(e) = registry.beat().await {
+                tracing::warn!(error = %e, "registry heartbeat failed");
+            }
+            gateway::reap_dead_instances(&app, &registry).await;
+        }
+        ticks += 1;
+    }
+}
+
+/// On a clean exit: take this instance's remaining presence out of Redis (its
+/// sockets are closed) and leave the registry.
+async fn leave_cluster<A: ChatAdapter>(app: &App<A>, registry: &Registry) {
+    match app.presence.reap(registry.id()).await {
+        Ok(offline) => {
+            for e in offline {
+                app.announce_presence(e.community, e.channel, e.user, false, None).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not clear this instance's presence"),
+    }
+    if let Err(e) = registry.remove(registry.id()).await {
+        tracing::warn!(error = %e, "could not leave the registry");
+    }
+    if let Some(link) = &app.redis {
+        link.quit().await;
     }
 }
 

@@ -29,3 +29,9 @@ pub fn with_limits<A: Adapter>(builder: SocketIoBuilder<A>, config: &Config) -> 
         .ws_max_frame_size(config.max_message)
         .max_buffer_size(SOCKET_BUFFER_PACKETS)
 }
+
+/// The adapters baton runs on: socketioxide's local one (a single node) and the
+/// Redis one (a cluster). `DefinedAdapter` is what lets namespaces be added at run
+/// time with either.
+pub trait ChatAdapter: socketioxide::adapter::Adapter + socketioxide_core::adapter::DefinedAdapter {}
+impl<A: socketioxide::adapter::Adapter + socketioxide_core::adapter::DefinedAdapter> ChatAdapter for A {}

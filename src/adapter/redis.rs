@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use fred::prelude::*;
 use fred::clients::SubscriberClient;
+use fred::prelude::*;
 use fred::types::Message;
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::{broadcast, mpsc};
@@ -120,7 +120,7 @@ impl RedisLink {
         if !up {
             tracing::warn!(redis = %redact(url), "redis is unreachable at start; serving local clients until it answers");
         }
-        let driver = ResilientDriver::start(subscriber, health.clone(), timeout);
+        let driver = ResilientDriver::start(subscriber, commands.clone(), health.clone(), timeout);
         Ok(Self { commands, prefix: prefix.to_owned(), timeout, health, driver })
     }
 
@@ -198,6 +198,9 @@ pub struct ResilientDriver {
 
 struct DriverInner {
     subscriber: SubscriberClient,
+    /// Publishes go through the command connection: in RESP2 a connection that has
+    /// subscribed may do nothing else.
+    publisher: Client,
     /// Channels the adapter subscribed to, each with its queue: what is routed, and
     /// what is subscribed again after a reconnect.
     handlers: RwLock<HashMap<String, mpsc::Sender<ChanItem>>>,
@@ -206,8 +209,8 @@ struct DriverInner {
 }
 
 impl ResilientDriver {
-    fn start(subscriber: SubscriberClient, health: Arc<Health>, timeout: Duration) -> Self {
-        let inner = Arc::new(DriverInner { subscriber, handlers: RwLock::default(), health, timeout });
+    fn start(subscriber: SubscriberClient, publisher: Client, health: Arc<Health>, timeout: Duration) -> Self {
+        let inner = Arc::new(DriverInner { subscriber, publisher, handlers: RwLock::default(), health, timeout });
         tokio::spawn(route_messages(inner.subscriber.message_rx(), Arc::downgrade(&inner)));
         let weak = Arc::downgrade(&inner);
         let mut reconnects = inner.subscriber.reconnect_rx();
@@ -234,10 +237,17 @@ impl ResilientDriver {
         }
     }
 
+    /// Runs a command bounded by the timeout. A timeout marks Redis down at once, so
+    /// the next emits go local without waiting; the health check marks it up again.
     async fn bounded<T>(&self, f: impl Future<Output = FredResult<T>>) -> Result<T, RedisError> {
         match tokio::time::timeout(self.inner.timeout, f).await {
             Ok(r) => r.map_err(RedisError::from),
-            Err(_) => Err(RedisError::Down),
+            Err(_) => {
+                if self.inner.health.set(false) {
+                    tracing::warn!("redis timed out: delivering to this instance's clients only");
+                }
+                Err(RedisError::Down)
+            }
         }
     }
 }
@@ -274,7 +284,7 @@ impl Driver for ResilientDriver {
         if !self.inner.health.is_up() {
             return Err(RedisError::Down);
         }
-        self.bounded(self.inner.subscriber.spublish::<i64, _, _>(chan, val)).await.map(drop)
+        self.bounded(self.inner.publisher.spublish::<i64, _, _>(chan, val)).await.map(drop)
     }
 
     async fn subscribe(&self, chan: String, size: usize) -> Result<MessageStream<ChanItem>, Self::Error> {
@@ -300,7 +310,7 @@ impl Driver for ResilientDriver {
         if !self.inner.health.is_up() {
             return Err(RedisError::Down);
         }
-        let (_, n): (String, u16) = self.bounded(self.inner.subscriber.pubsub_shardnumsub(chan)).await?;
+        let (_, n): (String, u16) = self.bounded(self.inner.publisher.pubsub_shardnumsub(chan)).await?;
         Ok(n)
     }
 }

@@ -6,8 +6,7 @@ use crate::error::{Error, Result};
 /// Rejects characters that no text field should carry: NUL (PostgreSQL refuses it)
 /// and other C0 controls except tab, line feed and carriage return.
 fn has_forbidden_controls(s: &str) -> bool {
-    s.chars()
-        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    s.chars().any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
 }
 
 fn bounded_text(field: &str, raw: &str, max: usize) -> Result<String> {
@@ -17,14 +16,10 @@ fn bounded_text(field: &str, raw: &str, max: usize) -> Result<String> {
         return Err(Error::invalid(format!("{field} must not be empty")));
     }
     if len > max {
-        return Err(Error::too_large(format!(
-            "{field} is {len} characters, at most {max} are allowed"
-        )));
+        return Err(Error::too_large(format!("{field} is {len} characters, at most {max} are allowed")));
     }
     if has_forbidden_controls(trimmed) {
-        return Err(Error::invalid(format!(
-            "{field} contains control characters"
-        )));
+        return Err(Error::invalid(format!("{field} contains control characters")));
     }
     Ok(trimmed.to_owned())
 }
@@ -75,13 +70,8 @@ impl Username {
         if !(3..=32).contains(&len) {
             return Err(Error::invalid("username must be 3 to 32 characters"));
         }
-        if !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-        {
-            return Err(Error::invalid(
-                "username may only contain letters, digits, '_', '.' and '-'",
-            ));
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+            return Err(Error::invalid("username may only contain letters, digits, '_', '.' and '-'"));
         }
         Ok(Self(name))
     }
@@ -146,10 +136,7 @@ mod tests {
         assert_eq!(Content::parse("  hi \n").unwrap().as_str(), "hi");
         assert_eq!(Content::parse("   ").unwrap_err().code, Code::Invalid);
         assert!(Content::parse(&"é".repeat(4000)).is_ok());
-        assert_eq!(
-            Content::parse(&"a".repeat(4001)).unwrap_err().code,
-            Code::TooLarge
-        );
+        assert_eq!(Content::parse(&"a".repeat(4001)).unwrap_err().code, Code::TooLarge);
         assert_eq!(Content::parse("a\0b").unwrap_err().code, Code::Invalid);
     }
 

@@ -7,9 +7,7 @@ mod input;
 mod service;
 pub mod store;
 
-pub use input::{
-    ChannelName, ClientMsgId, CommunityName, Content, DisplayName, Password, Username,
-};
+pub use input::{ChannelName, ClientMsgId, CommunityName, Content, DisplayName, Password, Username};
 pub use service::{Chat, Created, HistoryQuery, Page};
 pub use store::Store;
 
@@ -22,10 +20,7 @@ pub type MessageId = i64;
 
 /// Milliseconds since the Unix epoch: the protocol's time unit.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -45,11 +40,7 @@ pub enum Role {
 
 impl Role {
     fn parse(s: &str) -> Role {
-        if s == "owner" {
-            Role::Owner
-        } else {
-            Role::Member
-        }
+        if s == "owner" { Role::Owner } else { Role::Member }
     }
     fn as_str(self) -> &'static str {
         match self {

@@ -8,9 +8,8 @@ use serde::Serialize;
 
 use super::store::{ChannelAccess, Inserted, Slice};
 use super::{
-    Change, Channel, ChannelId, ChannelName, ClientMsgId, Community, CommunityId, CommunityName,
-    CommunityUnread, Content, DisplayName, Message, MessageId, Password, Role, Store, Unread, User,
-    UserId, Username, now_ms,
+    Change, Channel, ChannelId, ChannelName, ClientMsgId, Community, CommunityId, CommunityName, CommunityUnread,
+    Content, DisplayName, Message, MessageId, Password, Role, Store, Unread, User, UserId, Username, now_ms,
 };
 use crate::auth;
 use crate::error::{Error, Result};
@@ -58,9 +57,9 @@ const MAX_PAGE: i64 = 200;
 fn require_member(access: Option<ChannelAccess>) -> Result<Channel> {
     match access {
         Some(a) if a.channel_member => Ok(a.channel),
-        Some(a) if a.community_role.is_some() && !a.channel.private => Err(Error::forbidden(
-            "you are not a member of this channel; join it first",
-        )),
+        Some(a) if a.community_role.is_some() && !a.channel.private => {
+            Err(Error::forbidden("you are not a member of this channel; join it first"))
+        }
         _ => Err(no_such_channel()),
     }
 }
@@ -80,12 +79,7 @@ impl Chat {
 
     // ---- accounts ----
 
-    pub async fn register(
-        &self,
-        username: &str,
-        password: &str,
-        display_name: Option<&str>,
-    ) -> Result<User> {
+    pub async fn register(&self, username: &str, password: &str, display_name: Option<&str>) -> Result<User> {
         let username = Username::parse(username)?;
         let password = Password::parse(password)?;
         let display_name = DisplayName::parse(display_name.unwrap_or(username.as_str()))?;
@@ -114,10 +108,7 @@ impl Chat {
     }
 
     pub async fn user(&self, id: UserId) -> Result<User> {
-        self.store
-            .user(id)
-            .await?
-            .ok_or_else(|| Error::unauthorized("the account no longer exists"))
+        self.store.user(id).await?.ok_or_else(|| Error::unauthorized("the account no longer exists"))
     }
 
     // ---- communities ----
@@ -128,10 +119,7 @@ impl Chat {
 
     pub async fn create_community(&self, user: UserId, name: &str) -> Result<Community> {
         let name = CommunityName::parse(name)?;
-        Ok(self
-            .store
-            .insert_community(user, name.as_str(), now_ms())
-            .await?)
+        Ok(self.store.insert_community(user, name.as_str(), now_ms()).await?)
     }
 
     /// The user's role in the community, or the error that refuses them.
@@ -156,20 +144,14 @@ impl Chat {
             return Err(Error::forbidden("only the community's owner adds members"));
         }
         let user = self.user_named(username).await?;
-        let added = self
-            .store
-            .insert_community_member(community, user.id, now_ms())
-            .await?;
+        let added = self.store.insert_community_member(community, user.id, now_ms()).await?;
         Ok((user, added))
     }
 
     async fn user_named(&self, username: &str) -> Result<User> {
         let not_found = || Error::not_found("no such user");
         let username = Username::parse(username).map_err(|_| not_found())?;
-        self.store
-            .user_by_name(username.as_str())
-            .await?
-            .ok_or_else(not_found)
+        self.store.user_by_name(username.as_str()).await?.ok_or_else(not_found)
     }
 
     // ---- channels ----
@@ -201,21 +183,14 @@ impl Chat {
 
     /// Joins a public channel of a community the user is in.
     pub async fn join_channel(&self, user: UserId, channel: ChannelId) -> Result<(Channel, bool)> {
-        let access = self
-            .store
-            .channel_access(channel, user)
-            .await?
-            .ok_or_else(no_such_channel)?;
+        let access = self.store.channel_access(channel, user).await?.ok_or_else(no_such_channel)?;
         if access.channel_member {
             return Ok((access.channel, false));
         }
         if access.community_role.is_none() || access.channel.private {
             return Err(no_such_channel());
         }
-        let added = self
-            .store
-            .insert_channel_member(channel, user, now_ms())
-            .await?;
+        let added = self.store.insert_channel_member(channel, user, now_ms()).await?;
         Ok((access.channel, added))
     }
 
@@ -229,50 +204,26 @@ impl Chat {
     ) -> Result<(Channel, User, bool)> {
         let channel = self.member_channel(actor, channel).await?;
         let user = self.user_named(username).await?;
-        if self
-            .store
-            .community_role(channel.community_id, user.id)
-            .await?
-            .is_none()
-        {
-            return Err(Error::forbidden(
-                "that user is not a member of this community",
-            ));
+        if self.store.community_role(channel.community_id, user.id).await?.is_none() {
+            return Err(Error::forbidden("that user is not a member of this community"));
         }
-        let added = self
-            .store
-            .insert_channel_member(channel.id, user.id, now_ms())
-            .await?;
+        let added = self.store.insert_channel_member(channel.id, user.id, now_ms()).await?;
         Ok((channel, user, added))
     }
 
     /// A user leaves, or the community's owner removes them.
-    pub async fn remove_channel_member(
-        &self,
-        actor: UserId,
-        channel: ChannelId,
-        user: UserId,
-    ) -> Result<Channel> {
-        let access = self
-            .store
-            .channel_access(channel, actor)
-            .await?
-            .ok_or_else(no_such_channel)?;
+    pub async fn remove_channel_member(&self, actor: UserId, channel: ChannelId, user: UserId) -> Result<Channel> {
+        let access = self.store.channel_access(channel, actor).await?.ok_or_else(no_such_channel)?;
         let allowed = actor == user || access.community_role.as_deref() == Some("owner");
-        let visible =
-            access.channel_member || (access.community_role.is_some() && !access.channel.private);
+        let visible = access.channel_member || (access.community_role.is_some() && !access.channel.private);
         if !visible {
             return Err(no_such_channel());
         }
         if !allowed {
-            return Err(Error::forbidden(
-                "only the community's owner removes other members",
-            ));
+            return Err(Error::forbidden("only the community's owner removes other members"));
         }
         if !self.store.delete_channel_member(channel, user).await? {
-            return Err(Error::not_found(
-                "that user is not a member of this channel",
-            ));
+            return Err(Error::not_found("that user is not a member of this channel"));
         }
         Ok(access.channel)
     }
@@ -284,25 +235,13 @@ impl Chat {
         community: CommunityId,
         channels: &[ChannelId],
     ) -> Result<Vec<ChannelId>> {
-        Ok(self
-            .store
-            .member_channels_among(community, user, channels)
-            .await?)
+        Ok(self.store.member_channels_among(community, user, channels).await?)
     }
 
     /// Why the user may not join a channel: `not_found` or `forbidden`, as the REST
     /// calls would answer.
-    pub async fn join_refusal(
-        &self,
-        user: UserId,
-        community: CommunityId,
-        channel: ChannelId,
-    ) -> Result<Error> {
-        let access = self
-            .store
-            .channel_access(channel, user)
-            .await?
-            .filter(|a| a.channel.community_id == community);
+    pub async fn join_refusal(&self, user: UserId, community: CommunityId, channel: ChannelId) -> Result<Error> {
+        let access = self.store.channel_access(channel, user).await?.filter(|a| a.channel.community_id == community);
         Ok(require_member(access).err().unwrap_or_else(no_such_channel))
     }
 
@@ -324,35 +263,16 @@ impl Chat {
         self.member_channel(user, channel).await?;
         let inserted = self
             .store
-            .insert_message(
-                channel,
-                user,
-                content.as_str(),
-                client_msg_id.as_ref().map(ClientMsgId::as_str),
-                now_ms(),
-            )
+            .insert_message(channel, user, content.as_str(), client_msg_id.as_ref().map(ClientMsgId::as_str), now_ms())
             .await?;
         Ok(match inserted {
-            Inserted::Fresh(message) => Created {
-                message,
-                change: Change::New,
-                fresh: true,
-            },
-            Inserted::Existing(message) => Created {
-                message,
-                change: Change::New,
-                fresh: false,
-            },
+            Inserted::Fresh(message) => Created { message, change: Change::New, fresh: true },
+            Inserted::Existing(message) => Created { message, change: Change::New, fresh: false },
         })
     }
 
     /// The author's own live message in this channel.
-    async fn own_message(
-        &self,
-        user: UserId,
-        channel: ChannelId,
-        id: MessageId,
-    ) -> Result<Message> {
+    async fn own_message(&self, user: UserId, channel: ChannelId, id: MessageId) -> Result<Message> {
         self.member_channel(user, channel).await?;
         let message = self
             .store
@@ -361,35 +281,19 @@ impl Chat {
             .filter(|m| m.channel_id == channel)
             .ok_or_else(|| Error::not_found("no such message in this channel"))?;
         if message.sender_id != user {
-            return Err(Error::forbidden(
-                "only the author modifies or deletes a message",
-            ));
+            return Err(Error::forbidden("only the author modifies or deletes a message"));
         }
         Ok(message)
     }
 
-    pub async fn modify(
-        &self,
-        user: UserId,
-        channel: ChannelId,
-        id: MessageId,
-        content: &str,
-    ) -> Result<Created> {
+    pub async fn modify(&self, user: UserId, channel: ChannelId, id: MessageId, content: &str) -> Result<Created> {
         let content = Content::parse(content)?;
         let message = self.own_message(user, channel, id).await?;
         if message.deleted {
             return Err(Error::conflict("the message was deleted"));
         }
-        match self
-            .store
-            .change_message(&message, Some(content.as_str()), now_ms())
-            .await?
-        {
-            Some(message) => Ok(Created {
-                message,
-                change: Change::Modify,
-                fresh: true,
-            }),
+        match self.store.change_message(&message, Some(content.as_str()), now_ms()).await? {
+            Some(message) => Ok(Created { message, change: Change::Modify, fresh: true }),
             None => Err(Error::conflict("the message was deleted")),
         }
     }
@@ -399,65 +303,34 @@ impl Chat {
         let message = self.own_message(user, channel, id).await?;
         if !message.deleted {
             if let Some(message) = self.store.change_message(&message, None, now_ms()).await? {
-                return Ok(Created {
-                    message,
-                    change: Change::Delete,
-                    fresh: true,
-                });
+                return Ok(Created { message, change: Change::Delete, fresh: true });
             }
         }
-        let current = self
-            .store
-            .message(id)
-            .await?
-            .ok_or_else(|| Error::not_found("no such message"))?;
-        Ok(Created {
-            message: current,
-            change: Change::Delete,
-            fresh: false,
-        })
+        let current = self.store.message(id).await?.ok_or_else(|| Error::not_found("no such message"))?;
+        Ok(Created { message: current, change: Change::Delete, fresh: false })
     }
 
-    pub async fn history(
-        &self,
-        user: UserId,
-        channel: ChannelId,
-        query: &HistoryQuery,
-    ) -> Result<Page> {
+    pub async fn history(&self, user: UserId, channel: ChannelId, query: &HistoryQuery) -> Result<Page> {
         let limit = query.limit.unwrap_or(DEFAULT_PAGE);
         if !(1..=MAX_PAGE).contains(&limit) {
             return Err(Error::invalid(format!("limit must be 1 to {MAX_PAGE}")));
         }
         let slice = match (query.since, query.before, query.after) {
             (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-                return Err(Error::invalid(
-                    "since cannot be combined with before or after",
-                ));
+                return Err(Error::invalid("since cannot be combined with before or after"));
             }
             (Some(since), None, None) => Slice::Changes { since },
             (None, before, Some(after)) => Slice::Ascending { after, before },
-            (None, before, None) => Slice::Descending {
-                before,
-                after: None,
-            },
+            (None, before, None) => Slice::Descending { before, after: None },
         };
         let channel = self.member_channel(user, channel).await?;
         let (messages, has_more) = self.read_slice(channel.id, slice, limit).await?;
         let last_seq = matches!(slice, Slice::Changes { .. }).then_some(channel.last_seq);
-        Ok(Page {
-            messages,
-            has_more,
-            last_seq,
-        })
+        Ok(Page { messages, has_more, last_seq })
     }
 
     /// Up to `limit` messages of the slice, and whether there are more.
-    pub async fn read_slice(
-        &self,
-        channel: ChannelId,
-        slice: Slice,
-        limit: i64,
-    ) -> Result<(Vec<Message>, bool)> {
+    pub async fn read_slice(&self, channel: ChannelId, slice: Slice, limit: i64) -> Result<(Vec<Message>, bool)> {
         let mut messages = self.store.messages(channel, slice, limit + 1).await?;
         let has_more = messages.len() as i64 > limit;
         messages.truncate(limit as usize);
@@ -466,19 +339,14 @@ impl Chat {
 
     // ---- read markers and unread ----
 
-    /// Moves the read marker (never backwards); returns the marker's position.
-    pub async fn mark_read(&self, user: UserId, channel: ChannelId, seq: i64) -> Result<i64> {
+    /// Moves the read marker (never backwards); returns the marker's position and
+    /// whether it moved.
+    pub async fn mark_read(&self, user: UserId, channel: ChannelId, seq: i64) -> Result<(i64, bool)> {
         let channel = self.member_channel(user, channel).await?;
         if seq < 0 || seq > channel.last_seq {
-            return Err(Error::invalid(format!(
-                "seq must be 0 to the channel's lastSeq ({})",
-                channel.last_seq
-            )));
+            return Err(Error::invalid(format!("seq must be 0 to the channel's lastSeq ({})", channel.last_seq)));
         }
-        self.store
-            .advance_read(channel.id, user, seq)
-            .await?
-            .ok_or_else(no_such_channel)
+        self.store.advance_read(channel.id, user, seq).await?.ok_or_else(no_such_channel)
     }
 
     pub async fn unread(&self, user: UserId) -> Result<Unread> {
@@ -498,11 +366,7 @@ impl Chat {
                 }
             }
             let unread = channels.iter().map(|c| c.unread).sum();
-            out.push(CommunityUnread {
-                community_id: community.id,
-                unread,
-                channels,
-            });
+            out.push(CommunityUnread { community_id: community.id, unread, channels });
         }
         Ok(Unread { communities: out })
     }

@@ -15,14 +15,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-use super::{
-    Channel, ChannelId, ChannelUnread, Community, CommunityId, Message, MessageId, Role, User,
-    UserId,
-};
+use super::{Channel, ChannelId, ChannelUnread, Community, CommunityId, Message, MessageId, Role, User, UserId};
 
 /// Where the messages live. Cheap to clone.
 #[derive(Clone)]
@@ -126,10 +121,7 @@ pub enum Inserted {
 #[derive(Debug, Clone, Copy)]
 pub enum Slice {
     /// seq in (after, before), newest first.
-    Descending {
-        before: Option<i64>,
-        after: Option<i64>,
-    },
+    Descending { before: Option<i64>, after: Option<i64> },
     /// seq in (after, before), oldest first.
     Ascending { after: i64, before: Option<i64> },
     /// The changes feed: eventSeq > since, in eventSeq order.
@@ -137,8 +129,7 @@ pub enum Slice {
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .is_some_and(|d| d.is_unique_violation())
+    e.as_database_error().is_some_and(|d| d.is_unique_violation())
 }
 
 impl Store {
@@ -158,30 +149,16 @@ impl Store {
                     std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
                 }
             }
-            let write = SqlitePoolOptions::new()
-                .max_connections(1)
-                .connect_with(options.clone())
-                .await?;
-            let read = SqlitePoolOptions::new()
-                .max_connections(4)
-                .connect_with(options.read_only(true))
-                .await?;
-            Ok(Store {
-                backend: Backend::Sqlite { read, write },
-            })
+            let write = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+            let read = SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?;
+            Ok(Store { backend: Backend::Sqlite { read, write } })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            let pool = PgPoolOptions::new()
-                .max_connections(16)
-                .acquire_timeout(Duration::from_secs(10))
-                .connect(url)
-                .await?;
-            Ok(Store {
-                backend: Backend::Postgres(pool),
-            })
+            let pool =
+                PgPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(10)).connect(url).await?;
+            Ok(Store { backend: Backend::Postgres(pool) })
         } else {
             Err(sqlx::Error::Configuration(
-                format!("unsupported database URL {url:?}: use sqlite://PATH or postgres://...")
-                    .into(),
+                format!("unsupported database URL {url:?}: use sqlite://PATH or postgres://...").into(),
             ))
         }
     }
@@ -200,10 +177,7 @@ impl Store {
 
     /// Whether the database answers a trivial query (for /readyz).
     pub async fn ping(&self) -> bool {
-        on_reader!(self, |pool| sqlx::query("SELECT 1")
-            .execute(pool)
-            .await
-            .is_ok())
+        on_reader!(self, |pool| sqlx::query("SELECT 1").execute(pool).await.is_ok())
     }
 
     pub async fn close(&self) {
@@ -222,17 +196,12 @@ impl Store {
     /// concurrent starts: every instance ends up with the first value written.
     pub async fn setting_or_insert(&self, key: &str, default: &str) -> Result<String, sqlx::Error> {
         on_writer!(self, |pool| {
-            sqlx::query(
-                "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-            )
-            .bind(key)
-            .bind(default)
-            .execute(pool)
-            .await?;
-            sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+            sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
                 .bind(key)
-                .fetch_one(pool)
-                .await
+                .bind(default)
+                .execute(pool)
+                .await?;
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = $1").bind(key).fetch_one(pool).await
         })
     }
 
@@ -294,12 +263,7 @@ impl Store {
 
     // ---- communities ----
 
-    pub async fn insert_community(
-        &self,
-        owner: UserId,
-        name: &str,
-        now: i64,
-    ) -> Result<Community, sqlx::Error> {
+    pub async fn insert_community(&self, owner: UserId, name: &str, now: i64) -> Result<Community, sqlx::Error> {
         on_writer!(self, |pool| {
             let mut tx = pool.begin().await?;
             let id: i64 = sqlx::query_scalar(
@@ -320,11 +284,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok(Community {
-                id,
-                name: name.to_owned(),
-                role: Role::Owner,
-            })
+            Ok(Community { id, name: name.to_owned(), role: Role::Owner })
         })
     }
 
@@ -338,30 +298,17 @@ impl Store {
             .fetch_all(pool)
             .await
         })?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, name, role)| Community {
-                id,
-                name,
-                role: Role::parse(&role),
-            })
-            .collect())
+        Ok(rows.into_iter().map(|(id, name, role)| Community { id, name, role: Role::parse(&role) }).collect())
     }
 
     /// The user's role in the community; `Ok(None)` if not a member (or no such community).
-    pub async fn community_role(
-        &self,
-        community: CommunityId,
-        user: UserId,
-    ) -> Result<Option<Role>, sqlx::Error> {
+    pub async fn community_role(&self, community: CommunityId, user: UserId) -> Result<Option<Role>, sqlx::Error> {
         let role: Option<String> = on_reader!(self, |pool| {
-            sqlx::query_scalar(
-                "SELECT role FROM community_members WHERE community_id = $1 AND user_id = $2",
-            )
-            .bind(community)
-            .bind(user)
-            .fetch_optional(pool)
-            .await
+            sqlx::query_scalar("SELECT role FROM community_members WHERE community_id = $1 AND user_id = $2")
+                .bind(community)
+                .bind(user)
+                .fetch_optional(pool)
+                .await
         })?;
         Ok(role.as_deref().map(Role::parse))
     }
@@ -423,12 +370,14 @@ impl Store {
                 .bind(now)
                 .fetch_one(&mut *tx)
                 .await?;
-                sqlx::query("INSERT INTO channel_members (channel_id, user_id, read_seq, joined_at) VALUES ($1, $2, 0, $3)")
-                    .bind(channel.id)
-                    .bind(creator)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO channel_members (channel_id, user_id, read_seq, joined_at) VALUES ($1, $2, 0, $3)",
+                )
+                .bind(channel.id)
+                .bind(creator)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
                 tx.commit().await?;
                 Ok(channel)
             }
@@ -442,11 +391,7 @@ impl Store {
     }
 
     /// Public channels of the community and the private ones the user is in.
-    pub async fn visible_channels(
-        &self,
-        community: CommunityId,
-        user: UserId,
-    ) -> Result<Vec<Channel>, sqlx::Error> {
+    pub async fn visible_channels(&self, community: CommunityId, user: UserId) -> Result<Vec<Channel>, sqlx::Error> {
         on_reader!(self, |pool| {
             sqlx::query_as(
                 "SELECT c.id, c.community_id, c.name, c.private, c.last_seq FROM channels c \
@@ -462,11 +407,7 @@ impl Store {
     }
 
     /// The channel and the user's standing in it; `None` if there is no such channel.
-    pub async fn channel_access(
-        &self,
-        channel: ChannelId,
-        user: UserId,
-    ) -> Result<Option<ChannelAccess>, sqlx::Error> {
+    pub async fn channel_access(&self, channel: ChannelId, user: UserId) -> Result<Option<ChannelAccess>, sqlx::Error> {
         on_reader!(self, |pool| {
             sqlx::query_as(
                 "SELECT c.id, c.community_id, c.name, c.private, c.last_seq, \
@@ -495,31 +436,16 @@ impl Store {
         }
         // Ids are integers we parsed, so inlining them is safe and keeps one query
         // for both dialects (no array binds in SQLite).
-        let list = channels
-            .iter()
-            .map(i64::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
+        let list = channels.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
         let sql = format!(
             "SELECT m.channel_id FROM channel_members m JOIN channels c ON c.id = m.channel_id \
              WHERE m.user_id = $1 AND c.community_id = $2 AND m.channel_id IN ({list}) ORDER BY m.channel_id"
         );
-        on_reader!(self, |pool| {
-            sqlx::query_scalar(&sql)
-                .bind(user)
-                .bind(community)
-                .fetch_all(pool)
-                .await
-        })
+        on_reader!(self, |pool| sqlx::query_scalar(&sql).bind(user).bind(community).fetch_all(pool).await)
     }
 
     /// Adds a channel member; `false` if the user already was one.
-    pub async fn insert_channel_member(
-        &self,
-        channel: ChannelId,
-        user: UserId,
-        now: i64,
-    ) -> Result<bool, sqlx::Error> {
+    pub async fn insert_channel_member(&self, channel: ChannelId, user: UserId, now: i64) -> Result<bool, sqlx::Error> {
         on_writer!(self, |pool| {
             sqlx::query(
                 "INSERT INTO channel_members (channel_id, user_id, read_seq, joined_at) VALUES ($1, $2, 0, $3) \
@@ -535,11 +461,7 @@ impl Store {
     }
 
     /// Removes a channel member; `false` if the user was not one.
-    pub async fn delete_channel_member(
-        &self,
-        channel: ChannelId,
-        user: UserId,
-    ) -> Result<bool, sqlx::Error> {
+    pub async fn delete_channel_member(&self, channel: ChannelId, user: UserId) -> Result<bool, sqlx::Error> {
         on_writer!(self, |pool| {
             sqlx::query("DELETE FROM channel_members WHERE channel_id = $1 AND user_id = $2")
                 .bind(channel)
@@ -561,17 +483,12 @@ impl Store {
 
     /// Channels whose event sequence moved at or after `since_ms`:
     /// `(channel, community, last_seq)`, for the `position` emit.
-    pub async fn recently_active(
-        &self,
-        since_ms: i64,
-    ) -> Result<Vec<(ChannelId, CommunityId, i64)>, sqlx::Error> {
+    pub async fn recently_active(&self, since_ms: i64) -> Result<Vec<(ChannelId, CommunityId, i64)>, sqlx::Error> {
         on_reader!(self, |pool| {
-            sqlx::query_as(
-                "SELECT id, community_id, last_seq FROM channels WHERE last_event_at >= $1",
-            )
-            .bind(since_ms)
-            .fetch_all(pool)
-            .await
+            sqlx::query_as("SELECT id, community_id, last_seq FROM channels WHERE last_event_at >= $1")
+                .bind(since_ms)
+                .fetch_all(pool)
+                .await
         })
     }
 
@@ -579,10 +496,7 @@ impl Store {
 
     pub async fn message(&self, id: MessageId) -> Result<Option<Message>, sqlx::Error> {
         let sql = format!("SELECT {MESSAGE_COLUMNS} WHERE m.id = $1");
-        on_reader!(self, |pool| sqlx::query_as(&sql)
-            .bind(id)
-            .fetch_optional(pool)
-            .await)
+        on_reader!(self, |pool| sqlx::query_as(&sql).bind(id).fetch_optional(pool).await)
     }
 
     async fn message_by_client_id(
@@ -591,16 +505,10 @@ impl Store {
         sender: UserId,
         client_msg_id: &str,
     ) -> Result<Option<Message>, sqlx::Error> {
-        let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} WHERE m.channel_id = $1 AND m.sender_id = $2 AND m.client_msg_id = $3"
-        );
+        let sql =
+            format!("SELECT {MESSAGE_COLUMNS} WHERE m.channel_id = $1 AND m.sender_id = $2 AND m.client_msg_id = $3");
         on_reader!(self, |pool| {
-            sqlx::query_as(&sql)
-                .bind(channel)
-                .bind(sender)
-                .bind(client_msg_id)
-                .fetch_optional(pool)
-                .await
+            sqlx::query_as(&sql).bind(channel).bind(sender).bind(client_msg_id).fetch_optional(pool).await
         })
     }
 
@@ -663,11 +571,9 @@ impl Store {
             (Ok(message), _) => Ok(Inserted::Fresh(message)),
             // A concurrent send with the same clientMsgId won the race; ours rolled
             // back (sequence included), so return theirs.
-            (Err(e), Some(cmid)) if is_unique_violation(&e) => self
-                .message_by_client_id(channel, sender, cmid)
-                .await?
-                .map(Inserted::Existing)
-                .ok_or(e),
+            (Err(e), Some(cmid)) if is_unique_violation(&e) => {
+                self.message_by_client_id(channel, sender, cmid).await?.map(Inserted::Existing).ok_or(e)
+            }
             (Err(e), _) => Err(e),
         }
     }
@@ -730,68 +636,57 @@ impl Store {
     }
 
     /// Reads `limit` messages of a channel (one more is fetched to tell `hasMore`).
-    pub async fn messages(
-        &self,
-        channel: ChannelId,
-        slice: Slice,
-        limit: i64,
-    ) -> Result<Vec<Message>, sqlx::Error> {
+    pub async fn messages(&self, channel: ChannelId, slice: Slice, limit: i64) -> Result<Vec<Message>, sqlx::Error> {
         // Bounds are integers, inlined as such; the open ones become no-ops.
         let (filter, order) = match slice {
-            Slice::Descending { before, after } => (
-                format!(
-                    "m.seq < {} AND m.seq > {}",
-                    before.unwrap_or(i64::MAX),
-                    after.unwrap_or(-1)
-                ),
-                "m.seq DESC",
-            ),
-            Slice::Ascending { after, before } => (
-                format!("m.seq > {after} AND m.seq < {}", before.unwrap_or(i64::MAX)),
-                "m.seq ASC",
-            ),
+            Slice::Descending { before, after } => {
+                (format!("m.seq < {} AND m.seq > {}", before.unwrap_or(i64::MAX), after.unwrap_or(-1)), "m.seq DESC")
+            }
+            Slice::Ascending { after, before } => {
+                (format!("m.seq > {after} AND m.seq < {}", before.unwrap_or(i64::MAX)), "m.seq ASC")
+            }
             Slice::Changes { since } => (format!("m.event_seq > {since}"), "m.event_seq ASC"),
         };
-        let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} WHERE m.channel_id = $1 AND {filter} ORDER BY {order} LIMIT $2"
-        );
-        on_reader!(self, |pool| {
-            sqlx::query_as(&sql)
-                .bind(channel)
-                .bind(limit)
-                .fetch_all(pool)
-                .await
-        })
+        let sql = format!("SELECT {MESSAGE_COLUMNS} WHERE m.channel_id = $1 AND {filter} ORDER BY {order} LIMIT $2");
+        on_reader!(self, |pool| sqlx::query_as(&sql).bind(channel).bind(limit).fetch_all(pool).await)
     }
 
     // ---- read markers ----
 
-    /// Moves the read marker forward to `seq` (never backwards); returns where it is.
+    /// Moves the read marker forward to `seq` (never backwards); returns where it is
+    /// and whether it moved, or `None` if the user is not a member.
     pub async fn advance_read(
         &self,
         channel: ChannelId,
         user: UserId,
         seq: i64,
-    ) -> Result<Option<i64>, sqlx::Error> {
+    ) -> Result<Option<(i64, bool)>, sqlx::Error> {
         on_writer!(self, |pool| {
-            sqlx::query_scalar(
-                "UPDATE channel_members SET read_seq = CASE WHEN read_seq < $3 THEN $3 ELSE read_seq END \
-                 WHERE channel_id = $1 AND user_id = $2 RETURNING read_seq",
+            let moved: Option<i64> = sqlx::query_scalar(
+                "UPDATE channel_members SET read_seq = $3 WHERE channel_id = $1 AND user_id = $2 AND read_seq < $3 \
+                 RETURNING read_seq",
             )
             .bind(channel)
             .bind(user)
             .bind(seq)
             .fetch_optional(pool)
-            .await
+            .await?;
+            if let Some(seq) = moved {
+                return Ok(Some((seq, true)));
+            }
+            let current: Option<i64> =
+                sqlx::query_scalar("SELECT read_seq FROM channel_members WHERE channel_id = $1 AND user_id = $2")
+                    .bind(channel)
+                    .bind(user)
+                    .fetch_optional(pool)
+                    .await?;
+            Ok(current.map(|seq| (seq, false)))
         })
     }
 
     /// Unread counts of every channel the user is in: messages by others, not
     /// deleted, past the read marker.
-    pub async fn unread(
-        &self,
-        user: UserId,
-    ) -> Result<Vec<(CommunityId, ChannelUnread)>, sqlx::Error> {
+    pub async fn unread(&self, user: UserId) -> Result<Vec<(CommunityId, ChannelUnread)>, sqlx::Error> {
         let rows: Vec<UnreadRow> = on_reader!(self, |pool| {
             sqlx::query_as(
                 "SELECT c.community_id, c.id AS channel_id, c.last_seq, cm.read_seq, \

@@ -9,17 +9,18 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use serde::Deserialize;
-use socketioxide::adapter::Adapter;
+use crate::adapter::ChatAdapter;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
+use socketioxide_core::adapter::Spawnable;
 
 use super::extract::{InOrder, Payload, Turnstile};
 use super::{
-    COMMUNITY_NS_PREFIX, Refusal, Session, ack_body, answer, authenticate, channel_room,
-    room_channel, session, stopped, user_room,
+    COMMUNITY_NS_PREFIX, Refusal, Session, ack_body, answer, authenticate, channel_room, room_channel, session,
+    stopped, user_room,
 };
 use crate::app::App;
-use crate::chat::{ChannelId, CommunityId, HistoryQuery, UserId};
+use crate::chat::{ChannelId, CommunityId, Created, HistoryQuery, UserId};
 use crate::error::{Code, Error, Result};
 use crate::gateway::ChatCommand;
 use crate::reconnect::{self, Entry, Since};
@@ -27,7 +28,30 @@ use crate::reconnect::{self, Entry, Since};
 /// At most this many channels in one `join` (PROTOCOL.md).
 pub const MAX_JOIN: usize = 100;
 
-pub(super) fn register<A: Adapter>(app: &Arc<App<A>>) {
+pub(super) fn register<A: ChatAdapter>(app: &Arc<App<A>>) {
+    app.io
+        .dyn_ns(format!("{COMMUNITY_NS_PREFIX}{{community}}"), connect_handler(app))
+        .expect("the community namespace pattern is valid");
+}
+
+/// Adds one community's namespace now, with the same handlers as the dynamic
+/// pattern, for an instance that must emit into it before any socket of the
+/// community has connected here. Resolves once the namespace can be used.
+pub(super) async fn add_namespace<A: ChatAdapter>(app: &Arc<App<A>>, path: String) {
+    app.io.ns(path.clone(), connect_handler(app)).spawn();
+    // The Redis adapter inserts the namespace once its channels are subscribed,
+    // which the cluster's driver never lets wait on an unreachable Redis.
+    for _ in 0..200 {
+        if app.io.of(&path).is_some() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tracing::warn!(ns = %path, "the namespace was not ready in 2 s");
+}
+
+/// Admission as middleware, recovery as the connect handler (see the module doc).
+fn connect_handler<A: ChatAdapter>(app: &Arc<App<A>>) -> impl ConnectHandler<A, (SocketRef<A>,)> {
     let admit_app = Arc::downgrade(app);
     let admit = move |socket: SocketRef<A>, TryData(auth): TryData<serde_json::Value>| {
         let app = admit_app.upgrade();
@@ -42,12 +66,7 @@ pub(super) fn register<A: Adapter>(app: &Arc<App<A>>) {
             }
         }
     };
-    app.io
-        .dyn_ns(
-            format!("{COMMUNITY_NS_PREFIX}{{community}}"),
-            on_connect.with(admit),
-        )
-        .expect("the community namespace pattern is valid");
+    on_connect.with(admit)
 }
 
 /// A community socket's session: who, where, and what to replay once connected.
@@ -55,11 +74,7 @@ struct Pending {
     since: Option<Since>,
 }
 
-async fn admit<A: Adapter>(
-    app: &Arc<App<A>>,
-    socket: SocketRef<A>,
-    auth: serde_json::Value,
-) -> Result<(), Refusal> {
+async fn admit<A: ChatAdapter>(app: &Arc<App<A>>, socket: SocketRef<A>, auth: serde_json::Value) -> Result<(), Refusal> {
     let path = socket.ns().to_owned();
     app.namespaces.begin(&path);
     match check_admission(app, &path, &auth).await {
@@ -82,16 +97,9 @@ async fn admit<A: Adapter>(
     }
 }
 
-async fn check_admission<A: Adapter>(
-    app: &App<A>,
-    path: &str,
-    auth: &serde_json::Value,
-) -> Result<(Session, Pending)> {
+async fn check_admission<A: ChatAdapter>(app: &App<A>, path: &str, auth: &serde_json::Value) -> Result<(Session, Pending)> {
     if app.is_draining() {
-        return Err(Error::new(
-            Code::Draining,
-            "this instance is draining; connect to another",
-        ));
+        return Err(Error::new(Code::Draining, "this instance is draining; connect to another"));
     }
     let community: CommunityId = path
         .strip_prefix(COMMUNITY_NS_PREFIX)
@@ -104,34 +112,23 @@ async fn check_admission<A: Adapter>(
     };
     // PROTOCOL.md: refused with `forbidden` unless a member, whether or not the
     // community exists.
-    app.chat
-        .community_role(user, community)
-        .await
-        .map_err(|e| match e.code {
-            Code::NotFound => Error::forbidden("you are not a member of this community"),
-            _ => e,
-        })?;
-    Ok((
-        Session {
-            user,
-            community: Some(community),
-        },
-        Pending { since },
-    ))
+    app.chat.community_role(user, community).await.map_err(|e| match e.code {
+        Code::NotFound => Error::forbidden("you are not a member of this community"),
+        _ => e,
+    })?;
+    Ok((Session { user, community: Some(community) }, Pending { since }))
 }
 
 fn parse_since(v: &serde_json::Value) -> Result<Since> {
     let since: Since = serde_json::from_value(v.clone())
         .map_err(|_| Error::invalid("since must be an object {\"<channelId>\": eventSeq}"))?;
     if let Some(bad) = since.keys().find(|k| k.parse::<ChannelId>().is_err()) {
-        return Err(Error::invalid(format!(
-            "since has a key that is not a channel id: {bad:?}"
-        )));
+        return Err(Error::invalid(format!("since has a key that is not a channel id: {bad:?}")));
     }
     Ok(since)
 }
 
-async fn on_connect<A: Adapter>(app: &Arc<App<A>>, socket: SocketRef<A>) {
+async fn on_connect<A: ChatAdapter>(app: &Arc<App<A>>, socket: SocketRef<A>) {
     app.namespaces.end(socket.ns());
     let Some(session) = session(&socket) else {
         return;
@@ -139,10 +136,7 @@ async fn on_connect<A: Adapter>(app: &Arc<App<A>>, socket: SocketRef<A>) {
     let Some(community) = session.community else {
         return;
     };
-    let since = socket
-        .extensions
-        .get::<Arc<Pending>>()
-        .and_then(|p| p.since.clone());
+    let since = socket.extensions.get::<Arc<Pending>>().and_then(|p| p.since.clone());
     socket.join(user_room(session.user));
     if let Err(e) = recover(app, &socket, session.user, community, since).await {
         tracing::warn!(sid = %socket.id, error = %e, "recovery failed; the client can join and page history");
@@ -150,7 +144,7 @@ async fn on_connect<A: Adapter>(app: &Arc<App<A>>, socket: SocketRef<A>) {
 }
 
 /// Rejoin, `rejoined`, replay, `recovered` (PROTOCOL.md, Recovery).
-async fn recover<A: Adapter>(
+async fn recover<A: ChatAdapter>(
     app: &App<A>,
     socket: &SocketRef<A>,
     user: UserId,
@@ -161,49 +155,28 @@ async fn recover<A: Adapter>(
         tracing::warn!(user, community, error = %e, "remembered joins unavailable; rejoining the since channels only");
         Vec::new()
     });
-    let asked: Vec<(ChannelId, i64)> = since
-        .iter()
-        .flatten()
-        .filter_map(|(k, &n)| Some((k.parse().ok()?, n)))
-        .collect();
+    let asked: Vec<(ChannelId, i64)> =
+        since.iter().flatten().filter_map(|(k, &n)| Some((k.parse().ok()?, n))).collect();
     // A channel the client has a position in was joined: rejoin it too, so its room
     // is joined before its replay is read.
-    let wanted: BTreeSet<ChannelId> = remembered
-        .iter()
-        .copied()
-        .chain(asked.iter().map(|(c, _)| *c))
-        .collect();
+    let wanted: BTreeSet<ChannelId> = remembered.iter().copied().chain(asked.iter().map(|(c, _)| *c)).collect();
     let wanted: Vec<ChannelId> = wanted.into_iter().collect();
-    let rejoined = app
-        .chat
-        .member_channels_among(user, community, &wanted)
-        .await?;
-    let lost: Vec<ChannelId> = remembered
-        .iter()
-        .copied()
-        .filter(|c| !rejoined.contains(c))
-        .collect();
+    let rejoined = app.chat.member_channels_among(user, community, &wanted).await?;
+    let lost: Vec<ChannelId> = remembered.iter().copied().filter(|c| !rejoined.contains(c)).collect();
     if let Err(e) = app.joins.forget(user, community, &lost).await {
         tracing::warn!(user, community, error = %e, "could not forget channels the user left");
     }
     enter_rooms(app, socket, user, community, &rejoined).await;
-    emit(
-        socket,
-        "rejoined",
-        &serde_json::json!({ "channels": rejoined }),
-    );
+    emit(socket, "rejoined", &serde_json::json!({ "channels": rejoined }));
     if since.is_some() {
-        let replayable: Vec<(ChannelId, i64)> = asked
-            .into_iter()
-            .filter(|(c, _)| rejoined.contains(c))
-            .collect();
+        let replayable: Vec<(ChannelId, i64)> = asked.into_iter().filter(|(c, _)| rejoined.contains(c)).collect();
         let recovered = reconnect::replay(&app.chat, socket, &replayable).await?;
         emit(socket, "recovered", &recovered);
     }
     Ok(())
 }
 
-fn emit<A: Adapter, T: serde::Serialize + ?Sized>(socket: &SocketRef<A>, event: &str, data: &T) {
+fn emit<A: ChatAdapter, T: serde::Serialize + ?Sized>(socket: &SocketRef<A>, event: &str, data: &T) {
     if let Err(e) = socket.emit(event, data) {
         tracing::debug!(sid = %socket.id, event, error = %e, "emit failed");
     }
@@ -213,7 +186,7 @@ fn emit<A: Adapter, T: serde::Serialize + ?Sized>(socket: &SocketRef<A>, event: 
 /// announces users who just came online there. The rooms are joined whatever
 /// happens to the remembering: Redis trouble costs a reconnect its rejoin, not the
 /// live connection its messages.
-async fn enter_rooms<A: Adapter>(
+async fn enter_rooms<A: ChatAdapter>(
     app: &App<A>,
     socket: &SocketRef<A>,
     user: UserId,
@@ -238,7 +211,7 @@ async fn enter_rooms<A: Adapter>(
 }
 
 /// Takes the socket out of the channels' rooms and announces users who went offline.
-async fn leave_rooms<A: Adapter>(
+async fn leave_rooms<A: ChatAdapter>(
     app: &App<A>,
     socket: &SocketRef<A>,
     user: UserId,
@@ -256,7 +229,12 @@ async fn leave_rooms<A: Adapter>(
     }
 }
 
-pub(super) fn presence_entry<A: Adapter>(socket: &SocketRef<A>, user: UserId, community: CommunityId, channel: ChannelId) -> Entry {
+pub(super) fn presence_entry<A: ChatAdapter>(
+    socket: &SocketRef<A>,
+    user: UserId,
+    community: CommunityId,
+    channel: ChannelId,
+) -> Entry {
     Entry { community, channel, user, socket: socket.id.to_string() }
 }
 
@@ -271,9 +249,7 @@ impl ChannelList {
     fn parse(payload: Payload) -> Result<Vec<ChannelId>> {
         let list: ChannelList = payload.parse()?;
         if list.channels.len() > MAX_JOIN {
-            return Err(Error::too_large(format!(
-                "at most {MAX_JOIN} channels at once"
-            )));
+            return Err(Error::too_large(format!("at most {MAX_JOIN} channels at once")));
         }
         let set: BTreeSet<ChannelId> = list.channels.into_iter().collect();
         Ok(set.into_iter().collect())
@@ -303,81 +279,68 @@ struct TypingRequest {
     channel_id: ChannelId,
 }
 
-fn register_handlers<A: Adapter>(app: &Arc<App<A>>, socket: &SocketRef<A>) {
+fn register_handlers<A: ChatAdapter>(app: &Arc<App<A>>, socket: &SocketRef<A>) {
     let a = Arc::downgrade(app);
-    socket.on(
-        "join",
-        move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
-            let app = a.upgrade();
-            async move {
-                let Some(app) = app else { return };
-                let _turn = t.wait().await;
-                answer(ack, &ack_body(on_join(&app, &s, p).await));
-            }
-        },
-    );
+    socket.on("join", move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
+        let app = a.upgrade();
+        async move {
+            let Some(app) = app else { return };
+            let _turn = t.wait().await;
+            answer(ack, &ack_body(on_join(&app, &s, p).await));
+        }
+    });
     let a = Arc::downgrade(app);
-    socket.on(
-        "leave",
-        move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
-            let app = a.upgrade();
-            async move {
-                let Some(app) = app else { return };
-                let _turn = t.wait().await;
-                answer(ack, &ack_body(on_leave(&app, &s, p).await));
-            }
-        },
-    );
+    socket.on("leave", move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
+        let app = a.upgrade();
+        async move {
+            let Some(app) = app else { return };
+            let _turn = t.wait().await;
+            answer(ack, &ack_body(on_leave(&app, &s, p).await));
+        }
+    });
     let a = Arc::downgrade(app);
     socket.on("chat", move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
         let app = a.upgrade();
         async move {
             let Some(app) = app else { return };
             let _turn = t.wait().await;
-            let body = match on_chat(&app, &s, p).await {
-                Ok(message) => serde_json::json!({ "written": true, "chatInfo": message }),
-                Err(e) => serde_json::json!({ "written": false, "chatInfo": null, "error": e.body()["error"] }),
-            };
-            answer(ack, &body);
+            match on_chat(&app, &s, p).await {
+                Ok(created) => {
+                    // Durable now: ack for the sender's optimistic UI, then broadcast,
+                    // still in this socket's turn so its broadcasts keep its order.
+                    answer(ack, &serde_json::json!({ "written": true, "chatInfo": created.message }));
+                    app.publish(&created, Some(&s)).await;
+                }
+                Err(e) => {
+                    answer(ack, &serde_json::json!({ "written": false, "chatInfo": null, "error": e.body()["error"] }))
+                }
+            }
         }
     });
     let a = Arc::downgrade(app);
-    socket.on(
-        "read",
-        move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
-            let app = a.upgrade();
-            async move {
-                let Some(app) = app else { return };
-                let _turn = t.wait().await;
-                answer(ack, &ack_body(on_read(&app, &s, p).await));
-            }
-        },
-    );
+    socket.on("read", move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
+        let app = a.upgrade();
+        async move {
+            let Some(app) = app else { return };
+            let _turn = t.wait().await;
+            answer(ack, &ack_body(on_read(&app, &s, p).await));
+        }
+    });
     let a = Arc::downgrade(app);
-    socket.on(
-        "history",
-        move |s: SocketRef<A>, ack: AckSender<A>, p: Payload| {
-            let app = a.upgrade();
-            async move {
-                if let Some(app) = app {
-                    answer(ack, &ack_body(on_history(&app, &s, p).await))
-                }
+    socket.on("history", move |s: SocketRef<A>, ack: AckSender<A>, p: Payload| {
+        let app = a.upgrade();
+        async move {
+            if let Some(app) = app {
+                answer(ack, &ack_body(on_history(&app, &s, p).await))
             }
-        },
-    );
-    socket.on(
-        "typing",
-        move |s: SocketRef<A>, ack: AckSender<A>, p: Payload| async move {
-            answer(ack, &ack_body(on_typing(&s, p).await));
-        },
-    );
+        }
+    });
+    socket.on("typing", move |s: SocketRef<A>, ack: AckSender<A>, p: Payload| async move {
+        answer(ack, &ack_body(on_typing(&s, p).await));
+    });
     socket.on_fallback(
-        move |ack: AckSender<A>,
-              socketioxide::extract::Event(name): socketioxide::extract::Event| async move {
-            answer(
-                ack,
-                &Error::invalid(format!("unknown event {name:?}")).body(),
-            );
+        move |ack: AckSender<A>, socketioxide::extract::Event(name): socketioxide::extract::Event| async move {
+            answer(ack, &Error::invalid(format!("unknown event {name:?}")).body());
         },
     );
     let a = Arc::downgrade(app);
@@ -391,25 +354,16 @@ fn register_handlers<A: Adapter>(app: &Arc<App<A>>, socket: &SocketRef<A>) {
     });
 }
 
-fn session_of<A: Adapter>(socket: &SocketRef<A>) -> Result<(UserId, CommunityId)> {
+fn session_of<A: ChatAdapter>(socket: &SocketRef<A>) -> Result<(UserId, CommunityId)> {
     let session = session(socket).ok_or_else(|| Error::unauthorized("not admitted"))?;
-    let community = session
-        .community
-        .ok_or_else(|| Error::unauthorized("not admitted"))?;
+    let community = session.community.ok_or_else(|| Error::unauthorized("not admitted"))?;
     Ok((session.user, community))
 }
 
-async fn on_join<A: Adapter>(
-    app: &App<A>,
-    socket: &SocketRef<A>,
-    payload: Payload,
-) -> Result<serde_json::Value> {
+async fn on_join<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>, payload: Payload) -> Result<serde_json::Value> {
     let (user, community) = session_of(socket)?;
     let channels = ChannelList::parse(payload)?;
-    let joined = app
-        .chat
-        .member_channels_among(user, community, &channels)
-        .await?;
+    let joined = app.chat.member_channels_among(user, community, &channels).await?;
     let mut rejected = Vec::new();
     for &channel in channels.iter().filter(|c| !joined.contains(c)) {
         let refusal = app.chat.join_refusal(user, community, channel).await?;
@@ -419,11 +373,7 @@ async fn on_join<A: Adapter>(
     Ok(serde_json::json!({ "joined": joined, "rejected": rejected }))
 }
 
-async fn on_leave<A: Adapter>(
-    app: &App<A>,
-    socket: &SocketRef<A>,
-    payload: Payload,
-) -> Result<serde_json::Value> {
+async fn on_leave<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>, payload: Payload) -> Result<serde_json::Value> {
     let (user, community) = session_of(socket)?;
     let channels = ChannelList::parse(payload)?;
     if let Err(e) = app.joins.forget(user, community, &channels).await {
@@ -433,22 +383,14 @@ async fn on_leave<A: Adapter>(
     Ok(serde_json::json!({ "left": channels }))
 }
 
-async fn on_chat<A: Adapter>(
-    app: &App<A>,
-    socket: &SocketRef<A>,
-    payload: Payload,
-) -> Result<crate::chat::Message> {
+async fn on_chat<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>, payload: Payload) -> Result<Created> {
     let (user, community) = session_of(socket)?;
     let command: ChatCommand = payload.parse()?;
     in_community(app, user, community, command.channel_id()).await?;
-    Ok(app.send_chat(user, command, Some(socket)).await?.message)
+    app.write_chat(user, command).await
 }
 
-async fn on_read<A: Adapter>(
-    app: &App<A>,
-    socket: &SocketRef<A>,
-    payload: Payload,
-) -> Result<serde_json::Value> {
+async fn on_read<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>, payload: Payload) -> Result<serde_json::Value> {
     let (user, community) = session_of(socket)?;
     let req: ReadRequest = payload.parse()?;
     in_community(app, user, community, req.channel_id).await?;
@@ -456,28 +398,16 @@ async fn on_read<A: Adapter>(
     Ok(serde_json::json!({ "ok": true, "seq": seq }))
 }
 
-async fn on_history<A: Adapter>(
-    app: &App<A>,
-    socket: &SocketRef<A>,
-    payload: Payload,
-) -> Result<crate::chat::Page> {
+async fn on_history<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>, payload: Payload) -> Result<crate::chat::Page> {
     let (user, community) = session_of(socket)?;
     let req: HistoryRequest = payload.parse()?;
     in_community(app, user, community, req.channel_id).await?;
-    let query = HistoryQuery {
-        before: req.before,
-        after: req.after,
-        since: req.since,
-        limit: req.limit,
-    };
+    let query = HistoryQuery { before: req.before, after: req.after, since: req.since, limit: req.limit };
     app.chat.history(user, req.channel_id, &query).await
 }
 
 /// Typing is only relayed from a socket in the channel's room (no database read).
-async fn on_typing<A: Adapter>(
-    socket: &SocketRef<A>,
-    payload: Payload,
-) -> Result<serde_json::Value> {
+async fn on_typing<A: ChatAdapter>(socket: &SocketRef<A>, payload: Payload) -> Result<serde_json::Value> {
     let (user, _) = session_of(socket)?;
     let req: TypingRequest = payload.parse()?;
     let room = channel_room(req.channel_id);
@@ -493,7 +423,7 @@ async fn on_typing<A: Adapter>(
 
 /// Socket events act within the socket's community: a channel of another community
 /// is answered as one that does not exist.
-async fn in_community<A: Adapter>(
+async fn in_community<A: ChatAdapter>(
     app: &App<A>,
     user: UserId,
     community: CommunityId,
@@ -506,7 +436,7 @@ async fn in_community<A: Adapter>(
     Ok(())
 }
 
-async fn on_disconnect<A: Adapter>(app: &App<A>, socket: &SocketRef<A>) {
+async fn on_disconnect<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>) {
     let Ok((user, community)) = session_of(socket) else { return };
     // Leaving the rooms is the namespace's job; this only updates presence.
     for channel in socket.rooms().iter().filter_map(|r| room_channel(r)) {

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use socketioxide::adapter::Adapter;
+use crate::adapter::ChatAdapter;
 use socketioxide::extract::TryData;
 use socketioxide::handler::{FromMessageParts, Value};
 use socketioxide::socket::Socket;
@@ -26,19 +26,13 @@ pub struct Turnstile {
 
 impl Default for Turnstile {
     fn default() -> Self {
-        Self {
-            issued: AtomicU64::new(0),
-            serving: watch::Sender::new(0),
-        }
+        Self { issued: AtomicU64::new(0), serving: watch::Sender::new(0) }
     }
 }
 
 impl Turnstile {
     fn ticket(self: &Arc<Self>) -> Ticket {
-        Ticket {
-            number: self.issued.fetch_add(1, Ordering::SeqCst),
-            turnstile: Some(self.clone()),
-        }
+        Ticket { number: self.issued.fetch_add(1, Ordering::SeqCst), turnstile: Some(self.clone()) }
     }
 }
 
@@ -64,12 +58,7 @@ impl Ticket {
             // The sender lives in the turnstile we hold, so this cannot fail.
             let _ = rx.wait_for(|serving| *serving == number).await;
         }
-        Turn {
-            _ticket: Ticket {
-                number: self.number,
-                turnstile: self.turnstile.take(),
-            },
-        }
+        Turn { _ticket: Ticket { number: self.number, turnstile: self.turnstile.take() } }
     }
 }
 
@@ -95,13 +84,9 @@ impl Drop for Ticket {
 /// Places the event in its socket's queue (see the module doc).
 pub struct InOrder(pub Ticket);
 
-impl<A: Adapter> FromMessageParts<A> for InOrder {
+impl<A: ChatAdapter> FromMessageParts<A> for InOrder {
     type Error = std::convert::Infallible;
-    fn from_message_parts(
-        s: &Arc<Socket<A>>,
-        _: &mut Value,
-        _: &Option<i64>,
-    ) -> Result<Self, Self::Error> {
+    fn from_message_parts(s: &Arc<Socket<A>>, _: &mut Value, _: &Option<i64>) -> Result<Self, Self::Error> {
         let turnstile = s.extensions.get::<Arc<Turnstile>>().unwrap_or_else(|| {
             // Every socket gets one when admitted; a fresh one still answers in order
             // for this event alone.
@@ -123,26 +108,18 @@ impl Payload {
     }
 }
 
-impl<A: Adapter> FromMessageParts<A> for Payload {
+impl<A: ChatAdapter> FromMessageParts<A> for Payload {
     type Error = std::convert::Infallible;
-    fn from_message_parts(
-        s: &Arc<Socket<A>>,
-        v: &mut Value,
-        ack: &Option<i64>,
-    ) -> Result<Self, Self::Error> {
+    fn from_message_parts(s: &Arc<Socket<A>>, v: &mut Value, ack: &Option<i64>) -> Result<Self, Self::Error> {
         let has_binary = match v {
             Value::Str(_, Some(bins)) => !bins.is_empty(),
             Value::Str(_, None) => false,
             Value::Bytes(_) => true,
         };
         if has_binary {
-            return Ok(Payload(Err(Error::invalid(
-                "binary attachments are not accepted",
-            ))));
+            return Ok(Payload(Err(Error::invalid("binary attachments are not accepted"))));
         }
         let TryData(data) = TryData::<serde_json::Value>::from_message_parts(s, v, ack)?;
-        Ok(Payload(data.map_err(|e| {
-            Error::invalid(format!("the payload is not valid JSON data: {e}"))
-        })))
+        Ok(Payload(data.map_err(|e| Error::invalid(format!("the payload is not valid JSON data: {e}")))))
     }
 }

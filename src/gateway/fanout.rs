@@ -3,13 +3,16 @@
 //! then broadcast.
 
 use serde::{Deserialize, Serialize};
-use socketioxide::adapter::Adapter;
+use crate::adapter::ChatAdapter;
+use socketioxide::BroadcastError;
 use socketioxide::extract::SocketRef;
+use socketioxide::operators::BroadcastOperators;
 
 use super::{channel_room, community_ns, user_room};
 use crate::app::App;
 use crate::chat::{Change, ChannelId, CommunityId, Created, Message, MessageId, UserId};
 use crate::error::Result;
+use crate::metrics as m;
 
 /// A `chat` event's payload.
 #[derive(Debug, Clone, Deserialize)]
@@ -69,65 +72,81 @@ fn preview(content: &str) -> &str {
     }
 }
 
-impl<A: Adapter> App<A> {
-    /// Applies a chat command for `user`: rate limit, write (durable when this
-    /// returns), then broadcast to the channel's room except `origin`, the socket that
-    /// sent it. Returns the message in its new state, for the ack.
-    pub async fn send_chat(
-        &self,
-        user: UserId,
-        command: ChatCommand,
-        origin: Option<&SocketRef<A>>,
-    ) -> Result<Created> {
+impl<A: ChatAdapter> App<A> {
+    /// Applies a chat command for `user`: rate limit, then write. The change is
+    /// durable when this returns; the caller acks it, then [`App::publish`]es it.
+    pub async fn write_chat(&self, user: UserId, command: ChatCommand) -> Result<Created> {
         self.check_chat_rate(user)?;
-        let created = match command {
-            ChatCommand::New {
-                channel_id,
-                content,
-                client_msg_id,
-            } => {
-                self.chat
-                    .post(user, channel_id, &content, client_msg_id.as_deref())
-                    .await?
+        match command {
+            ChatCommand::New { channel_id, content, client_msg_id } => {
+                self.chat.post(user, channel_id, &content, client_msg_id.as_deref()).await
             }
-            ChatCommand::Modify {
-                channel_id,
-                message_id,
-                content,
-            } => {
-                self.chat
-                    .modify(user, channel_id, message_id, &content)
-                    .await?
+            ChatCommand::Modify { channel_id, message_id, content } => {
+                self.chat.modify(user, channel_id, message_id, &content).await
             }
-            ChatCommand::Delete {
-                channel_id,
-                message_id,
-            } => self.chat.delete(user, channel_id, message_id).await?,
-        };
-        if created.fresh {
-            self.broadcast_change(&created, origin).await;
+            ChatCommand::Delete { channel_id, message_id } => self.chat.delete(user, channel_id, message_id).await,
         }
-        Ok(created)
     }
 
-    async fn broadcast_change(&self, created: &Created, origin: Option<&SocketRef<A>>) {
+    /// Broadcasts a written change to the channel's room, on every instance, except
+    /// `origin`, the socket that sent it; a new message also goes as `notify` to the
+    /// members' own lines. A change that wrote nothing new (a repeated clientMsgId)
+    /// is not broadcast again.
+    pub async fn publish(&self, created: &Created, origin: Option<&SocketRef<A>>) {
+        if !created.fresh {
+            return;
+        }
         let message = &created.message;
         let room = channel_room(message.channel_id);
-        let event = created.change.event();
-        let sent = match origin {
-            Some(socket) => socket.to(room).emit(event, message).await,
-            None => match self.io.of(community_ns(message.community_id)) {
-                Some(ns) => ns.to(room).emit(event, message).await,
-                // No socket of this community has connected here: nobody to tell.
-                None => Ok(()),
-            },
+        let to_room = match origin {
+            Some(socket) => Some(socket.to(room)),
+            None => self.community_ns(message.community_id).await.map(|ns| ns.to(room)),
         };
-        if let Err(e) = sent {
-            tracing::warn!(channel = message.channel_id, event_seq = message.event_seq, error = %e, "broadcast failed");
+        if let Some(to_room) = to_room {
+            self.emit(to_room, created.change.event(), message).await;
         }
         if created.change == Change::New {
             self.notify(message).await;
         }
+    }
+
+    /// Emits through the adapter to every instance; if the adapter fails (Redis is
+    /// unreachable), to this instance's sockets at least. Either way the change is in
+    /// the database: other instances' clients get it by replay or `position`.
+    async fn emit<T: Serialize + ?Sized>(&self, to: BroadcastOperators<A>, event: &'static str, data: &T) {
+        metrics::counter!(m::EVENTS_OUT, "event" => event).increment(1);
+        match to.clone().emit(event, data).await {
+            Ok(()) => {}
+            Err(BroadcastError::Adapter(e)) => {
+                metrics::counter!(m::BROADCAST_ERRORS, "kind" => "adapter").increment(1);
+                metrics::counter!(m::LOCAL_FALLBACKS).increment(1);
+                tracing::debug!(event, error = %e, "cluster broadcast failed; delivering locally");
+                if let Err(e) = to.local().emit(event, data).await {
+                    tracing::warn!(event, error = %e, "local broadcast failed too");
+                }
+            }
+            Err(BroadcastError::Socket(failed)) => {
+                // A full or closed socket buffer: that client repairs the gap from `position`.
+                metrics::counter!(m::BROADCAST_ERRORS, "kind" => "socket").increment(failed.len() as u64);
+                tracing::debug!(event, sockets = failed.len(), "some sockets could not take a broadcast");
+            }
+            Err(e) => tracing::error!(event, error = %e, "broadcast failed"),
+        }
+    }
+
+    /// The community's namespace here, created if no socket of the community has
+    /// connected to this instance yet: in a cluster it must still deliver to the
+    /// other instances' sockets (a REST post, a membership change).
+    pub async fn community_ns(&self, community: CommunityId) -> Option<BroadcastOperators<A>> {
+        let path = community_ns(community);
+        if let Some(ns) = self.io.of(&path) {
+            return Some(ns);
+        }
+        let _one_at_a_time = self.namespace_creation.lock().await;
+        if self.io.of(&path).is_none() {
+            super::community::add_namespace(&self.arc()?, path.clone()).await;
+        }
+        self.io.of(&path)
     }
 
     /// `notify` on `/` to every member of the channel but the sender.
@@ -139,11 +158,7 @@ impl<A: Adapter> App<A> {
                 return;
             }
         };
-        let rooms: Vec<String> = members
-            .into_iter()
-            .filter(|&u| u != message.sender_id)
-            .map(user_room)
-            .collect();
+        let rooms: Vec<String> = members.into_iter().filter(|&u| u != message.sender_id).map(user_room).collect();
         if rooms.is_empty() {
             return;
         }
@@ -156,9 +171,7 @@ impl<A: Adapter> App<A> {
             preview: preview(&message.content),
         };
         if let Some(root) = self.io.of("/") {
-            if let Err(e) = root.to(rooms).emit("notify", &notify).await {
-                tracing::warn!(channel = message.channel_id, error = %e, "notify failed");
-            }
+            self.emit(root.to(rooms), "notify", &notify).await;
         }
     }
 
@@ -172,71 +185,55 @@ impl<A: Adapter> App<A> {
         online: bool,
         origin: Option<&SocketRef<A>>,
     ) {
-        let presence =
-            serde_json::json!({ "channelId": channel, "userId": user, "online": online });
+        let presence = serde_json::json!({ "channelId": channel, "userId": user, "online": online });
         let room = channel_room(channel);
         let to_room = match origin {
-            Some(socket) => socket.to(room),
-            None => match self.io.of(community_ns(community)) {
-                Some(ns) => ns.to(room),
-                None => return,
-            },
+            Some(socket) => Some(socket.to(room)),
+            None => self.community_ns(community).await.map(|ns| ns.to(room)),
         };
-        if let Err(e) = to_room.emit("presence", &presence).await {
-            tracing::warn!(channel, user, error = %e, "presence broadcast failed");
+        if let Some(to_room) = to_room {
+            self.emit(to_room, "presence", &presence).await;
         }
     }
 
     /// Tells the user's own line that they were added to or removed from a channel.
     /// A removal also takes every socket of theirs out of the channel's room at once,
-    /// forgets the channel for their reconnects, and updates presence.
-    pub async fn membership_changed(
-        &self,
-        community: CommunityId,
-        channel: ChannelId,
-        user: UserId,
-        member: bool,
-    ) {
+    /// on every instance, forgets the channel for their reconnects, and updates presence.
+    pub async fn membership_changed(&self, community: CommunityId, channel: ChannelId, user: UserId, member: bool) {
         if !member {
-            if let Some(ns) = self.io.of(community_ns(community)) {
-                if let Err(e) = ns.to(user_room(user)).leave(channel_room(channel)).await {
-                    tracing::warn!(channel, user, error = %e, "could not take the removed user's sockets out of the room");
+            if let Some(ns) = self.community_ns(community).await {
+                let sockets = ns.to(user_room(user));
+                if let Err(e) = sockets.clone().leave(channel_room(channel)).await {
+                    tracing::warn!(channel, user, error = %e, "cluster-wide room leave failed; leaving locally");
+                    let _ = sockets.local().leave(channel_room(channel)).await;
                 }
             }
             if let Err(e) = self.joins.forget(user, community, &[channel]).await {
                 tracing::warn!(channel, user, error = %e, "could not forget the removed user's join");
             }
             match self.presence.remove_user(channel, user).await {
-                Ok(true) => {
-                    self.announce_presence(community, channel, user, false, None)
-                        .await
-                }
+                Ok(true) => self.announce_presence(community, channel, user, false, None).await,
                 Ok(false) => {}
                 Err(e) => tracing::warn!(channel, user, error = %e, "could not update presence"),
             }
         }
-        let event =
-            serde_json::json!({ "communityId": community, "channelId": channel, "member": member });
+        let event = serde_json::json!({ "communityId": community, "channelId": channel, "member": member });
         self.to_user("membership", user, &event).await;
     }
 
-    /// Moves the user's read marker and tells their other sockets.
+    /// Moves the user's read marker and, if it moved, tells their own line.
     pub async fn mark_read(&self, user: UserId, channel: ChannelId, seq: i64) -> Result<i64> {
-        let seq = self.chat.mark_read(user, channel, seq).await?;
-        self.to_user(
-            "read",
-            user,
-            &serde_json::json!({ "channelId": channel, "seq": seq }),
-        )
-        .await;
+        let (seq, moved) = self.chat.mark_read(user, channel, seq).await?;
+        if moved {
+            self.to_user("read", user, &serde_json::json!({ "channelId": channel, "seq": seq })).await;
+        }
         Ok(seq)
     }
 
-    /// Emits on `/` to every socket of the user.
-    async fn to_user<T: Serialize + ?Sized>(&self, event: &str, user: UserId, data: &T) {
-        let Some(root) = self.io.of("/") else { return };
-        if let Err(e) = root.to(user_room(user)).emit(event, data).await {
-            tracing::warn!(user, event, error = %e, "emit to the user's line failed");
+    /// Emits on `/` to every socket of the user, on every instance.
+    async fn to_user<T: Serialize + ?Sized>(&self, event: &'static str, user: UserId, data: &T) {
+        if let Some(root) = self.io.of("/") {
+            self.emit(root.to(user_room(user)), event, data).await;
         }
     }
 
@@ -244,16 +241,9 @@ impl<A: Adapter> App<A> {
     /// recently, so a client that lost a live event notices and fills the gap.
     pub async fn emit_positions(&self, since_ms: i64) -> Result<()> {
         for (channel, community, last_seq) in self.chat.store().recently_active(since_ms).await? {
-            let Some(ns) = self.io.of(community_ns(community)) else {
-                continue;
-            };
+            let Some(ns) = self.io.of(community_ns(community)) else { continue };
             let position = serde_json::json!({ "channelId": channel, "lastSeq": last_seq });
-            if let Err(e) = ns
-                .local()
-                .to(channel_room(channel))
-                .emit("position", &position)
-                .await
-            {
+            if let Err(e) = ns.local().to(channel_room(channel)).emit("position", &position).await {
                 tracing::debug!(channel, error = %e, "position emit failed");
             }
         }

@@ -6,6 +6,7 @@
 //! socketioxide runs the connect handler as a spawned task, so handlers registered in
 //! it could miss the first events of a fast client.
 
+mod cluster;
 mod community;
 mod extract;
 mod fanout;
@@ -15,9 +16,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
-use socketioxide::adapter::Adapter;
+use crate::adapter::ChatAdapter;
 use socketioxide::extract::SocketRef;
 
+pub use cluster::{reap_dead_instances, resync};
 pub use extract::Turnstile;
 pub use fanout::ChatCommand;
 
@@ -68,9 +70,17 @@ impl std::fmt::Display for Refusal {
 /// Handlers hold the app weakly: the app owns the Socket.IO instance that owns the
 /// handlers, and a strong reference would keep a stopped instance (its database
 /// pool included) alive forever.
-pub fn register<A: Adapter + socketioxide_core::adapter::DefinedAdapter>(app: &Arc<App<A>>) {
+pub async fn register<A: ChatAdapter>(app: &Arc<App<A>>) {
     root::register(app);
     community::register(app);
+    // The cluster adapter adds `/` once its channels are subscribed.
+    for _ in 0..500 {
+        if app.io.of("/").is_some() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tracing::warn!("the root namespace was not ready in 5 s");
 }
 
 /// Counts the connects in flight per dynamic namespace. socketioxide creates a
@@ -84,12 +94,7 @@ pub struct Namespaces {
 
 impl Namespaces {
     fn begin(&self, path: &str) {
-        *self
-            .in_flight
-            .lock()
-            .unwrap()
-            .entry(path.to_owned())
-            .or_default() += 1;
+        *self.in_flight.lock().unwrap().entry(path.to_owned()).or_default() += 1;
     }
 
     /// Ends a connect; returns how many are still in flight for the namespace.
@@ -106,16 +111,17 @@ impl Namespaces {
 }
 
 /// Reads the token from a CONNECT auth payload and checks it.
-fn authenticate<A: Adapter>(app: &App<A>, auth: &serde_json::Value) -> Result<UserId, Error> {
-    let token = auth.get("token").and_then(|t| t.as_str()).ok_or_else(|| {
-        Error::unauthorized("the CONNECT auth payload must carry {\"token\": ...}")
-    })?;
+fn authenticate<A: ChatAdapter>(app: &App<A>, auth: &serde_json::Value) -> Result<UserId, Error> {
+    let token = auth
+        .get("token")
+        .and_then(|t| t.as_str())
+        .ok_or_else(|| Error::unauthorized("the CONNECT auth payload must carry {\"token\": ...}"))?;
     app.tokens.verify(token)
 }
 
 /// Answers an ack with `body`, logging a failure (the client then times out and
 /// retries; `clientMsgId` makes that safe).
-fn answer<A: Adapter, T: Serialize + ?Sized>(ack: socketioxide::extract::AckSender<A>, body: &T) {
+fn answer<A: ChatAdapter, T: Serialize + ?Sized>(ack: socketioxide::extract::AckSender<A>, body: &T) {
     if let Err(e) = ack.send(body) {
         tracing::debug!(error = %e, "could not send an ack");
     }
@@ -130,7 +136,7 @@ fn ack_body<T: Serialize>(result: Result<T, Error>) -> serde_json::Value {
 }
 
 /// The session of an admitted socket.
-fn session<A: Adapter>(socket: &SocketRef<A>) -> Option<Arc<Session>> {
+fn session<A: ChatAdapter>(socket: &SocketRef<A>) -> Option<Arc<Session>> {
     socket.extensions.get::<Arc<Session>>()
 }
 

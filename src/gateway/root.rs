@@ -3,26 +3,20 @@
 
 use std::sync::Arc;
 
-use socketioxide::adapter::Adapter;
+use crate::adapter::ChatAdapter;
 use socketioxide::extract::{SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
-use socketioxide_core::adapter::{DefinedAdapter, Spawnable};
+use socketioxide_core::adapter::Spawnable;
 
 use super::{Refusal, Session, authenticate, refuse, session, stopped, user_room};
 use crate::app::App;
 use crate::error::Code;
 
-pub(super) fn register<A: Adapter + DefinedAdapter>(app: &Arc<App<A>>) {
+pub(super) fn register<A: ChatAdapter>(app: &Arc<App<A>>) {
     let admit_app = Arc::downgrade(app);
     let admit = move |socket: SocketRef<A>, TryData(auth): TryData<serde_json::Value>| {
         let app = admit_app.upgrade();
-        async move {
-            admit(
-                &*app.ok_or_else(stopped)?,
-                &socket,
-                auth.unwrap_or_default(),
-            )
-        }
+        async move { admit(&*app.ok_or_else(stopped)?, &socket, auth.unwrap_or_default()) }
     };
     let connect_app = Arc::downgrade(app);
     let on_connect = move |socket: SocketRef<A>| {
@@ -36,26 +30,16 @@ pub(super) fn register<A: Adapter + DefinedAdapter>(app: &Arc<App<A>>) {
     app.io.ns("/", on_connect.with(admit)).spawn();
 }
 
-fn admit<A: Adapter>(
-    app: &App<A>,
-    socket: &SocketRef<A>,
-    auth: serde_json::Value,
-) -> Result<(), Refusal> {
+fn admit<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>, auth: serde_json::Value) -> Result<(), Refusal> {
     if app.is_draining() {
-        return Err(refuse(
-            Code::Draining,
-            "this instance is draining; connect to another",
-        ));
+        return Err(refuse(Code::Draining, "this instance is draining; connect to another"));
     }
     let user = authenticate(app, &auth).map_err(Refusal)?;
-    socket.extensions.insert(Arc::new(Session {
-        user,
-        community: None,
-    }));
+    socket.extensions.insert(Arc::new(Session { user, community: None }));
     Ok(())
 }
 
-async fn on_connect<A: Adapter>(app: &App<A>, socket: SocketRef<A>) {
+async fn on_connect<A: ChatAdapter>(app: &App<A>, socket: SocketRef<A>) {
     let Some(session) = session(&socket) else {
         return;
     };

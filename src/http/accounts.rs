@@ -5,12 +5,12 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Router, response::IntoResponse};
 use serde::Deserialize;
-use socketioxide::adapter::Adapter;
+use crate::adapter::ChatAdapter;
 
 use super::{AppState, Caller, Json};
 use crate::error::Result;
 
-pub fn router<A: Adapter>() -> Router<AppState<A>> {
+pub fn router<A: ChatAdapter>() -> Router<AppState<A>> {
     Router::new()
         .route("/users", post(register::<A>))
         .route("/sessions", post(log_in::<A>))
@@ -19,55 +19,37 @@ pub fn router<A: Adapter>() -> Router<AppState<A>> {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct NewUser {
     username: String,
     password: String,
     display_name: Option<String>,
 }
 
-async fn register<A: Adapter>(
-    State(app): State<AppState<A>>,
-    Json(body): Json<NewUser>,
-) -> Result<impl IntoResponse> {
-    let user = app
-        .chat
-        .register(&body.username, &body.password, body.display_name.as_deref())
-        .await?;
+async fn register<A: ChatAdapter>(State(app): State<AppState<A>>, Json(body): Json<NewUser>) -> Result<impl IntoResponse> {
+    let user = app.chat.register(&body.username, &body.password, body.display_name.as_deref()).await?;
     Ok((StatusCode::CREATED, axum::Json(user)))
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LogIn {
     username: String,
     password: String,
 }
 
-async fn log_in<A: Adapter>(
-    State(app): State<AppState<A>>,
-    Json(body): Json<LogIn>,
-) -> Result<impl IntoResponse> {
+async fn log_in<A: ChatAdapter>(State(app): State<AppState<A>>, Json(body): Json<LogIn>) -> Result<impl IntoResponse> {
     let user = app.chat.login(&body.username, &body.password).await?;
     let token = app.tokens.issue(user.id);
-    Ok(axum::Json(
-        serde_json::json!({ "token": token, "user": user }),
-    ))
+    Ok(axum::Json(serde_json::json!({ "token": token, "user": user })))
 }
 
-async fn me<A: Adapter>(
-    State(app): State<AppState<A>>,
-    Caller(user): Caller,
-) -> Result<impl IntoResponse> {
+async fn me<A: ChatAdapter>(State(app): State<AppState<A>>, Caller(user): Caller) -> Result<impl IntoResponse> {
     let me = app.chat.user(user).await?;
     let communities = app.chat.communities(user).await?;
-    Ok(axum::Json(
-        serde_json::json!({ "user": me, "communities": communities }),
-    ))
+    Ok(axum::Json(serde_json::json!({ "user": me, "communities": communities })))
 }
 
-async fn unread<A: Adapter>(
-    State(app): State<AppState<A>>,
-    Caller(user): Caller,
-) -> Result<impl IntoResponse> {
+async fn unread<A: ChatAdapter>(State(app): State<AppState<A>>, Caller(user): Caller) -> Result<impl IntoResponse> {
     Ok(axum::Json(app.chat.unread(user).await?))
 }

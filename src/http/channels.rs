@@ -6,33 +6,31 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post, put};
 use serde::Deserialize;
-use socketioxide::adapter::Adapter;
+use crate::adapter::ChatAdapter;
 
 use super::{AppState, Caller, Json, OptionalJson, Path, Query};
 use crate::chat::{ChannelId, HistoryQuery, UserId};
 use crate::error::Result;
 use crate::gateway::ChatCommand;
 
-pub fn router<A: Adapter>() -> Router<AppState<A>> {
+pub fn router<A: ChatAdapter>() -> Router<AppState<A>> {
     Router::new()
         .route("/channels/{chid}/members", post(add_member::<A>))
         .route("/channels/{chid}/members/{uid}", delete(remove_member::<A>))
-        .route(
-            "/channels/{chid}/messages",
-            get(history::<A>).post(post_message::<A>),
-        )
+        .route("/channels/{chid}/messages", get(history::<A>).post(post_message::<A>))
         .route("/channels/{chid}/read", put(read::<A>))
         .route("/channels/{chid}/presence", get(presence::<A>))
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NewMember {
     username: String,
 }
 
 /// No body: the caller joins a public channel. `{username}`: a member adds someone.
 /// 201 when the membership is new, 200 when it already existed.
-async fn add_member<A: Adapter>(
+async fn add_member<A: ChatAdapter>(
     State(app): State<AppState<A>>,
     Caller(caller): Caller,
     Path(chid): Path<ChannelId>,
@@ -43,37 +41,26 @@ async fn add_member<A: Adapter>(
             let (channel, added) = app.chat.join_channel(caller, chid).await?;
             (channel, app.chat.user(caller).await?, added)
         }
-        Some(NewMember { username }) => {
-            app.chat.add_channel_member(caller, chid, &username).await?
-        }
+        Some(NewMember { username }) => app.chat.add_channel_member(caller, chid, &username).await?,
     };
     if added {
-        app.membership_changed(channel.community_id, channel.id, user.id, true)
-            .await;
+        app.membership_changed(channel.community_id, channel.id, user.id, true).await;
     }
-    let status = if added {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((
-        status,
-        axum::Json(serde_json::json!({ "channel": channel, "user": user })),
-    ))
+    let status = if added { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, axum::Json(serde_json::json!({ "channel": channel, "user": user }))))
 }
 
-async fn remove_member<A: Adapter>(
+async fn remove_member<A: ChatAdapter>(
     State(app): State<AppState<A>>,
     Caller(caller): Caller,
     Path((chid, uid)): Path<(ChannelId, UserId)>,
 ) -> Result<impl IntoResponse> {
     let channel = app.chat.remove_channel_member(caller, chid, uid).await?;
-    app.membership_changed(channel.community_id, channel.id, uid, false)
-        .await;
+    app.membership_changed(channel.community_id, channel.id, uid, false).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn history<A: Adapter>(
+async fn history<A: ChatAdapter>(
     State(app): State<AppState<A>>,
     Caller(user): Caller,
     Path(chid): Path<ChannelId>,
@@ -91,27 +78,17 @@ struct NewMessage {
 
 /// Posts as the caller, broadcast exactly like a socket `chat`. Answers with the
 /// ack's shape: 201 `{written, chatInfo}`, or 200 for a repeated clientMsgId.
-async fn post_message<A: Adapter>(
+async fn post_message<A: ChatAdapter>(
     State(app): State<AppState<A>>,
     Caller(user): Caller,
     Path(chid): Path<ChannelId>,
     Json(body): Json<NewMessage>,
 ) -> Result<impl IntoResponse> {
-    let command = ChatCommand::New {
-        channel_id: chid,
-        content: body.content,
-        client_msg_id: body.client_msg_id,
-    };
-    let created = app.send_chat(user, command, None).await?;
-    let status = if created.fresh {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((
-        status,
-        axum::Json(serde_json::json!({ "written": true, "chatInfo": created.message })),
-    ))
+    let command = ChatCommand::New { channel_id: chid, content: body.content, client_msg_id: body.client_msg_id };
+    let created = app.write_chat(user, command).await?;
+    app.publish(&created, None).await;
+    let status = if created.fresh { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, axum::Json(serde_json::json!({ "written": true, "chatInfo": created.message }))))
 }
 
 #[derive(Deserialize)]
@@ -120,7 +97,7 @@ struct ReadMarker {
     seq: i64,
 }
 
-async fn read<A: Adapter>(
+async fn read<A: ChatAdapter>(
     State(app): State<AppState<A>>,
     Caller(user): Caller,
     Path(chid): Path<ChannelId>,
@@ -130,13 +107,11 @@ async fn read<A: Adapter>(
     Ok(axum::Json(serde_json::json!({ "ok": true, "seq": seq })))
 }
 
-async fn presence<A: Adapter>(
+async fn presence<A: ChatAdapter>(
     State(app): State<AppState<A>>,
     Caller(user): Caller,
     Path(chid): Path<ChannelId>,
 ) -> Result<impl IntoResponse> {
     app.chat.member_channel(user, chid).await?;
-    Ok(axum::Json(
-        serde_json::json!({ "online": app.presence.online(chid).await? }),
-    ))
+    Ok(axum::Json(serde_json::json!({ "online": app.presence.online(chid).await? })))
 }

@@ -6,28 +6,26 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::post;
 use serde::Deserialize;
-use socketioxide::adapter::Adapter;
+use crate::adapter::ChatAdapter;
 
 use super::{AppState, Caller, Json, Path};
 use crate::chat::CommunityId;
 use crate::error::Result;
 
-pub fn router<A: Adapter>() -> Router<AppState<A>> {
+pub fn router<A: ChatAdapter>() -> Router<AppState<A>> {
     Router::new()
         .route("/communities", post(create::<A>).get(list::<A>))
         .route("/communities/{cid}/members", post(add_member::<A>))
-        .route(
-            "/communities/{cid}/channels",
-            post(create_channel::<A>).get(channels::<A>),
-        )
+        .route("/communities/{cid}/channels", post(create_channel::<A>).get(channels::<A>))
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NewCommunity {
     name: String,
 }
 
-async fn create<A: Adapter>(
+async fn create<A: ChatAdapter>(
     State(app): State<AppState<A>>,
     Caller(user): Caller,
     Json(body): Json<NewCommunity>,
@@ -36,58 +34,47 @@ async fn create<A: Adapter>(
     Ok((StatusCode::CREATED, axum::Json(community)))
 }
 
-async fn list<A: Adapter>(
-    State(app): State<AppState<A>>,
-    Caller(user): Caller,
-) -> Result<impl IntoResponse> {
+async fn list<A: ChatAdapter>(State(app): State<AppState<A>>, Caller(user): Caller) -> Result<impl IntoResponse> {
     Ok(axum::Json(app.chat.communities(user).await?))
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NewMember {
     username: String,
 }
 
 /// 201 with the user when added, 200 when they already were a member.
-async fn add_member<A: Adapter>(
+async fn add_member<A: ChatAdapter>(
     State(app): State<AppState<A>>,
     Caller(user): Caller,
     Path(cid): Path<CommunityId>,
     Json(body): Json<NewMember>,
 ) -> Result<impl IntoResponse> {
-    let (member, added) = app
-        .chat
-        .add_community_member(user, cid, &body.username)
-        .await?;
-    let status = if added {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let (member, added) = app.chat.add_community_member(user, cid, &body.username).await?;
+    let status = if added { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, axum::Json(member)))
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NewChannel {
     name: String,
     #[serde(default)]
     private: bool,
 }
 
-async fn create_channel<A: Adapter>(
+async fn create_channel<A: ChatAdapter>(
     State(app): State<AppState<A>>,
     Caller(user): Caller,
     Path(cid): Path<CommunityId>,
     Json(body): Json<NewChannel>,
 ) -> Result<impl IntoResponse> {
-    let channel = app
-        .chat
-        .create_channel(user, cid, &body.name, body.private)
-        .await?;
+    let channel = app.chat.create_channel(user, cid, &body.name, body.private).await?;
     Ok((StatusCode::CREATED, axum::Json(channel)))
 }
 
-async fn channels<A: Adapter>(
+async fn channels<A: ChatAdapter>(
     State(app): State<AppState<A>>,
     Caller(user): Caller,
     Path(cid): Path<CommunityId>,

@@ -16,7 +16,7 @@ use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
-use socketioxide::adapter::Adapter;
+use crate::adapter::ChatAdapter;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::app::App;
@@ -26,16 +26,19 @@ use crate::error::{Code, Error};
 pub type AppState<A> = Arc<App<A>>;
 
 /// The whole HTTP surface but Socket.IO, which the caller layers on top.
-pub fn router<A: Adapter>(app: AppState<A>) -> Router {
-    let api = Router::new()
-        .merge(accounts::router())
-        .merge(communities::router())
-        .merge(channels::router())
-        .fallback(|| async { Error::not_found("no such endpoint") });
+pub fn router<A: ChatAdapter>(app: AppState<A>) -> Router {
+    let api = Router::new().merge(accounts::router()).merge(communities::router()).merge(channels::router());
     Router::new()
         .nest("/api", api)
         .merge(ops::router())
+        .fallback(no_such_endpoint)
+        .method_not_allowed_fallback(no_such_endpoint)
         .with_state(app)
+}
+
+/// Unknown paths and methods get the protocol's error body too.
+async fn no_such_endpoint(method: axum::http::Method, uri: axum::http::Uri) -> Error {
+    Error::not_found(format!("no such endpoint: {method} {}", uri.path()))
 }
 
 /// A JSON body whose every failure is our `invalid` (or `too_large`), whatever the
@@ -69,9 +72,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|_| Error::too_large("the request body is too large"))?;
+        let bytes =
+            Bytes::from_request(req, state).await.map_err(|_| Error::too_large("the request body is too large"))?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(None));
         }
@@ -110,21 +112,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
 /// The caller, from `Authorization: Bearer <token>`.
 pub struct Caller(pub UserId);
 
-impl<A: Adapter> FromRequestParts<AppState<A>> for Caller {
+impl<A: ChatAdapter> FromRequestParts<AppState<A>> for Caller {
     type Rejection = Error;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        app: &AppState<A>,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, app: &AppState<A>) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok())
             .ok_or_else(|| Error::unauthorized("missing Authorization: Bearer <token>"))?;
-        let token = header.strip_prefix("Bearer ").ok_or_else(|| {
-            Error::unauthorized("the Authorization header must be Bearer <token>")
-        })?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| Error::unauthorized("the Authorization header must be Bearer <token>"))?;
         app.tokens.verify(token.trim()).map(Caller)
     }
 }
@@ -138,15 +137,9 @@ pub struct Origins {
 
 impl Origins {
     pub fn new(list: &[String]) -> Self {
-        let allowed: Vec<String> = list
-            .iter()
-            .map(|o| o.trim().trim_end_matches('/').to_owned())
-            .filter(|o| !o.is_empty())
-            .collect();
-        Self {
-            any: allowed.iter().any(|o| o == "*"),
-            allowed,
-        }
+        let allowed: Vec<String> =
+            list.iter().map(|o| o.trim().trim_end_matches('/').to_owned()).filter(|o| !o.is_empty()).collect();
+        Self { any: allowed.iter().any(|o| o == "*"), allowed }
     }
 
     /// Whether a request carrying `origin` may proceed: listed, `*`, or the same
@@ -164,11 +157,7 @@ impl Origins {
         let allow = if self.any {
             AllowOrigin::any()
         } else {
-            AllowOrigin::list(
-                self.allowed
-                    .iter()
-                    .filter_map(|o| HeaderValue::from_str(o).ok()),
-            )
+            AllowOrigin::list(self.allowed.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
         };
         CorsLayer::new()
             .allow_origin(allow)
@@ -181,18 +170,12 @@ impl Origins {
 /// the API or open a Socket.IO connection (cross-site WebSocket hijacking).
 pub async fn check_origin(origins: Arc<Origins>, req: Request, next: Next) -> Response {
     if let Some(origin) = req.headers().get(header::ORIGIN) {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok());
+        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
         let allowed = origin.to_str().is_ok_and(|o| origins.allows(o, host));
         if !allowed {
             tracing::info!(origin = ?origin, path = %req.uri().path(), "refused a request from a disallowed origin");
-            return Error::new(
-                Code::Forbidden,
-                "this origin is not allowed (see BATON_ALLOWED_ORIGINS)",
-            )
-            .into_response();
+            return Error::new(Code::Forbidden, "this origin is not allowed (see BATON_ALLOWED_ORIGINS)")
+                .into_response();
         }
     }
     next.run(req).await

@@ -1,18 +1,16 @@
-//! Operations endpoints: liveness and readiness for load balancers.
+//! Operations endpoints: liveness and readiness for load balancers, and metrics.
 
 use axum::Router;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use socketioxide::adapter::Adapter;
+use crate::adapter::ChatAdapter;
 
 use super::AppState;
 use crate::error::{Code, Error};
 
-pub fn router<A: Adapter>() -> Router<AppState<A>> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz::<A>))
+pub fn router<A: ChatAdapter>() -> Router<AppState<A>> {
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz::<A>)).route("/metrics", get(metrics))
 }
 
 /// The process is alive and answering.
@@ -20,13 +18,22 @@ async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// 200 only while this instance should get traffic: not draining, database reachable.
-async fn readyz<A: Adapter>(State(app): State<AppState<A>>) -> Result<impl IntoResponse, Error> {
+/// 200 only while this instance should get traffic: not draining, database (and,
+/// in a cluster, Redis) reachable.
+async fn readyz<A: ChatAdapter>(State(app): State<AppState<A>>) -> Result<impl IntoResponse, Error> {
     if app.is_draining() {
         return Err(Error::new(Code::Draining, "draining"));
     }
     if !app.chat.store().ping().await {
         return Err(Error::new(Code::Unavailable, "the database is unreachable"));
     }
+    if app.redis.as_ref().is_some_and(|r| !r.health.is_up()) {
+        return Err(Error::new(Code::Unavailable, "redis is unreachable"));
+    }
     Ok(axum::Json(serde_json::json!({ "status": "ready" })))
+}
+
+/// Prometheus text exposition of every metric in [`crate::metrics`].
+async fn metrics() -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::install().render())
 }

@@ -41,15 +41,26 @@ impl Registry {
 
     pub async fn beat(&self) -> Result<()> {
         let now = now_ms() as f64;
-        self.link.run(self.link.commands.zadd::<i64, _, _>(self.instances(), None, None, false, false, (now, self.id.as_str()))).await?;
+        self.link
+            .run(self.link.commands.zadd::<i64, _, _>(
+                self.instances(),
+                None,
+                None,
+                false,
+                false,
+                (now, self.id.as_str()),
+            ))
+            .await?;
         Ok(())
     }
 
     /// Other instances silent for longer than [`DEAD_AFTER`].
     pub async fn dead(&self) -> Result<Vec<String>> {
         let cutoff = (now_ms() - DEAD_AFTER.as_millis() as i64) as f64;
-        let ids: Vec<String> =
-            self.link.run(self.link.commands.zrangebyscore(self.instances(), f64::NEG_INFINITY, cutoff, false, None)).await?;
+        let ids: Vec<String> = self
+            .link
+            .run(self.link.commands.zrangebyscore(self.instances(), f64::NEG_INFINITY, cutoff, false, None))
+            .await?;
         Ok(ids.into_iter().filter(|id| *id != self.id).collect())
     }
 
@@ -58,7 +69,13 @@ impl Registry {
         let key = self.link.key(format!("reaping:{dead}"));
         let set: Option<String> = self
             .link
-            .run(self.link.commands.set(key, self.id.as_str(), Some(Expiration::EX(CLAIM_FOR)), Some(SetOptions::NX), false))
+            .run(self.link.commands.set(
+                key,
+                self.id.as_str(),
+                Some(Expiration::EX(CLAIM_FOR)),
+                Some(SetOptions::NX),
+                false,
+            ))
             .await?;
         Ok(set.is_some())
     }
@@ -73,6 +90,9 @@ impl Registry {
     /// The live instances, by name.
     pub async fn live(&self) -> Result<Vec<String>> {
         let cutoff = (now_ms() - DEAD_AFTER.as_millis() as i64) as f64;
-        Ok(self.link.run(self.link.commands.zrangebyscore(self.instances(), cutoff, f64::INFINITY, false, None)).await?)
+        Ok(self
+            .link
+            .run(self.link.commands.zrangebyscore(self.instances(), cutoff, f64::INFINITY, false, None))
+            .await?)
     }
 }

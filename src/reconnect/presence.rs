@@ -147,7 +147,9 @@ impl Presence {
             Backend::Local(map) => {
                 map.lock().unwrap().get(&channel).map(|u| u.keys().copied().collect()).unwrap_or_default()
             }
-            Backend::Redis { link, .. } => link.run(link.commands.smembers(link.key(format!("online:{channel}")))).await?,
+            Backend::Redis { link, .. } => {
+                link.run(link.commands.smembers(link.key(format!("online:{channel}")))).await?
+            }
         };
         users.sort_unstable();
         Ok(users)
@@ -159,7 +161,8 @@ impl Presence {
     /// who went offline. A single node has nothing to resync.
     pub async fn resync(&self, local: &[Entry]) -> Result<Vec<(Entry, bool)>> {
         let Backend::Redis { link, instance } = &self.backend else { return Ok(Vec::new()) };
-        let filed: Vec<String> = link.run(link.commands.smembers(link.key(format!("instance:{instance}:presence")))).await?;
+        let filed: Vec<String> =
+            link.run(link.commands.smembers(link.key(format!("instance:{instance}:presence")))).await?;
         let filed: HashSet<Entry> = filed.iter().filter_map(|s| Entry::decode(s)).collect();
         let local_set: HashSet<&Entry> = local.iter().collect();
         let mut changes = Vec::new();

@@ -36,34 +36,35 @@ pub async fn replay<A: Adapter>(
     socket: &SocketRef<A>,
     channels: &[(ChannelId, i64)],
 ) -> Result<Recovered> {
-    let mut recovered = Recovered {
-        channels: BTreeMap::new(),
-        complete: true,
-    };
+    let mut recovered = Recovered { channels: BTreeMap::new(), complete: true };
     for &(channel, since) in channels {
-        let (messages, has_more) = chat
-            .read_slice(channel, Slice::Changes { since }, REPLAY_LIMIT)
-            .await?;
+        let (messages, has_more) = chat.read_slice(channel, Slice::Changes { since }, REPLAY_LIMIT).await?;
         let mut position = since;
+        let mut whole = !has_more;
         for message in &messages {
-            position = message.event_seq;
             if let Some(change) = Change::for_replay(message, since) {
-                emit_patiently(socket, change.event(), message).await;
+                if !emit_patiently(socket, change.event(), message).await {
+                    // The client stopped reading: report where it really is.
+                    whole = false;
+                    break;
+                }
             }
+            position = message.event_seq;
         }
-        recovered.complete &= !has_more;
+        recovered.complete &= whole;
         recovered.channels.insert(channel.to_string(), position);
     }
     Ok(recovered)
 }
 
 /// Emits, waiting for room in the socket's outgoing buffer rather than dropping:
-/// a replay can be far larger than what live traffic keeps buffered.
+/// a replay can be far larger than what live traffic keeps buffered. False if the
+/// event could not be sent (the socket closed, or did not read for 5 s).
 pub async fn emit_patiently<A: Adapter, T: Serialize + ?Sized>(
     socket: &SocketRef<A>,
     event: &'static str,
     data: &T,
-) {
+) -> bool {
     for _ in 0..200 {
         match socket.emit(event, data) {
             Err(SendError::Socket(SocketError::InternalChannelFull)) => {
@@ -71,10 +72,11 @@ pub async fn emit_patiently<A: Adapter, T: Serialize + ?Sized>(
             }
             Err(e) => {
                 tracing::debug!(sid = %socket.id, error = %e, "replay emit failed");
-                return;
+                return false;
             }
-            Ok(()) => return,
+            Ok(()) => return true,
         }
     }
     tracing::warn!(sid = %socket.id, "replay emit gave up: the client does not read");
+    false
 }

@@ -32,19 +32,8 @@ async fn world() -> World {
     let public = app.channel(cid, &bob, "bobs-public", false, &[]).await;
     let private = app.channel(cid, &bob, "bobs-private", true, &[]).await;
     let other = app.community(&bob, &[&alice]).await;
-    let elsewhere = app
-        .channel(other, &bob, "elsewhere", false, &[&alice])
-        .await;
-    World {
-        app,
-        alice,
-        bob,
-        cid,
-        general,
-        public,
-        private,
-        elsewhere,
-    }
+    let elsewhere = app.channel(other, &bob, "elsewhere", false, &[&alice]).await;
+    World { app, alice, bob, cid, general, public, private, elsewhere }
 }
 
 /// One bad event and the code its ack must carry.
@@ -56,12 +45,7 @@ struct Case {
 }
 
 fn case(what: &'static str, event: &'static str, payload: Value, code: &'static str) -> Case {
-    Case {
-        what,
-        event,
-        payload,
-        code,
-    }
+    Case { what, event, payload, code }
 }
 
 fn error_code(ack: &Value) -> Option<&str> {
@@ -77,16 +61,10 @@ async fn every_bad_socket_event_gets_its_error_and_the_connection_keeps_working(
     let acked = chat(&a, ch, "acked before the storm").await;
     assert_eq!(acked["written"], true);
     let mine = acked["chatInfo"]["id"].as_i64().unwrap();
-    let bobs = chat(&b, ch, "bob's").await["chatInfo"]["id"]
-        .as_i64()
-        .unwrap();
+    let bobs = chat(&b, ch, "bob's").await["chatInfo"]["id"].as_i64().unwrap();
     let elsewhere_msg = w
         .app
-        .post(
-            &format!("/api/channels/{}/messages", w.elsewhere),
-            &w.alice.token,
-            json!({ "content": "x" }),
-        )
+        .post(&format!("/api/channels/{}/messages", w.elsewhere), &w.alice.token, json!({ "content": "x" }))
         .await
         .1["chatInfo"]["id"]
         .as_i64()
@@ -95,18 +73,8 @@ async fn every_bad_socket_event_gets_its_error_and_the_connection_keeps_working(
     let cases = vec![
         case("payload is not an object", "chat", json!("nope"), "invalid"),
         case("no payload at all", "chat", Value::Null, "invalid"),
-        case(
-            "missing chatType",
-            "chat",
-            json!({ "channelId": ch, "content": "hi" }),
-            "invalid",
-        ),
-        case(
-            "unknown chatType",
-            "chat",
-            json!({ "chatType": "shout", "channelId": ch, "content": "hi" }),
-            "invalid",
-        ),
+        case("missing chatType", "chat", json!({ "channelId": ch, "content": "hi" }), "invalid"),
+        case("unknown chatType", "chat", json!({ "chatType": "shout", "channelId": ch, "content": "hi" }), "invalid"),
         case(
             "channelId as a string",
             "chat",
@@ -119,18 +87,8 @@ async fn every_bad_socket_event_gets_its_error_and_the_connection_keeps_working(
             json!({ "chatType": "new", "channelId": 1.5, "content": "hi" }),
             "invalid",
         ),
-        case(
-            "content missing",
-            "chat",
-            json!({ "chatType": "new", "channelId": ch }),
-            "invalid",
-        ),
-        case(
-            "content a number",
-            "chat",
-            json!({ "chatType": "new", "channelId": ch, "content": 5 }),
-            "invalid",
-        ),
+        case("content missing", "chat", json!({ "chatType": "new", "channelId": ch }), "invalid"),
+        case("content a number", "chat", json!({ "chatType": "new", "channelId": ch, "content": 5 }), "invalid"),
         case(
             "content only spaces",
             "chat",
@@ -215,85 +173,20 @@ async fn every_bad_socket_event_gets_its_error_and_the_connection_keeps_working(
             json!({ "chatType": "new", "channelId": w.elsewhere, "content": "hi" }),
             "not_found",
         ),
-        case(
-            "join over 100 channels",
-            "join",
-            json!({ "channels": (1..=101).collect::<Vec<i64>>() }),
-            "too_large",
-        ),
-        case(
-            "join with channels not a list",
-            "join",
-            json!({ "channels": ch }),
-            "invalid",
-        ),
+        case("join over 100 channels", "join", json!({ "channels": (1..=101).collect::<Vec<i64>>() }), "too_large"),
+        case("join with channels not a list", "join", json!({ "channels": ch }), "invalid"),
         case("join without channels", "join", json!({}), "invalid"),
-        case(
-            "leave with ids as strings",
-            "leave",
-            json!({ "channels": ["1"] }),
-            "invalid",
-        ),
-        case(
-            "history limit 0",
-            "history",
-            json!({ "channelId": ch, "limit": 0 }),
-            "invalid",
-        ),
-        case(
-            "history limit 201",
-            "history",
-            json!({ "channelId": ch, "limit": 201 }),
-            "invalid",
-        ),
-        case(
-            "history since with before",
-            "history",
-            json!({ "channelId": ch, "since": 0, "before": 3 }),
-            "invalid",
-        ),
-        case(
-            "history of a private channel by id",
-            "history",
-            json!({ "channelId": w.private }),
-            "not_found",
-        ),
-        case(
-            "history of another community's channel",
-            "history",
-            json!({ "channelId": w.elsewhere }),
-            "not_found",
-        ),
-        case(
-            "read seq negative",
-            "read",
-            json!({ "channelId": ch, "seq": -1 }),
-            "invalid",
-        ),
-        case(
-            "read seq beyond lastSeq",
-            "read",
-            json!({ "channelId": ch, "seq": 1_000 }),
-            "invalid",
-        ),
-        case(
-            "read without seq",
-            "read",
-            json!({ "channelId": ch }),
-            "invalid",
-        ),
-        case(
-            "typing in a channel not joined",
-            "typing",
-            json!({ "channelId": other_ch }),
-            "not_found",
-        ),
-        case(
-            "an event that does not exist",
-            "subscribe",
-            json!({ "channelId": ch }),
-            "invalid",
-        ),
+        case("leave with ids as strings", "leave", json!({ "channels": ["1"] }), "invalid"),
+        case("history limit 0", "history", json!({ "channelId": ch, "limit": 0 }), "invalid"),
+        case("history limit 201", "history", json!({ "channelId": ch, "limit": 201 }), "invalid"),
+        case("history since with before", "history", json!({ "channelId": ch, "since": 0, "before": 3 }), "invalid"),
+        case("history of a private channel by id", "history", json!({ "channelId": w.private }), "not_found"),
+        case("history of another community's channel", "history", json!({ "channelId": w.elsewhere }), "not_found"),
+        case("read seq negative", "read", json!({ "channelId": ch, "seq": -1 }), "invalid"),
+        case("read seq beyond lastSeq", "read", json!({ "channelId": ch, "seq": 1_000 }), "invalid"),
+        case("read without seq", "read", json!({ "channelId": ch }), "invalid"),
+        case("typing in a channel not joined", "typing", json!({ "channelId": other_ch }), "not_found"),
+        case("an event that does not exist", "subscribe", json!({ "channelId": ch }), "invalid"),
     ];
     assert!(cases.len() >= 25);
     for c in &cases {
@@ -302,26 +195,19 @@ async fn every_bad_socket_event_gets_its_error_and_the_connection_keeps_working(
             .await
             .unwrap_or_else(|e| panic!("{}: no ack ({e})", c.what));
         assert_eq!(error_code(&ack), Some(c.code), "{}: {ack}", c.what);
-        assert!(
-            ack["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-            "{}: a message says why",
-            c.what
-        );
+        assert!(ack["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{}: a message says why", c.what);
         if c.event == "chat" {
-            assert_eq!(
-                (ack["written"].clone(), ack["chatInfo"].clone()),
-                (json!(false), Value::Null),
-                "{}",
-                c.what
-            );
+            assert_eq!((ack["written"].clone(), ack["chatInfo"].clone()), (json!(false), Value::Null), "{}", c.what);
         }
     }
 
     // A binary attachment is refused with an ack, not dropped.
     let ack = a
-        .emit_binary_with_ack("chat", json!({ "chatType": "new", "channelId": ch, "content": { "_placeholder": true, "num": 0 } }), vec![1, 2, 3])
+        .emit_binary_with_ack(
+            "chat",
+            json!({ "chatType": "new", "channelId": ch, "content": { "_placeholder": true, "num": 0 } }),
+            vec![1, 2, 3],
+        )
         .await
         .unwrap()
         .wait(WAIT)
@@ -332,20 +218,10 @@ async fn every_bad_socket_event_gets_its_error_and_the_connection_keeps_working(
     // The same connection still works, and what was acked is still there.
     let after = chat(&a, ch, "still here").await;
     assert_eq!(after["written"], true);
-    let (_, page) = w
-        .app
-        .get(&format!("/api/channels/{ch}/messages"), &w.alice.token)
-        .await;
-    let contents: Vec<&str> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["content"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        contents,
-        vec!["still here", "bob's", "acked before the storm"]
-    );
+    let (_, page) = w.app.get(&format!("/api/channels/{ch}/messages"), &w.alice.token).await;
+    let contents: Vec<&str> =
+        page["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
+    assert_eq!(contents, vec!["still here", "bob's", "acked before the storm"]);
 }
 
 #[tokio::test]
@@ -367,32 +243,14 @@ async fn flooding_is_rate_limited_and_the_sender_recovers() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert!(
-        written >= 40 && limited >= 1,
-        "written {written}, limited {limited}"
-    );
+    assert!(written >= 40 && limited >= 1, "written {written}, limited {limited}");
     // Each written message is in the channel, gap-free.
-    let (_, page) = w
-        .app
-        .get(
-            &format!("/api/channels/{}/messages?since=0&limit=200", w.general),
-            &w.alice.token,
-        )
-        .await;
+    let (_, page) = w.app.get(&format!("/api/channels/{}/messages?since=0&limit=200", w.general), &w.alice.token).await;
     assert_eq!(page["messages"].as_array().unwrap().len(), written);
     // REST shares the allowance.
-    let (status, body) = w
-        .app
-        .post(
-            &format!("/api/channels/{}/messages", w.general),
-            &w.alice.token,
-            json!({ "content": "x" }),
-        )
-        .await;
-    assert!(
-        status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::CREATED,
-        "{status} {body}"
-    );
+    let (status, body) =
+        w.app.post(&format!("/api/channels/{}/messages", w.general), &w.alice.token, json!({ "content": "x" })).await;
+    assert!(status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::CREATED, "{status} {body}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(chat(&a, w.general, "calm again").await["written"], true);
 }
@@ -407,43 +265,27 @@ async fn a_malformed_packet_or_an_oversize_message_closes_only_that_transport() 
     // Not valid Socket.IO framing: like Node's server, socketioxide closes the
     // transport (socket.io-client then reconnects on its own).
     let mut broken = w.app.connect(&ns, &w.alice).await;
-    broken
-        .send_raw(&format!("42{ns},9[\"chat\",{{bad"))
-        .await
-        .unwrap();
+    broken.send_raw(&format!("42{ns},9[\"chat\",{{bad")).await.unwrap();
     wait_closed(&mut broken).await;
 
     // Over --max-message (64 KiB by default) on a WebSocket: closed as well.
     let mut big = w.app.connect(&ns, &w.alice).await;
-    let huge =
-        json!({ "chatType": "new", "channelId": w.general, "content": "x".repeat(70 * 1024) });
+    let huge = json!({ "chatType": "new", "channelId": w.general, "content": "x".repeat(70 * 1024) });
     let _ = big.emit("chat", huge).await;
     wait_closed(&mut big).await;
 
     // The instance and everyone else are fine.
-    assert_eq!(
-        chat(&a, w.general, "others unaffected").await["written"],
-        true
-    );
+    assert_eq!(chat(&a, w.general, "others unaffected").await["written"], true);
     let mut again: Socket = w.app.connect(&ns, &w.alice).await;
     again.next_event("rejoined", WAIT).await.unwrap();
-    let (_, page) = w
-        .app
-        .get(
-            &format!("/api/channels/{}/messages", w.general),
-            &w.alice.token,
-        )
-        .await;
+    let (_, page) = w.app.get(&format!("/api/channels/{}/messages", w.general), &w.alice.token).await;
     assert_eq!(page["messages"].as_array().unwrap().len(), 2);
 }
 
 async fn wait_closed(s: &mut Socket) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while s.is_open() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "transport still open"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "transport still open");
         let _ = s.next(Duration::from_millis(100)).await;
     }
 }
@@ -454,24 +296,11 @@ async fn every_bad_rest_request_gets_its_error() {
     let app = &w.app;
     let t = w.alice.token.as_str();
     let ch = w.general;
-    let (status, _) = app
-        .post(
-            &format!("/api/channels/{ch}/messages"),
-            t,
-            json!({ "content": "acked" }),
-        )
-        .await;
+    let (status, _) = app.post(&format!("/api/channels/{ch}/messages"), t, json!({ "content": "acked" })).await;
     assert_eq!(status, StatusCode::CREATED);
 
     let raw = [
-        (
-            "malformed JSON",
-            "/api/users",
-            None,
-            "{\"username\": ",
-            StatusCode::BAD_REQUEST,
-            "invalid",
-        ),
+        ("malformed JSON", "/api/users", None, "{\"username\": ", StatusCode::BAD_REQUEST, "invalid"),
         (
             "wrong type",
             "/api/users",
@@ -496,14 +325,7 @@ async fn every_bad_rest_request_gets_its_error() {
             StatusCode::BAD_REQUEST,
             "invalid",
         ),
-        (
-            "no token",
-            "/api/communities",
-            None,
-            "{\"name\": \"x\"}",
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-        ),
+        ("no token", "/api/communities", None, "{\"name\": \"x\"}", StatusCode::UNAUTHORIZED, "unauthorized"),
         (
             "forged token",
             "/api/communities",
@@ -512,14 +334,7 @@ async fn every_bad_rest_request_gets_its_error() {
             StatusCode::UNAUTHORIZED,
             "unauthorized",
         ),
-        (
-            "empty community name",
-            "/api/communities",
-            Some(t),
-            "{\"name\": \"  \"}",
-            StatusCode::BAD_REQUEST,
-            "invalid",
-        ),
+        ("empty community name", "/api/communities", Some(t), "{\"name\": \"  \"}", StatusCode::BAD_REQUEST, "invalid"),
         (
             "non-numeric id in the path",
             "/api/channels/abc/messages",
@@ -531,62 +346,23 @@ async fn every_bad_rest_request_gets_its_error() {
     ];
     for (what, path, token, body, status, code) in raw {
         let (got, json) = app.post_raw(path, token, body).await;
-        assert_eq!(
-            (got, json["error"]["code"].as_str()),
-            (status, Some(code)),
-            "{what}: {json}"
-        );
+        assert_eq!((got, json["error"]["code"].as_str()), (status, Some(code)), "{what}: {json}");
     }
     let big = format!("{{\"content\": \"{}\"}}", "x".repeat(70 * 1024));
-    let (status, body) = app
-        .post_raw(&format!("/api/channels/{ch}/messages"), Some(t), &big)
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large"))
-    );
-    let (status, body) = app
-        .get(&format!("/api/channels/{ch}/messages?limit=abc"), t)
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("invalid"))
-    );
-    let (status, body) = app
-        .request(Method::GET, "/api/nothing-here", Some(t), None)
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::NOT_FOUND, Some("not_found"))
-    );
-    let (status, body) = app
-        .post(
-            &format!("/api/communities/{}/channels", w.cid),
-            t,
-            json!({ "name": "general" }),
-        )
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::CONFLICT, Some("conflict"))
-    );
-    let (status, body) = app
-        .post(
-            &format!("/api/channels/{}/members", w.private),
-            t,
-            json!({}),
-        )
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("invalid")),
-        "{body}"
-    );
+    let (status, body) = app.post_raw(&format!("/api/channels/{ch}/messages"), Some(t), &big).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large")));
+    let (status, body) = app.get(&format!("/api/channels/{ch}/messages?limit=abc"), t).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid")));
+    let (status, body) = app.request(Method::GET, "/api/nothing-here", Some(t), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    let (status, body) =
+        app.post(&format!("/api/communities/{}/channels", w.cid), t, json!({ "name": "general" })).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")));
+    let (status, body) = app.post(&format!("/api/channels/{}/members", w.private), t, json!({})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid")), "{body}");
 
     // What was acked is still there, and the server still answers.
-    let (_, page) = app
-        .get(&format!("/api/channels/{ch}/messages"), &w.bob.token)
-        .await;
+    let (_, page) = app.get(&format!("/api/channels/{ch}/messages"), &w.bob.token).await;
     assert_eq!(page["messages"][0]["content"], "acked");
 }
 
@@ -597,26 +373,9 @@ async fn a_disallowed_browser_origin_is_refused_before_the_socket_opens() {
         headers: vec![("Origin".into(), "https://evil.example".into())],
         ..Default::default()
     };
-    let refused = Socket::connect_with(&w.app.base, "/", json!({ "token": w.alice.token }), opts)
-        .await
-        .err();
-    assert!(
-        matches!(
-            refused,
-            Some(baton::client::ClientError::Handshake {
-                status: Some(403),
-                ..
-            })
-        ),
-        "{refused:?}"
-    );
-    let same = baton::client::ClientOptions {
-        headers: vec![("Origin".into(), w.app.base.clone())],
-        ..Default::default()
-    };
-    assert!(
-        Socket::connect_with(&w.app.base, "/", json!({ "token": w.alice.token }), same)
-            .await
-            .is_ok()
-    );
+    let refused = Socket::connect_with(&w.app.base, "/", json!({ "token": w.alice.token }), opts).await.err();
+    assert!(matches!(refused, Some(baton::client::ClientError::Handshake { status: Some(403), .. })), "{refused:?}");
+    let same =
+        baton::client::ClientOptions { headers: vec![("Origin".into(), w.app.base.clone())], ..Default::default() };
+    assert!(Socket::connect_with(&w.app.base, "/", json!({ "token": w.alice.token }), same).await.is_ok());
 }

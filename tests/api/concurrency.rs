@@ -47,20 +47,13 @@ async fn many_concurrent_senders_produce_a_gap_free_duplicate_free_sequence() {
     let mut keep = Vec::new();
     for t in tasks {
         let (s, seqs) = t.await.unwrap();
-        assert!(
-            seqs.windows(2).all(|w| w[0] < w[1]),
-            "one socket's chats commit in send order: {seqs:?}"
-        );
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "one socket's chats commit in send order: {seqs:?}");
         all.extend(seqs);
         keep.push(s);
     }
     let total = SENDERS * EACH;
     all.sort_unstable();
-    assert_eq!(
-        all,
-        (1..=total as i64).collect::<Vec<_>>(),
-        "acked eventSeqs are exactly 1..={total}"
-    );
+    assert_eq!(all, (1..=total as i64).collect::<Vec<_>>(), "acked eventSeqs are exactly 1..={total}");
 
     // The listener got each exactly once, and each sender's in order.
     let mut seen = BTreeSet::new();
@@ -73,10 +66,7 @@ async fn many_concurrent_senders_produce_a_gap_free_duplicate_free_sequence() {
         let (sender, n) = content.split_once(':').unwrap();
         let n: i64 = n.parse().unwrap();
         let prev = last_per_sender.insert(sender.to_owned(), n);
-        assert!(
-            prev.is_none_or(|p| p < n),
-            "sender {sender} out of order: {prev:?} then {n}"
-        );
+        assert!(prev.is_none_or(|p| p < n), "sender {sender} out of order: {prev:?} then {n}");
     }
     assert_no_event(&mut listener, "new-chat").await;
 
@@ -84,12 +74,7 @@ async fn many_concurrent_senders_produce_a_gap_free_duplicate_free_sequence() {
     let mut since = 0;
     let mut feed = Vec::new();
     loop {
-        let (_, page) = app
-            .get(
-                &format!("/api/channels/{ch}/messages?since={since}&limit=200"),
-                &owner.token,
-            )
-            .await;
+        let (_, page) = app.get(&format!("/api/channels/{ch}/messages?since={since}&limit=200"), &owner.token).await;
         let msgs = page["messages"].as_array().unwrap();
         feed.extend(msgs.iter().map(|m| m["eventSeq"].as_i64().unwrap()));
         since = *feed.last().unwrap();
@@ -111,11 +96,7 @@ async fn concurrent_modifies_and_deletes_share_the_sequence_without_gaps() {
     let b = app.joined(cid, &bob, &[ch]).await;
     let mut ids = Vec::new();
     for i in 0..10 {
-        ids.push(
-            chat(&a, ch, &format!("a{i}")).await["chatInfo"]["id"]
-                .as_i64()
-                .unwrap(),
-        );
+        ids.push(chat(&a, ch, &format!("a{i}")).await["chatInfo"]["id"].as_i64().unwrap());
     }
     let mut pending = Vec::new();
     for (i, id) in ids.iter().enumerate() {
@@ -126,12 +107,9 @@ async fn concurrent_modifies_and_deletes_share_the_sequence_without_gaps() {
         };
         pending.push(a.emit_with_ack_deferred("chat", p).await.unwrap());
         pending.push(
-            b.emit_with_ack_deferred(
-                "chat",
-                json!({ "chatType": "new", "channelId": ch, "content": format!("b{i}") }),
-            )
-            .await
-            .unwrap(),
+            b.emit_with_ack_deferred("chat", json!({ "chatType": "new", "channelId": ch, "content": format!("b{i}") }))
+                .await
+                .unwrap(),
         );
     }
     let mut seqs = Vec::new();

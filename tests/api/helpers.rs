@@ -20,10 +20,7 @@ static TRACING: Once = Once::new();
 fn init_logs() {
     TRACING.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            tracing_subscriber::fmt()
-                .with_env_filter("info,baton=debug")
-                .with_test_writer()
-                .init();
+            tracing_subscriber::fmt().with_env_filter("info,baton=debug").with_test_writer().init();
         }
     });
 }
@@ -51,13 +48,8 @@ async fn fresh_database(dir: &tempfile::TempDir) -> String {
         Ok(admin) if !admin.is_empty() => {
             use sqlx::Connection;
             let name = format!("baton_test_{}", uuid_like());
-            let mut conn = sqlx::PgConnection::connect(&admin)
-                .await
-                .expect("connect to BATON_TEST_POSTGRES");
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&mut conn)
-                .await
-                .expect("create test database");
+            let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to BATON_TEST_POSTGRES");
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
             let mut url = url::Url::parse(&admin).unwrap();
             url.set_path(&name);
             url.to_string()
@@ -90,14 +82,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let handle = tokio::spawn(server.run_until(async move {
         let _ = rx.await;
     }));
-    TestApp {
-        base,
-        app,
-        http: reqwest::Client::new(),
-        shutdown: Some(tx),
-        server: Some(handle),
-        _dir: dir,
-    }
+    TestApp { base, app, http: reqwest::Client::new(), shutdown: Some(tx), server: Some(handle), _dir: dir }
 }
 
 impl TestApp {
@@ -107,11 +92,7 @@ impl TestApp {
             let _ = tx.send(());
         }
         if let Some(h) = self.server.take() {
-            tokio::time::timeout(WAIT, h)
-                .await
-                .expect("baton stops in time")
-                .unwrap()
-                .unwrap();
+            tokio::time::timeout(WAIT, h).await.expect("baton stops in time").unwrap().unwrap();
         }
     }
 
@@ -140,35 +121,22 @@ impl TestApp {
         let res = req.send().await.expect("request sent");
         let status = res.status();
         let text = res.text().await.unwrap();
-        let value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
+        let value =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         (status, value)
     }
 
     pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
-        self.request(reqwest::Method::GET, path, Some(token), None)
-            .await
+        self.request(reqwest::Method::GET, path, Some(token), None).await
     }
 
     pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-        self.request(reqwest::Method::POST, path, Some(token), Some(body))
-            .await
+        self.request(reqwest::Method::POST, path, Some(token), Some(body)).await
     }
 
     /// Raw body, for malformed input.
-    pub async fn post_raw(
-        &self,
-        path: &str,
-        token: Option<&str>,
-        body: &str,
-    ) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .post(format!("{}{}", self.base, path))
-            .header("content-type", "application/json");
+    pub async fn post_raw(&self, path: &str, token: Option<&str>, body: &str) -> (StatusCode, Value) {
+        let mut req = self.http.post(format!("{}{}", self.base, path)).header("content-type", "application/json");
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -205,18 +173,12 @@ impl TestApp {
 
     /// A community owned by `owner` with `members` added; returns its id.
     pub async fn community(&self, owner: &TestUser, members: &[&TestUser]) -> i64 {
-        let (status, c) = self
-            .post("/api/communities", &owner.token, json!({ "name": "acme" }))
-            .await;
+        let (status, c) = self.post("/api/communities", &owner.token, json!({ "name": "acme" })).await;
         assert_eq!(status, StatusCode::CREATED, "{c}");
         let cid = c["id"].as_i64().unwrap();
         for m in members {
             let (status, body) = self
-                .post(
-                    &format!("/api/communities/{cid}/members"),
-                    &owner.token,
-                    json!({ "username": m.username }),
-                )
+                .post(&format!("/api/communities/{cid}/members"), &owner.token, json!({ "username": m.username }))
                 .await;
             assert_eq!(status, StatusCode::CREATED, "{body}");
         }
@@ -224,14 +186,7 @@ impl TestApp {
     }
 
     /// A channel created by `creator` with `members` added; returns its id.
-    pub async fn channel(
-        &self,
-        cid: i64,
-        creator: &TestUser,
-        name: &str,
-        private: bool,
-        members: &[&TestUser],
-    ) -> i64 {
+    pub async fn channel(&self, cid: i64, creator: &TestUser, name: &str, private: bool, members: &[&TestUser]) -> i64 {
         let (status, ch) = self
             .post(
                 &format!("/api/communities/{cid}/channels"),
@@ -243,11 +198,7 @@ impl TestApp {
         let chid = ch["id"].as_i64().unwrap();
         for m in members {
             let (status, body) = self
-                .post(
-                    &format!("/api/channels/{chid}/members"),
-                    &creator.token,
-                    json!({ "username": m.username }),
-                )
+                .post(&format!("/api/channels/{chid}/members"), &creator.token, json!({ "username": m.username }))
                 .await;
             assert_eq!(status, StatusCode::CREATED, "{body}");
         }
@@ -255,9 +206,7 @@ impl TestApp {
     }
 
     pub async fn connect(&self, ns: &str, user: &TestUser) -> Socket {
-        self.connect_with(ns, json!({ "token": user.token }))
-            .await
-            .expect("connect accepted")
+        self.connect_with(ns, json!({ "token": user.token })).await.expect("connect accepted")
     }
 
     pub async fn connect_with(&self, ns: &str, auth: Value) -> Result<Socket, ClientError> {
@@ -268,15 +217,8 @@ impl TestApp {
     pub async fn joined(&self, cid: i64, user: &TestUser, channels: &[i64]) -> Socket {
         let mut s = self.connect(&format!("/socket/commu-{cid}"), user).await;
         s.next_event("rejoined", WAIT).await.expect("rejoined");
-        let ack = s
-            .emit_with_ack("join", json!({ "channels": channels }), WAIT)
-            .await
-            .unwrap();
-        assert_eq!(
-            ack["joined"].as_array().unwrap().len(),
-            channels.len(),
-            "{ack}"
-        );
+        let ack = s.emit_with_ack("join", json!({ "channels": channels }), WAIT).await.unwrap();
+        assert_eq!(ack["joined"].as_array().unwrap().len(), channels.len(), "{ack}");
         s
     }
 }
@@ -291,13 +233,7 @@ impl Drop for TestApp {
 
 /// Sends a new message over a socket and returns the ack.
 pub async fn chat(s: &Socket, channel: i64, content: &str) -> Value {
-    s.emit_with_ack(
-        "chat",
-        json!({ "chatType": "new", "channelId": channel, "content": content }),
-        WAIT,
-    )
-    .await
-    .unwrap()
+    s.emit_with_ack("chat", json!({ "chatType": "new", "channelId": channel, "content": content }), WAIT).await.unwrap()
 }
 
 /// Asserts that no event named `name` arrives within [`QUIET`].

@@ -13,11 +13,7 @@ async fn until_recovered(s: &mut baton::client::Socket) -> Vec<(String, Value)> 
     loop {
         match s.next(WAIT).await.expect("events until recovered") {
             Incoming::Event { name, mut args } => {
-                let arg = if args.is_empty() {
-                    Value::Null
-                } else {
-                    args.swap_remove(0)
-                };
+                let arg = if args.is_empty() { Value::Null } else { args.swap_remove(0) };
                 let done = name == "recovered";
                 out.push((name, arg));
                 if done {
@@ -39,31 +35,14 @@ async fn joins_are_remembered_per_user_and_community_not_per_socket() {
     let s = app.joined(cid, &alice, &[one, two]).await;
     s.close().await;
     let mut s = app.connect(&format!("/socket/commu-{cid}"), &alice).await;
-    assert_eq!(
-        s.next_event("rejoined", WAIT).await.unwrap(),
-        json!({ "channels": [one, two] })
-    );
-    s.emit_with_ack("leave", json!({ "channels": [one] }), WAIT)
-        .await
-        .unwrap();
+    assert_eq!(s.next_event("rejoined", WAIT).await.unwrap(), json!({ "channels": [one, two] }));
+    s.emit_with_ack("leave", json!({ "channels": [one] }), WAIT).await.unwrap();
     s.close().await;
     let mut s = app.connect(&format!("/socket/commu-{cid}"), &alice).await;
-    assert_eq!(
-        s.next_event("rejoined", WAIT).await.unwrap(),
-        json!({ "channels": [two] })
-    );
+    assert_eq!(s.next_event("rejoined", WAIT).await.unwrap(), json!({ "channels": [two] }));
     // Rejoined means in the room: a message arrives without a join.
-    let bob_view = app
-        .post(
-            &format!("/api/channels/{two}/messages"),
-            &alice.token,
-            json!({ "content": "hi" }),
-        )
-        .await;
-    assert_eq!(
-        s.next_event("new-chat", WAIT).await.unwrap(),
-        bob_view.1["chatInfo"]
-    );
+    let bob_view = app.post(&format!("/api/channels/{two}/messages"), &alice.token, json!({ "content": "hi" })).await;
+    assert_eq!(s.next_event("new-chat", WAIT).await.unwrap(), bob_view.1["chatInfo"]);
 }
 
 #[tokio::test]
@@ -81,27 +60,20 @@ async fn a_reconnect_with_since_replays_what_was_missed_in_its_current_state() {
 
     let fresh = chat(&a, ch, "new while away").await["chatInfo"].clone(); // 3
     let gone = chat(&a, ch, "new and deleted while away").await["chatInfo"]["id"].clone(); // 4
-    a.emit_with_ack("chat", json!({ "chatType": "modify", "channelId": ch, "messageId": old_edit, "content": "edited" }), WAIT).await.unwrap(); // 5
     a.emit_with_ack(
         "chat",
-        json!({ "chatType": "delete", "channelId": ch, "messageId": old_delete }),
+        json!({ "chatType": "modify", "channelId": ch, "messageId": old_edit, "content": "edited" }),
         WAIT,
     )
     .await
-    .unwrap(); // 6
-    a.emit_with_ack(
-        "chat",
-        json!({ "chatType": "delete", "channelId": ch, "messageId": gone }),
-        WAIT,
-    )
-    .await
-    .unwrap(); // 7
+    .unwrap(); // 5
+    a.emit_with_ack("chat", json!({ "chatType": "delete", "channelId": ch, "messageId": old_delete }), WAIT)
+        .await
+        .unwrap(); // 6
+    a.emit_with_ack("chat", json!({ "chatType": "delete", "channelId": ch, "messageId": gone }), WAIT).await.unwrap(); // 7
 
     let mut b = app
-        .connect_with(
-            &format!("/socket/commu-{cid}"),
-            json!({ "token": bob.token, "since": { ch.to_string(): 2 } }),
-        )
+        .connect_with(&format!("/socket/commu-{cid}"), json!({ "token": bob.token, "since": { ch.to_string(): 2 } }))
         .await
         .unwrap();
     let events = until_recovered(&mut b).await;
@@ -112,22 +84,13 @@ async fn a_reconnect_with_since_replays_what_was_missed_in_its_current_state() {
         .collect();
     assert_eq!(
         names,
-        vec![
-            ("rejoined", -1),
-            ("new-chat", 3),
-            ("modify-chat", 5),
-            ("delete-chat", 6),
-            ("recovered", -1)
-        ]
+        vec![("rejoined", -1), ("new-chat", 3), ("modify-chat", 5), ("delete-chat", 6), ("recovered", -1)]
     );
     let get = |name: &str| events.iter().find(|(n, _)| n == name).unwrap().1.clone();
     assert_eq!(get("rejoined"), json!({ "channels": [ch] }));
     assert_eq!(get("new-chat"), fresh);
     assert_eq!(get("modify-chat")["content"], "edited");
-    assert_eq!(
-        get("recovered"),
-        json!({ "channels": { ch.to_string(): 7 }, "complete": true })
-    );
+    assert_eq!(get("recovered"), json!({ "channels": { ch.to_string(): 7 }, "complete": true }));
 }
 
 #[tokio::test]
@@ -137,12 +100,7 @@ async fn since_for_a_channel_the_user_is_not_in_replays_nothing() {
     let eve = app.register("eve").await;
     let cid = app.community(&alice, &[&eve]).await;
     let secret = app.channel(cid, &alice, "secret", true, &[]).await;
-    app.post(
-        &format!("/api/channels/{secret}/messages"),
-        &alice.token,
-        json!({ "content": "classified" }),
-    )
-    .await;
+    app.post(&format!("/api/channels/{secret}/messages"), &alice.token, json!({ "content": "classified" })).await;
     let mut e = app
         .connect_with(
             &format!("/socket/commu-{cid}"),
@@ -155,10 +113,7 @@ async fn since_for_a_channel_the_user_is_not_in_replays_nothing() {
         events,
         vec![
             ("rejoined".into(), json!({ "channels": [] })),
-            (
-                "recovered".into(),
-                json!({ "channels": {}, "complete": true })
-            )
+            ("recovered".into(), json!({ "channels": {}, "complete": true }))
         ]
     );
 }
@@ -170,37 +125,19 @@ async fn a_replay_over_1000_messages_is_marked_incomplete() {
     let cid = app.community(&alice, &[]).await;
     let ch = app.channel(cid, &alice, "big", false, &[]).await;
     for i in 0..1005 {
-        app.app
-            .chat
-            .post(alice.id, ch, &format!("m{i}"), None)
-            .await
-            .unwrap();
+        app.app.chat.post(alice.id, ch, &format!("m{i}"), None).await.unwrap();
     }
     let mut s = app
-        .connect_with(
-            &format!("/socket/commu-{cid}"),
-            json!({ "token": alice.token, "since": { ch.to_string(): 0 } }),
-        )
+        .connect_with(&format!("/socket/commu-{cid}"), json!({ "token": alice.token, "since": { ch.to_string(): 0 } }))
         .await
         .unwrap();
     let events = until_recovered(&mut s).await;
-    let replayed: Vec<i64> = events
-        .iter()
-        .filter(|(n, _)| n == "new-chat")
-        .map(|(_, v)| v["eventSeq"].as_i64().unwrap())
-        .collect();
+    let replayed: Vec<i64> =
+        events.iter().filter(|(n, _)| n == "new-chat").map(|(_, v)| v["eventSeq"].as_i64().unwrap()).collect();
     assert_eq!(replayed, (1..=1000).collect::<Vec<_>>());
-    assert_eq!(
-        events.last().unwrap().1,
-        json!({ "channels": { ch.to_string(): 1000 }, "complete": false })
-    );
+    assert_eq!(events.last().unwrap().1, json!({ "channels": { ch.to_string(): 1000 }, "complete": false }));
     // The rest comes from history, from where the replay stopped.
-    let (_, page) = app
-        .get(
-            &format!("/api/channels/{ch}/messages?since=1000"),
-            &alice.token,
-        )
-        .await;
+    let (_, page) = app.get(&format!("/api/channels/{ch}/messages?since=1000"), &alice.token).await;
     assert_eq!(page["messages"].as_array().unwrap().len(), 5);
 }
 
@@ -213,38 +150,19 @@ async fn after_a_restart_a_client_rejoins_and_gets_what_it_missed() {
     let cid = first.community(&alice, &[&bob]).await;
     let ch = first.channel(cid, &alice, "general", false, &[&bob]).await;
     let b = first.joined(cid, &bob, &[ch]).await;
-    first
-        .post(
-            &format!("/api/channels/{ch}/messages"),
-            &alice.token,
-            json!({ "content": "one" }),
-        )
-        .await;
+    first.post(&format!("/api/channels/{ch}/messages"), &alice.token, json!({ "content": "one" })).await;
     drop(b);
     let _keep = first.stop_keeping_data().await;
 
     let second = spawn_app_with(|c| c.database_url = Some(database)).await;
-    second
-        .post(
-            &format!("/api/channels/{ch}/messages"),
-            &alice.token,
-            json!({ "content": "two" }),
-        )
-        .await;
+    second.post(&format!("/api/channels/{ch}/messages"), &alice.token, json!({ "content": "two" })).await;
     let mut b = second
-        .connect_with(
-            &format!("/socket/commu-{cid}"),
-            json!({ "token": bob.token, "since": { ch.to_string(): 1 } }),
-        )
+        .connect_with(&format!("/socket/commu-{cid}"), json!({ "token": bob.token, "since": { ch.to_string(): 1 } }))
         .await
         .expect("the old token is still accepted");
     let events = until_recovered(&mut b).await;
     assert_eq!(events[0], ("rejoined".into(), json!({ "channels": [ch] })));
-    let news: Vec<&Value> = events
-        .iter()
-        .filter(|(n, _)| n == "new-chat")
-        .map(|(_, v)| v)
-        .collect();
+    let news: Vec<&Value> = events.iter().filter(|(n, _)| n == "new-chat").map(|(_, v)| v).collect();
     assert_eq!(news.len(), 1);
     assert_eq!(news[0]["content"], "two");
 }

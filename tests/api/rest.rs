@@ -10,12 +10,7 @@ async fn registering_a_taken_username_is_a_conflict_and_usernames_ignore_case() 
     let app = spawn_app().await;
     app.register("alice").await;
     let (status, body) = app
-        .request(
-            Method::POST,
-            "/api/users",
-            None,
-            Some(json!({ "username": "ALICE", "password": "password1" })),
-        )
+        .request(Method::POST, "/api/users", None, Some(json!({ "username": "ALICE", "password": "password1" })))
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(body["error"]["code"], "conflict");
@@ -26,14 +21,8 @@ async fn a_wrong_password_or_unknown_user_is_unauthorized() {
     let app = spawn_app().await;
     app.register("alice").await;
     for (u, p) in [("alice", "wrongpass"), ("nobody", "password1")] {
-        let (status, body) = app
-            .request(
-                Method::POST,
-                "/api/sessions",
-                None,
-                Some(json!({ "username": u, "password": p })),
-            )
-            .await;
+        let (status, body) =
+            app.request(Method::POST, "/api/sessions", None, Some(json!({ "username": u, "password": p }))).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_eq!(body["error"]["code"], "unauthorized");
     }
@@ -48,15 +37,9 @@ async fn me_lists_the_user_and_their_communities_with_roles() {
     let (status, me) = app.get("/api/me", &bob.token).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(me["user"]["username"], "bob");
-    assert_eq!(
-        me["communities"],
-        json!([{ "id": cid, "name": "acme", "role": "member" }])
-    );
+    assert_eq!(me["communities"], json!([{ "id": cid, "name": "acme", "role": "member" }]));
     let (_, list) = app.get("/api/communities", &alice.token).await;
-    assert_eq!(
-        list,
-        json!([{ "id": cid, "name": "acme", "role": "owner" }])
-    );
+    assert_eq!(list, json!([{ "id": cid, "name": "acme", "role": "owner" }]));
 }
 
 #[tokio::test]
@@ -66,30 +49,15 @@ async fn only_the_owner_adds_community_members() {
     let bob = app.register("bob").await;
     let carol = app.register("carol").await;
     let cid = app.community(&alice, &[&bob]).await;
-    let (status, body) = app
-        .post(
-            &format!("/api/communities/{cid}/members"),
-            &bob.token,
-            json!({ "username": "carol" }),
-        )
-        .await;
+    let (status, body) =
+        app.post(&format!("/api/communities/{cid}/members"), &bob.token, json!({ "username": "carol" })).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    let (status, _) = app
-        .post(
-            &format!("/api/communities/{cid}/members"),
-            &alice.token,
-            json!({ "username": "carol" }),
-        )
-        .await;
+    let (status, _) =
+        app.post(&format!("/api/communities/{cid}/members"), &alice.token, json!({ "username": "carol" })).await;
     assert_eq!(status, StatusCode::CREATED);
     // Adding again is harmless.
-    let (status, _) = app
-        .post(
-            &format!("/api/communities/{cid}/members"),
-            &alice.token,
-            json!({ "username": "carol" }),
-        )
-        .await;
+    let (status, _) =
+        app.post(&format!("/api/communities/{cid}/members"), &alice.token, json!({ "username": "carol" })).await;
     assert_eq!(status, StatusCode::OK);
     let _ = carol;
 }
@@ -103,28 +71,14 @@ async fn a_private_channel_leaks_nowhere_over_rest() {
     let cid = app.community(&alice, &[&bob, &eve]).await;
     let secret = app.channel(cid, &alice, "secret", true, &[&bob]).await;
     let general = app.channel(cid, &alice, "general", false, &[]).await;
-    let (_, m) = app
-        .post(
-            &format!("/api/channels/{secret}/messages"),
-            &alice.token,
-            json!({ "content": "psst" }),
-        )
-        .await;
+    let (_, m) =
+        app.post(&format!("/api/channels/{secret}/messages"), &alice.token, json!({ "content": "psst" })).await;
     assert_eq!(m["written"], true);
 
-    let (_, list) = app
-        .get(&format!("/api/communities/{cid}/channels"), &eve.token)
-        .await;
-    let ids: Vec<i64> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["id"].as_i64().unwrap())
-        .collect();
+    let (_, list) = app.get(&format!("/api/communities/{cid}/channels"), &eve.token).await;
+    let ids: Vec<i64> = list.as_array().unwrap().iter().map(|c| c["id"].as_i64().unwrap()).collect();
     assert_eq!(ids, vec![general]);
-    let (_, list) = app
-        .get(&format!("/api/communities/{cid}/channels"), &bob.token)
-        .await;
+    let (_, list) = app.get(&format!("/api/communities/{cid}/channels"), &bob.token).await;
     assert_eq!(list.as_array().unwrap().len(), 2);
 
     // Every way in answers as if the channel did not exist.
@@ -132,37 +86,15 @@ async fn a_private_channel_leaks_nowhere_over_rest() {
     for chid in [secret, nonexistent] {
         for (method, path, body) in [
             (Method::GET, format!("/api/channels/{chid}/messages"), None),
-            (
-                Method::GET,
-                format!("/api/channels/{chid}/messages?since=0"),
-                None,
-            ),
-            (
-                Method::POST,
-                format!("/api/channels/{chid}/messages"),
-                Some(json!({ "content": "hi" })),
-            ),
+            (Method::GET, format!("/api/channels/{chid}/messages?since=0"), None),
+            (Method::POST, format!("/api/channels/{chid}/messages"), Some(json!({ "content": "hi" }))),
             (Method::POST, format!("/api/channels/{chid}/members"), None),
-            (
-                Method::POST,
-                format!("/api/channels/{chid}/members"),
-                Some(json!({ "username": "eve" })),
-            ),
-            (
-                Method::PUT,
-                format!("/api/channels/{chid}/read"),
-                Some(json!({ "seq": 1 })),
-            ),
+            (Method::POST, format!("/api/channels/{chid}/members"), Some(json!({ "username": "eve" }))),
+            (Method::PUT, format!("/api/channels/{chid}/read"), Some(json!({ "seq": 1 }))),
             (Method::GET, format!("/api/channels/{chid}/presence"), None),
-            (
-                Method::DELETE,
-                format!("/api/channels/{chid}/members/{}", bob.id),
-                None,
-            ),
+            (Method::DELETE, format!("/api/channels/{chid}/members/{}", bob.id), None),
         ] {
-            let (status, body) = app
-                .request(method.clone(), &path, Some(&eve.token), body)
-                .await;
+            let (status, body) = app.request(method.clone(), &path, Some(&eve.token), body).await;
             assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {body}");
             assert_eq!(body["error"]["code"], "not_found");
         }
@@ -180,78 +112,40 @@ async fn history_pages_by_seq_both_ways_and_the_changes_feed_follows_event_seq()
     let mut ids = Vec::new();
     for i in 1..=5 {
         let (_, m) = app
-            .post(
-                &format!("/api/channels/{ch}/messages"),
-                &alice.token,
-                json!({ "content": format!("m{i}") }),
-            )
+            .post(&format!("/api/channels/{ch}/messages"), &alice.token, json!({ "content": format!("m{i}") }))
             .await;
         ids.push(m["chatInfo"]["id"].as_i64().unwrap());
     }
     let seqs = |v: &serde_json::Value| -> Vec<i64> {
-        v["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["seq"].as_i64().unwrap())
-            .collect()
+        v["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_i64().unwrap()).collect()
     };
-    let (_, page) = app
-        .get(
-            &format!("/api/channels/{ch}/messages?limit=2"),
-            &alice.token,
-        )
-        .await;
-    assert_eq!(
-        (seqs(&page), page["hasMore"].clone()),
-        (vec![5, 4], json!(true))
-    );
-    let (_, page) = app
-        .get(
-            &format!("/api/channels/{ch}/messages?before=4&limit=10"),
-            &alice.token,
-        )
-        .await;
-    assert_eq!(
-        (seqs(&page), page["hasMore"].clone()),
-        (vec![3, 2, 1], json!(false))
-    );
-    let (_, page) = app
-        .get(
-            &format!("/api/channels/{ch}/messages?after=2&limit=2"),
-            &alice.token,
-        )
-        .await;
-    assert_eq!(
-        (seqs(&page), page["hasMore"].clone()),
-        (vec![3, 4], json!(true))
-    );
+    let (_, page) = app.get(&format!("/api/channels/{ch}/messages?limit=2"), &alice.token).await;
+    assert_eq!((seqs(&page), page["hasMore"].clone()), (vec![5, 4], json!(true)));
+    let (_, page) = app.get(&format!("/api/channels/{ch}/messages?before=4&limit=10"), &alice.token).await;
+    assert_eq!((seqs(&page), page["hasMore"].clone()), (vec![3, 2, 1], json!(false)));
+    let (_, page) = app.get(&format!("/api/channels/{ch}/messages?after=2&limit=2"), &alice.token).await;
+    assert_eq!((seqs(&page), page["hasMore"].clone()), (vec![3, 4], json!(true)));
 
     // Modify m2 and delete m3 over a socket: they take eventSeq 6 and 7.
     let s = app.joined(cid, &alice, &[ch]).await;
     let ack = s
-        .emit_with_ack("chat", json!({ "chatType": "modify", "channelId": ch, "messageId": ids[1], "content": "m2 edited" }), WAIT)
+        .emit_with_ack(
+            "chat",
+            json!({ "chatType": "modify", "channelId": ch, "messageId": ids[1], "content": "m2 edited" }),
+            WAIT,
+        )
         .await
         .unwrap();
     assert_eq!(ack["chatInfo"]["eventSeq"], 6);
     let ack = s
-        .emit_with_ack(
-            "chat",
-            json!({ "chatType": "delete", "channelId": ch, "messageId": ids[2] }),
-            WAIT,
-        )
+        .emit_with_ack("chat", json!({ "chatType": "delete", "channelId": ch, "messageId": ids[2] }), WAIT)
         .await
         .unwrap();
     assert_eq!(ack["chatInfo"]["eventSeq"], 7);
     assert_eq!(ack["chatInfo"]["content"], "");
     assert_eq!(ack["chatInfo"]["seq"], 3);
 
-    let (_, feed) = app
-        .get(
-            &format!("/api/channels/{ch}/messages?since=4"),
-            &alice.token,
-        )
-        .await;
+    let (_, feed) = app.get(&format!("/api/channels/{ch}/messages?since=4"), &alice.token).await;
     let events: Vec<(i64, i64)> = feed["messages"]
         .as_array()
         .unwrap()
@@ -261,9 +155,7 @@ async fn history_pages_by_seq_both_ways_and_the_changes_feed_follows_event_seq()
     assert_eq!(events, vec![(5, 5), (2, 6), (3, 7)]);
     assert_eq!(feed["lastSeq"], 7);
     assert_eq!(feed["hasMore"], false);
-    let (_, chans) = app
-        .get(&format!("/api/communities/{cid}/channels"), &alice.token)
-        .await;
+    let (_, chans) = app.get(&format!("/api/communities/{cid}/channels"), &alice.token).await;
     assert_eq!(chans[0]["lastSeq"], 7);
 }
 
@@ -275,19 +167,9 @@ async fn read_markers_never_move_backwards_and_drive_unread_counts() {
     let cid = app.community(&alice, &[&bob]).await;
     let ch = app.channel(cid, &alice, "general", false, &[&bob]).await;
     for i in 0..3 {
-        app.post(
-            &format!("/api/channels/{ch}/messages"),
-            &alice.token,
-            json!({ "content": format!("hi {i}") }),
-        )
-        .await;
+        app.post(&format!("/api/channels/{ch}/messages"), &alice.token, json!({ "content": format!("hi {i}") })).await;
     }
-    app.post(
-        &format!("/api/channels/{ch}/messages"),
-        &bob.token,
-        json!({ "content": "mine" }),
-    )
-    .await;
+    app.post(&format!("/api/channels/{ch}/messages"), &bob.token, json!({ "content": "mine" })).await;
     let (_, unread) = app.get("/api/unread", &bob.token).await;
     assert_eq!(
         unread,
@@ -295,21 +177,11 @@ async fn read_markers_never_move_backwards_and_drive_unread_counts() {
             "channels": [{ "channelId": ch, "unread": 3, "lastSeq": 4, "readSeq": 0 }] }] })
     );
     let (status, body) = app
-        .request(
-            Method::PUT,
-            &format!("/api/channels/{ch}/read"),
-            Some(&bob.token),
-            Some(json!({ "seq": 2 })),
-        )
+        .request(Method::PUT, &format!("/api/channels/{ch}/read"), Some(&bob.token), Some(json!({ "seq": 2 })))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (_, body) = app
-        .request(
-            Method::PUT,
-            &format!("/api/channels/{ch}/read"),
-            Some(&bob.token),
-            Some(json!({ "seq": 1 })),
-        )
+        .request(Method::PUT, &format!("/api/channels/{ch}/read"), Some(&bob.token), Some(json!({ "seq": 1 })))
         .await;
     assert_eq!(body["seq"], 2, "the marker does not move back");
     let (_, unread) = app.get("/api/unread", &bob.token).await;
@@ -326,35 +198,15 @@ async fn only_the_owner_removes_others_and_anyone_can_leave() {
     let cid = app.community(&alice, &[&bob, &carol]).await;
     let ch = app.channel(cid, &bob, "general", false, &[&carol]).await;
     let path = format!("/api/channels/{ch}/members/{}", carol.id);
-    let (status, _) = app
-        .request(Method::DELETE, &path, Some(&bob.token), None)
-        .await;
-    assert_eq!(
-        status,
-        StatusCode::FORBIDDEN,
-        "a channel member is not the community owner"
-    );
-    let (status, _) = app
-        .request(Method::DELETE, &path, Some(&alice.token), None)
-        .await;
+    let (status, _) = app.request(Method::DELETE, &path, Some(&bob.token), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a channel member is not the community owner");
+    let (status, _) = app.request(Method::DELETE, &path, Some(&alice.token), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = app
-        .request(
-            Method::DELETE,
-            &format!("/api/channels/{ch}/members/{}", bob.id),
-            Some(&bob.token),
-            None,
-        )
-        .await;
+    let (status, _) =
+        app.request(Method::DELETE, &format!("/api/channels/{ch}/members/{}", bob.id), Some(&bob.token), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, body) = app
-        .get(&format!("/api/channels/{ch}/messages"), &bob.token)
-        .await;
-    assert_eq!(
-        status,
-        StatusCode::FORBIDDEN,
-        "public, but no longer a member: {body}"
-    );
+    let (status, body) = app.get(&format!("/api/channels/{ch}/messages"), &bob.token).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "public, but no longer a member: {body}");
 }
 
 #[tokio::test]
@@ -374,19 +226,11 @@ async fn a_restart_keeps_users_logged_in_and_messages_stored() {
     let alice = first.register("alice").await;
     let cid = first.community(&alice, &[]).await;
     let ch = first.channel(cid, &alice, "general", false, &[]).await;
-    first
-        .post(
-            &format!("/api/channels/{ch}/messages"),
-            &alice.token,
-            json!({ "content": "before restart" }),
-        )
-        .await;
+    first.post(&format!("/api/channels/{ch}/messages"), &alice.token, json!({ "content": "before restart" })).await;
     // The first instance's temporary directory must outlive the second on SQLite.
     let keep = first.stop_keeping_data().await;
     let second = spawn_app_with(|c| c.database_url = Some(database)).await;
-    let (status, page) = second
-        .get(&format!("/api/channels/{ch}/messages"), &alice.token)
-        .await;
+    let (status, page) = second.get(&format!("/api/channels/{ch}/messages"), &alice.token).await;
     assert_eq!(status, StatusCode::OK, "the old token still works: {page}");
     assert_eq!(page["messages"][0]["content"], "before restart");
     drop(keep);

@@ -21,34 +21,14 @@ async fn connects_are_refused_with_the_protocol_codes() {
         (ns.as_str(), json!(null), "unauthorized"),
         (ns.as_str(), json!({ "token": 42 }), "unauthorized"),
         (ns.as_str(), json!({ "token": eve.token }), "forbidden"),
-        (
-            "/socket/commu-99999",
-            json!({ "token": alice.token }),
-            "forbidden",
-        ),
-        (
-            "/socket/commu-abc",
-            json!({ "token": alice.token }),
-            "forbidden",
-        ),
-        (
-            ns.as_str(),
-            json!({ "token": alice.token, "since": "yesterday" }),
-            "invalid",
-        ),
-        (
-            ns.as_str(),
-            json!({ "token": alice.token, "since": { "general": 3 } }),
-            "invalid",
-        ),
+        ("/socket/commu-99999", json!({ "token": alice.token }), "forbidden"),
+        ("/socket/commu-abc", json!({ "token": alice.token }), "forbidden"),
+        (ns.as_str(), json!({ "token": alice.token, "since": "yesterday" }), "invalid"),
+        (ns.as_str(), json!({ "token": alice.token, "since": { "general": 3 } }), "invalid"),
     ];
     for (ns, auth, code) in cases {
         let refused = app.connect_with(ns, auth.clone()).await.err();
-        assert_eq!(
-            refused,
-            Some(ClientError::Refused(code.into())),
-            "{ns} {auth}"
-        );
+        assert_eq!(refused, Some(ClientError::Refused(code.into())), "{ns} {auth}");
     }
 }
 
@@ -57,10 +37,7 @@ async fn an_expired_token_is_refused() {
     let app = spawn_app_with(|c| c.token_ttl = Duration::from_secs(1)).await;
     let alice = app.register("alice").await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let refused = app
-        .connect_with("/", json!({ "token": alice.token }))
-        .await
-        .err();
+    let refused = app.connect_with("/", json!({ "token": alice.token })).await.err();
     assert_eq!(refused, Some(ClientError::Refused("unauthorized".into())));
     let (status, body) = app.get("/api/me", &alice.token).await;
     assert_eq!(status, 401);
@@ -74,34 +51,16 @@ async fn refused_connects_leave_no_namespace_behind() {
     let cid = app.community(&alice, &[]).await;
     for i in 0..50 {
         let ns = format!("/socket/commu-{}", 10_000 + i);
-        assert!(
-            app.connect_with(&ns, json!({ "token": alice.token }))
-                .await
-                .is_err()
-        );
-        assert!(
-            app.connect_with(&ns, json!({ "token": "bad" }))
-                .await
-                .is_err()
-        );
+        assert!(app.connect_with(&ns, json!({ "token": alice.token })).await.is_err());
+        assert!(app.connect_with(&ns, json!({ "token": "bad" })).await.is_err());
     }
     for i in 0..50 {
-        assert!(
-            app.app
-                .io
-                .of(format!("/socket/commu-{}", 10_000 + i))
-                .is_none(),
-            "namespace {i} left behind"
-        );
+        assert!(app.app.io.of(format!("/socket/commu-{}", 10_000 + i)).is_none(), "namespace {i} left behind");
     }
     // A namespace with a live socket survives a refused connect to it.
     let ns = format!("/socket/commu-{cid}");
     let mut s = app.connect(&ns, &alice).await;
-    assert!(
-        app.connect_with(&ns, json!({ "token": "bad" }))
-            .await
-            .is_err()
-    );
+    assert!(app.connect_with(&ns, json!({ "token": "bad" })).await.is_err());
     assert!(app.app.io.of(&ns).is_some());
     s.next_event("rejoined", WAIT).await.unwrap();
 }
@@ -124,19 +83,13 @@ async fn a_message_is_acked_then_reaches_the_other_members_but_not_the_sender() 
     assert_eq!(ack["written"], true);
     let info = &ack["chatInfo"];
     assert_eq!(
-        (
-            info["content"].clone(),
-            info["seq"].clone(),
-            info["eventSeq"].clone()
-        ),
+        (info["content"].clone(), info["seq"].clone(), info["eventSeq"].clone()),
         (json!("hello bob"), json!(1), json!(1))
     );
     assert_eq!(info["senderId"], alice.id);
     assert_eq!(info["communityId"], cid);
     // Durable before the ack: history already has it.
-    let (_, page) = app
-        .get(&format!("/api/channels/{ch}/messages"), &bob.token)
-        .await;
+    let (_, page) = app.get(&format!("/api/channels/{ch}/messages"), &bob.token).await;
     assert_eq!(&page["messages"][0], info);
 
     let got = b.next_event("new-chat", WAIT).await.unwrap();
@@ -158,18 +111,10 @@ async fn a_rest_post_is_broadcast_like_a_socket_chat() {
     let cid = app.community(&alice, &[&bob]).await;
     let ch = app.channel(cid, &alice, "general", false, &[&bob]).await;
     let mut b = app.joined(cid, &bob, &[ch]).await;
-    let (status, body) = app
-        .post(
-            &format!("/api/channels/{ch}/messages"),
-            &alice.token,
-            json!({ "content": "from a bot" }),
-        )
-        .await;
+    let (status, body) =
+        app.post(&format!("/api/channels/{ch}/messages"), &alice.token, json!({ "content": "from a bot" })).await;
     assert_eq!(status, 201);
-    assert_eq!(
-        b.next_event("new-chat", WAIT).await.unwrap(),
-        body["chatInfo"]
-    );
+    assert_eq!(b.next_event("new-chat", WAIT).await.unwrap(), body["chatInfo"]);
 }
 
 #[tokio::test]
@@ -181,12 +126,7 @@ async fn notify_preview_is_at_most_100_characters() {
     let ch = app.channel(cid, &alice, "general", false, &[&bob]).await;
     let mut b_root = app.connect("/", &bob).await;
     let long = "é".repeat(150);
-    app.post(
-        &format!("/api/channels/{ch}/messages"),
-        &alice.token,
-        json!({ "content": long }),
-    )
-    .await;
+    app.post(&format!("/api/channels/{ch}/messages"), &alice.token, json!({ "content": long })).await;
     let notify = b_root.next_event("notify", WAIT).await.unwrap();
     assert_eq!(notify["preview"].as_str().unwrap().chars().count(), 100);
 }
@@ -203,11 +143,15 @@ async fn modify_and_delete_are_broadcast_and_only_the_author_may_make_them() {
     let id = chat(&a, ch, "first").await["chatInfo"]["id"].clone();
     b.next_event("new-chat", WAIT).await.unwrap();
 
-    let ack = b.emit_with_ack("chat", json!({ "chatType": "modify", "channelId": ch, "messageId": id, "content": "mine now" }), WAIT).await.unwrap();
-    assert_eq!(
-        (ack["written"].clone(), ack["error"]["code"].clone()),
-        (json!(false), json!("forbidden"))
-    );
+    let ack = b
+        .emit_with_ack(
+            "chat",
+            json!({ "chatType": "modify", "channelId": ch, "messageId": id, "content": "mine now" }),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert_eq!((ack["written"].clone(), ack["error"]["code"].clone()), (json!(false), json!("forbidden")));
     let ack = a
         .emit_with_ack(
             "chat",
@@ -219,57 +163,27 @@ async fn modify_and_delete_are_broadcast_and_only_the_author_may_make_them() {
     assert_eq!(ack["written"], true);
     let modified = b.next_event("modify-chat", WAIT).await.unwrap();
     assert_eq!(
-        (
-            modified["content"].clone(),
-            modified["seq"].clone(),
-            modified["eventSeq"].clone()
-        ),
+        (modified["content"].clone(), modified["seq"].clone(), modified["eventSeq"].clone()),
         (json!("edited"), json!(1), json!(2))
     );
     assert!(modified["editedAt"].is_i64());
 
-    let ack = a
-        .emit_with_ack(
-            "chat",
-            json!({ "chatType": "delete", "channelId": ch, "messageId": id }),
-            WAIT,
-        )
-        .await
-        .unwrap();
+    let ack =
+        a.emit_with_ack("chat", json!({ "chatType": "delete", "channelId": ch, "messageId": id }), WAIT).await.unwrap();
     assert_eq!(ack["chatInfo"]["deleted"], true);
     let deleted = b.next_event("delete-chat", WAIT).await.unwrap();
     assert_eq!(
-        (
-            deleted["content"].clone(),
-            deleted["eventSeq"].clone(),
-            deleted["id"].clone()
-        ),
+        (deleted["content"].clone(), deleted["eventSeq"].clone(), deleted["id"].clone()),
         (json!(""), json!(3), id.clone())
     );
 
     // Deleting again is answered with the message as it is, and not broadcast.
-    let again = a
-        .emit_with_ack(
-            "chat",
-            json!({ "chatType": "delete", "channelId": ch, "messageId": id }),
-            WAIT,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        (
-            again["written"].clone(),
-            again["chatInfo"]["eventSeq"].clone()
-        ),
-        (json!(true), json!(3))
-    );
+    let again =
+        a.emit_with_ack("chat", json!({ "chatType": "delete", "channelId": ch, "messageId": id }), WAIT).await.unwrap();
+    assert_eq!((again["written"].clone(), again["chatInfo"]["eventSeq"].clone()), (json!(true), json!(3)));
     assert_no_event(&mut b, "delete-chat").await;
     let edit_deleted = a
-        .emit_with_ack(
-            "chat",
-            json!({ "chatType": "modify", "channelId": ch, "messageId": id, "content": "x" }),
-            WAIT,
-        )
+        .emit_with_ack("chat", json!({ "chatType": "modify", "channelId": ch, "messageId": id, "content": "x" }), WAIT)
         .await
         .unwrap();
     assert_eq!(edit_deleted["error"]["code"], "conflict");
@@ -284,8 +198,7 @@ async fn a_repeated_client_msg_id_returns_the_first_message_and_is_not_broadcast
     let ch = app.channel(cid, &alice, "general", false, &[&bob]).await;
     let a = app.joined(cid, &alice, &[ch]).await;
     let mut b = app.joined(cid, &bob, &[ch]).await;
-    let new =
-        json!({ "chatType": "new", "channelId": ch, "content": "once", "clientMsgId": "c-1" });
+    let new = json!({ "chatType": "new", "channelId": ch, "content": "once", "clientMsgId": "c-1" });
     let first = a.emit_with_ack("chat", new.clone(), WAIT).await.unwrap();
     let second = a.emit_with_ack("chat", new.clone(), WAIT).await.unwrap();
     assert_eq!(first, second);
@@ -307,19 +220,11 @@ async fn joining_answers_each_channel_it_cannot_join_with_a_code() {
     let mine = app.channel(cid, &alice, "mine", false, &[&bob]).await;
     let public = app.channel(cid, &alice, "public", false, &[]).await;
     let private = app.channel(cid, &alice, "private", true, &[]).await;
-    let elsewhere = app
-        .channel(other, &alice, "elsewhere", false, &[&bob])
-        .await;
+    let elsewhere = app.channel(other, &alice, "elsewhere", false, &[&bob]).await;
     let mut b = app.connect(&format!("/socket/commu-{cid}"), &bob).await;
     b.next_event("rejoined", WAIT).await.unwrap();
-    let ack = b
-        .emit_with_ack(
-            "join",
-            json!({ "channels": [mine, public, private, elsewhere, 987654] }),
-            WAIT,
-        )
-        .await
-        .unwrap();
+    let ack =
+        b.emit_with_ack("join", json!({ "channels": [mine, public, private, elsewhere, 987654] }), WAIT).await.unwrap();
     assert_eq!(ack["joined"], json!([mine]));
     assert_eq!(
         ack["rejected"],
@@ -330,10 +235,7 @@ async fn joining_answers_each_channel_it_cannot_join_with_a_code() {
             { "channelId": 987654, "code": "not_found" },
         ])
     );
-    let ack = b
-        .emit_with_ack("leave", json!({ "channels": [mine] }), WAIT)
-        .await
-        .unwrap();
+    let ack = b.emit_with_ack("leave", json!({ "channels": [mine] }), WAIT).await.unwrap();
     assert_eq!(ack, json!({ "left": [mine] }));
 }
 
@@ -350,14 +252,8 @@ async fn a_removed_member_stops_receiving_the_channel_at_once_on_every_socket() 
     let mut b_root = app.connect("/", &bob).await;
     let mut a_watch = app.joined(cid, &alice, &[ch]).await;
 
-    let (status, _) = app
-        .request(
-            Method::DELETE,
-            &format!("/api/channels/{ch}/members/{}", bob.id),
-            Some(&alice.token),
-            None,
-        )
-        .await;
+    let (status, _) =
+        app.request(Method::DELETE, &format!("/api/channels/{ch}/members/{}", bob.id), Some(&alice.token), None).await;
     assert_eq!(status, 204);
     assert_eq!(
         b_root.next_event("membership", WAIT).await.unwrap(),
@@ -373,10 +269,7 @@ async fn a_removed_member_stops_receiving_the_channel_at_once_on_every_socket() 
     assert_no_event(&mut b_root, "notify").await;
     // And his reconnects do not put him back.
     let mut again = app.connect(&format!("/socket/commu-{cid}"), &bob).await;
-    assert_eq!(
-        again.next_event("rejoined", WAIT).await.unwrap(),
-        json!({ "channels": [] })
-    );
+    assert_eq!(again.next_event("rejoined", WAIT).await.unwrap(), json!({ "channels": [] }));
 }
 
 #[tokio::test]
@@ -408,9 +301,7 @@ async fn presence_follows_the_first_socket_in_and_the_last_out() {
         json!({ "channelId": ch, "userId": bob.id, "online": true })
     );
     let b2 = app.joined(cid, &bob, &[ch]).await;
-    let (_, online) = app
-        .get(&format!("/api/channels/{ch}/presence"), &alice.token)
-        .await;
+    let (_, online) = app.get(&format!("/api/channels/{ch}/presence"), &alice.token).await;
     assert_eq!(online, json!({ "online": [alice.id, bob.id] }));
     b1.close().await;
     assert_no_event(&mut a, "presence").await;
@@ -419,9 +310,7 @@ async fn presence_follows_the_first_socket_in_and_the_last_out() {
         a.next_event("presence", WAIT).await.unwrap(),
         json!({ "channelId": ch, "userId": bob.id, "online": false })
     );
-    let (_, online) = app
-        .get(&format!("/api/channels/{ch}/presence"), &alice.token)
-        .await;
+    let (_, online) = app.get(&format!("/api/channels/{ch}/presence"), &alice.token).await;
     assert_eq!(online, json!({ "online": [alice.id] }));
 }
 
@@ -434,24 +323,13 @@ async fn typing_is_relayed_to_the_room_but_not_persisted() {
     let ch = app.channel(cid, &alice, "general", false, &[&bob]).await;
     let mut a = app.joined(cid, &alice, &[ch]).await;
     let mut b = app.joined(cid, &bob, &[ch]).await;
-    let ack = a
-        .emit_with_ack("typing", json!({ "channelId": ch }), WAIT)
-        .await
-        .unwrap();
+    let ack = a.emit_with_ack("typing", json!({ "channelId": ch }), WAIT).await.unwrap();
     assert_eq!(ack, json!({ "ok": true }));
-    assert_eq!(
-        b.next_event("typing", WAIT).await.unwrap(),
-        json!({ "channelId": ch, "userId": alice.id })
-    );
+    assert_eq!(b.next_event("typing", WAIT).await.unwrap(), json!({ "channelId": ch, "userId": alice.id }));
     assert_no_event(&mut a, "typing").await;
-    let ack = b
-        .emit_with_ack("typing", json!({ "channelId": ch + 1 }), WAIT)
-        .await
-        .unwrap();
+    let ack = b.emit_with_ack("typing", json!({ "channelId": ch + 1 }), WAIT).await.unwrap();
     assert_eq!(ack["error"]["code"], "not_found");
-    let (_, page) = app
-        .get(&format!("/api/channels/{ch}/messages"), &alice.token)
-        .await;
+    let (_, page) = app.get(&format!("/api/channels/{ch}/messages"), &alice.token).await;
     assert_eq!(page["messages"], json!([]));
 }
 
@@ -466,19 +344,10 @@ async fn a_read_marker_moved_on_one_socket_is_told_to_the_users_line() {
     chat(&a, ch, "two").await;
     let mut root = app.connect("/", &alice).await;
     root.next_event("unread", WAIT).await.unwrap();
-    let ack = a
-        .emit_with_ack("read", json!({ "channelId": ch, "seq": 2 }), WAIT)
-        .await
-        .unwrap();
+    let ack = a.emit_with_ack("read", json!({ "channelId": ch, "seq": 2 }), WAIT).await.unwrap();
     assert_eq!(ack["ok"], true);
-    assert_eq!(
-        root.next_event("read", WAIT).await.unwrap(),
-        json!({ "channelId": ch, "seq": 2 })
-    );
-    let ack = a
-        .emit_with_ack("read", json!({ "channelId": ch, "seq": 3 }), WAIT)
-        .await
-        .unwrap();
+    assert_eq!(root.next_event("read", WAIT).await.unwrap(), json!({ "channelId": ch, "seq": 2 }));
+    let ack = a.emit_with_ack("read", json!({ "channelId": ch, "seq": 3 }), WAIT).await.unwrap();
     assert_eq!(ack["error"]["code"], "invalid", "beyond lastSeq");
 }
 
@@ -495,17 +364,9 @@ async fn a_message_in_another_community_arrives_as_a_notification_on_the_root_na
     let mut root = app.connect("/", &bob).await;
     let unread = root.next_event("unread", WAIT).await.unwrap();
     assert_eq!(unread["communities"].as_array().unwrap().len(), 2);
-    app.post(
-        &format!("/api/channels/{ch2}/messages"),
-        &alice.token,
-        json!({ "content": "over here" }),
-    )
-    .await;
+    app.post(&format!("/api/channels/{ch2}/messages"), &alice.token, json!({ "content": "over here" })).await;
     let notify = root.next_event("notify", WAIT).await.unwrap();
-    assert_eq!(
-        (notify["communityId"].clone(), notify["channelId"].clone()),
-        (json!(two), json!(ch2))
-    );
+    assert_eq!((notify["communityId"].clone(), notify["channelId"].clone()), (json!(two), json!(ch2)));
     assert_no_event(&mut looking, "new-chat").await;
 }
 
@@ -518,10 +379,7 @@ async fn position_is_emitted_for_channels_with_recent_events() {
     let mut a = app.joined(cid, &alice, &[ch]).await;
     chat(&a, ch, "one").await;
     chat(&a, ch, "two").await;
-    assert_eq!(
-        a.next_event("position", WAIT).await.unwrap(),
-        json!({ "channelId": ch, "lastSeq": 2 })
-    );
+    assert_eq!(a.next_event("position", WAIT).await.unwrap(), json!({ "channelId": ch, "lastSeq": 2 }));
 }
 
 #[tokio::test]
@@ -530,16 +388,11 @@ async fn a_draining_instance_refuses_new_connections() {
     let alice = app.register("alice").await;
     app.app.start_draining();
     assert_eq!(
-        app.connect_with("/", json!({ "token": alice.token }))
-            .await
-            .err(),
+        app.connect_with("/", json!({ "token": alice.token })).await.err(),
         Some(ClientError::Refused("draining".into()))
     );
     let (status, body) = app.request(Method::GET, "/readyz", None, None).await;
-    assert_eq!(
-        (status.as_u16(), body["error"]["code"].clone()),
-        (503, json!("draining"))
-    );
+    assert_eq!((status.as_u16(), body["error"]["code"].clone()), (503, json!("draining")));
 }
 
 #[tokio::test]
@@ -550,8 +403,5 @@ async fn an_unknown_event_gets_an_invalid_ack() {
     let mut s = app.connect(&format!("/socket/commu-{cid}"), &alice).await;
     let ack = s.emit_with_ack("shout", json!({}), WAIT).await.unwrap();
     assert_eq!(ack["error"]["code"], "invalid");
-    assert!(matches!(
-        s.next(QUIET).await,
-        Ok(Incoming::Event { .. }) | Err(ClientError::Timeout)
-    ));
+    assert!(matches!(s.next(QUIET).await, Ok(Incoming::Event { .. }) | Err(ClientError::Timeout)));
 }

@@ -7,13 +7,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::adapter::{ChatAdapter, ClusterAdapter, RedisLink};
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::serve::ListenerExt;
 use socketioxide::SocketIo;
 use socketioxide::adapter::LocalAdapter;
-use crate::adapter::{ChatAdapter, ClusterAdapter, RedisLink};
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
@@ -59,7 +59,8 @@ impl Server<ClusterAdapter> {
         let store = open_store(&config).await?;
         let link = RedisLink::connect(&url, &config.redis_prefix, config.redis_timeout).await?;
         let instance = config.instance_id.clone().unwrap_or_else(default_instance_id);
-        let io = adapter::with_limits(SocketIo::builder().with_adapter::<ClusterAdapter>(link.adapter_state()), &config);
+        let io =
+            adapter::with_limits(SocketIo::builder().with_adapter::<ClusterAdapter>(link.adapter_state()), &config);
         let joins = Joins::redis(link.clone());
         let presence = Presence::redis(link.clone(), instance.clone());
         let server = assemble(config, store, io, joins, presence, Some((link.clone(), instance.clone()))).await?;
@@ -97,8 +98,9 @@ async fn assemble<A: ChatAdapter>(
         .layer(axum::middleware::from_fn(move |req, next| http::check_origin(origins.clone(), req, next)))
         .layer(DefaultBodyLimit::max(app.config.max_http_body))
         .layer(TraceLayer::new_for_http());
-    let listener =
-        TcpListener::bind(app.config.listen).await.with_context(|| format!("cannot listen on {}", app.config.listen))?;
+    let listener = TcpListener::bind(app.config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", app.config.listen))?;
     Ok(Server { listener, router, app, registry })
 }
 

@@ -48,8 +48,9 @@ impl std::fmt::Debug for Store {
 
 /// Runs `$body` with `$pool` bound to the pool for reads.
 macro_rules! on_reader {
-    ($store:expr, |$pool:ident| $body:expr) => {
-        match &$store.backend {
+    ($store:expr, $query:literal, |$pool:ident| $body:expr) => {{
+        let started = std::time::Instant::now();
+        let result = match &$store.backend {
             Backend::Sqlite { read, .. } => {
                 let $pool = read;
                 $body
@@ -58,14 +59,17 @@ macro_rules! on_reader {
                 let $pool = pg;
                 $body
             }
-        }
-    };
+        };
+        metrics::histogram!(crate::metrics::DB_SECONDS, "query" => $query).record(started.elapsed().as_secs_f64());
+        result
+    }};
 }
 
 /// Runs `$body` with `$pool` bound to the pool for writes.
 macro_rules! on_writer {
-    ($store:expr, |$pool:ident| $body:expr) => {
-        match &$store.backend {
+    ($store:expr, $query:literal, |$pool:ident| $body:expr) => {{
+        let started = std::time::Instant::now();
+        let result = match &$store.backend {
             Backend::Sqlite { write, .. } => {
                 let $pool = write;
                 $body
@@ -74,8 +78,10 @@ macro_rules! on_writer {
                 let $pool = pg;
                 $body
             }
-        }
-    };
+        };
+        metrics::histogram!(crate::metrics::DB_SECONDS, "query" => $query).record(started.elapsed().as_secs_f64());
+        result
+    }};
 }
 
 /// The columns of a [`Message`], joined with its channel for `community_id`.
@@ -177,7 +183,7 @@ impl Store {
 
     /// Whether the database answers a trivial query (for /readyz).
     pub async fn ping(&self) -> bool {
-        on_reader!(self, |pool| sqlx::query("SELECT 1").execute(pool).await.is_ok())
+        on_reader!(self, "ping", |pool| sqlx::query("SELECT 1").execute(pool).await.is_ok())
     }
 
     pub async fn close(&self) {
@@ -195,7 +201,7 @@ impl Store {
     /// The setting's value, storing `default` first if it has none. Safe under
     /// concurrent starts: every instance ends up with the first value written.
     pub async fn setting_or_insert(&self, key: &str, default: &str) -> Result<String, sqlx::Error> {
-        on_writer!(self, |pool| {
+        on_writer!(self, "setting_or_insert", |pool| {
             sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
                 .bind(key)
                 .bind(default)
@@ -215,7 +221,7 @@ impl Store {
         password_hash: &str,
         now: i64,
     ) -> Result<Option<User>, sqlx::Error> {
-        let res = on_writer!(self, |pool| {
+        let res = on_writer!(self, "insert_user", |pool| {
             sqlx::query_as::<_, User>(
                 "INSERT INTO users (username, display_name, password_hash, created_at) \
                  VALUES ($1, $2, $3, $4) RETURNING id, username, display_name",
@@ -235,7 +241,7 @@ impl Store {
     }
 
     pub async fn credentials(&self, username: &str) -> Result<Option<Credentials>, sqlx::Error> {
-        on_reader!(self, |pool| {
+        on_reader!(self, "credentials", |pool| {
             sqlx::query_as("SELECT id, password_hash FROM users WHERE username = $1")
                 .bind(username)
                 .fetch_optional(pool)
@@ -244,7 +250,7 @@ impl Store {
     }
 
     pub async fn user(&self, id: UserId) -> Result<Option<User>, sqlx::Error> {
-        on_reader!(self, |pool| {
+        on_reader!(self, "user", |pool| {
             sqlx::query_as("SELECT id, username, display_name FROM users WHERE id = $1")
                 .bind(id)
                 .fetch_optional(pool)
@@ -253,7 +259,7 @@ impl Store {
     }
 
     pub async fn user_by_name(&self, username: &str) -> Result<Option<User>, sqlx::Error> {
-        on_reader!(self, |pool| {
+        on_reader!(self, "user_by_name", |pool| {
             sqlx::query_as("SELECT id, username, display_name FROM users WHERE username = $1")
                 .bind(username)
                 .fetch_optional(pool)
@@ -264,7 +270,7 @@ impl Store {
     // ---- communities ----
 
     pub async fn insert_community(&self, owner: UserId, name: &str, now: i64) -> Result<Community, sqlx::Error> {
-        on_writer!(self, |pool| {
+        on_writer!(self, "insert_community", |pool| {
             let mut tx = pool.begin().await?;
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO communities (name, owner_id, created_at) VALUES ($1, $2, $3) RETURNING id",
@@ -289,7 +295,7 @@ impl Store {
     }
 
     pub async fn communities_of(&self, user: UserId) -> Result<Vec<Community>, sqlx::Error> {
-        let rows: Vec<(i64, String, String)> = on_reader!(self, |pool| {
+        let rows: Vec<(i64, String, String)> = on_reader!(self, "communities_of", |pool| {
             sqlx::query_as(
                 "SELECT c.id, c.name, cm.role FROM community_members cm \
                  JOIN communities c ON c.id = cm.community_id WHERE cm.user_id = $1 ORDER BY c.id",
@@ -303,7 +309,7 @@ impl Store {
 
     /// The user's role in the community; `Ok(None)` if not a member (or no such community).
     pub async fn community_role(&self, community: CommunityId, user: UserId) -> Result<Option<Role>, sqlx::Error> {
-        let role: Option<String> = on_reader!(self, |pool| {
+        let role: Option<String> = on_reader!(self, "community_role", |pool| {
             sqlx::query_scalar("SELECT role FROM community_members WHERE community_id = $1 AND user_id = $2")
                 .bind(community)
                 .bind(user)
@@ -314,7 +320,7 @@ impl Store {
     }
 
     pub async fn community_exists(&self, community: CommunityId) -> Result<bool, sqlx::Error> {
-        on_reader!(self, |pool| {
+        on_reader!(self, "community_exists", |pool| {
             sqlx::query_scalar::<_, i64>("SELECT id FROM communities WHERE id = $1")
                 .bind(community)
                 .fetch_optional(pool)
@@ -330,7 +336,7 @@ impl Store {
         user: UserId,
         now: i64,
     ) -> Result<bool, sqlx::Error> {
-        on_writer!(self, |pool| {
+        on_writer!(self, "insert_community_member", |pool| {
             sqlx::query(
                 "INSERT INTO community_members (community_id, user_id, role, joined_at) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (community_id, user_id) DO NOTHING",
@@ -357,7 +363,7 @@ impl Store {
         private: bool,
         now: i64,
     ) -> Result<Option<Channel>, sqlx::Error> {
-        let res: Result<Channel, sqlx::Error> = on_writer!(self, |pool| {
+        let res: Result<Channel, sqlx::Error> = on_writer!(self, "insert_channel", |pool| {
             async {
                 let mut tx = pool.begin().await?;
                 let channel: Channel = sqlx::query_as(
@@ -392,7 +398,7 @@ impl Store {
 
     /// Public channels of the community and the private ones the user is in.
     pub async fn visible_channels(&self, community: CommunityId, user: UserId) -> Result<Vec<Channel>, sqlx::Error> {
-        on_reader!(self, |pool| {
+        on_reader!(self, "visible_channels", |pool| {
             sqlx::query_as(
                 "SELECT c.id, c.community_id, c.name, c.private, c.last_seq FROM channels c \
                  WHERE c.community_id = $1 AND (c.private = FALSE OR EXISTS \
@@ -408,7 +414,7 @@ impl Store {
 
     /// The channel and the user's standing in it; `None` if there is no such channel.
     pub async fn channel_access(&self, channel: ChannelId, user: UserId) -> Result<Option<ChannelAccess>, sqlx::Error> {
-        on_reader!(self, |pool| {
+        on_reader!(self, "channel_access", |pool| {
             sqlx::query_as(
                 "SELECT c.id, c.community_id, c.name, c.private, c.last_seq, \
                    (SELECT cm.role FROM community_members cm WHERE cm.community_id = c.community_id AND cm.user_id = $2) \
@@ -441,12 +447,16 @@ impl Store {
             "SELECT m.channel_id FROM channel_members m JOIN channels c ON c.id = m.channel_id \
              WHERE m.user_id = $1 AND c.community_id = $2 AND m.channel_id IN ({list}) ORDER BY m.channel_id"
         );
-        on_reader!(self, |pool| sqlx::query_scalar(&sql).bind(user).bind(community).fetch_all(pool).await)
+        on_reader!(self, "member_channels_among", |pool| sqlx::query_scalar(&sql)
+            .bind(user)
+            .bind(community)
+            .fetch_all(pool)
+            .await)
     }
 
     /// Adds a channel member; `false` if the user already was one.
     pub async fn insert_channel_member(&self, channel: ChannelId, user: UserId, now: i64) -> Result<bool, sqlx::Error> {
-        on_writer!(self, |pool| {
+        on_writer!(self, "insert_channel_member", |pool| {
             sqlx::query(
                 "INSERT INTO channel_members (channel_id, user_id, read_seq, joined_at) VALUES ($1, $2, 0, $3) \
                  ON CONFLICT (channel_id, user_id) DO NOTHING",
@@ -462,7 +472,7 @@ impl Store {
 
     /// Removes a channel member; `false` if the user was not one.
     pub async fn delete_channel_member(&self, channel: ChannelId, user: UserId) -> Result<bool, sqlx::Error> {
-        on_writer!(self, |pool| {
+        on_writer!(self, "delete_channel_member", |pool| {
             sqlx::query("DELETE FROM channel_members WHERE channel_id = $1 AND user_id = $2")
                 .bind(channel)
                 .bind(user)
@@ -473,7 +483,7 @@ impl Store {
     }
 
     pub async fn channel_member_ids(&self, channel: ChannelId) -> Result<Vec<UserId>, sqlx::Error> {
-        on_reader!(self, |pool| {
+        on_reader!(self, "channel_member_ids", |pool| {
             sqlx::query_scalar("SELECT user_id FROM channel_members WHERE channel_id = $1")
                 .bind(channel)
                 .fetch_all(pool)
@@ -484,7 +494,7 @@ impl Store {
     /// Channels whose event sequence moved at or after `since_ms`:
     /// `(channel, community, last_seq)`, for the `position` emit.
     pub async fn recently_active(&self, since_ms: i64) -> Result<Vec<(ChannelId, CommunityId, i64)>, sqlx::Error> {
-        on_reader!(self, |pool| {
+        on_reader!(self, "recently_active", |pool| {
             sqlx::query_as("SELECT id, community_id, last_seq FROM channels WHERE last_event_at >= $1")
                 .bind(since_ms)
                 .fetch_all(pool)
@@ -496,7 +506,7 @@ impl Store {
 
     pub async fn message(&self, id: MessageId) -> Result<Option<Message>, sqlx::Error> {
         let sql = format!("SELECT {MESSAGE_COLUMNS} WHERE m.id = $1");
-        on_reader!(self, |pool| sqlx::query_as(&sql).bind(id).fetch_optional(pool).await)
+        on_reader!(self, "message", |pool| sqlx::query_as(&sql).bind(id).fetch_optional(pool).await)
     }
 
     async fn message_by_client_id(
@@ -507,7 +517,7 @@ impl Store {
     ) -> Result<Option<Message>, sqlx::Error> {
         let sql =
             format!("SELECT {MESSAGE_COLUMNS} WHERE m.channel_id = $1 AND m.sender_id = $2 AND m.client_msg_id = $3");
-        on_reader!(self, |pool| {
+        on_reader!(self, "message_by_client_id", |pool| {
             sqlx::query_as(&sql).bind(channel).bind(sender).bind(client_msg_id).fetch_optional(pool).await
         })
     }
@@ -527,7 +537,7 @@ impl Store {
                 return Ok(Inserted::Existing(existing));
             }
         }
-        let res: Result<Message, sqlx::Error> = on_writer!(self, |pool| {
+        let res: Result<Message, sqlx::Error> = on_writer!(self, "insert_message", |pool| {
             async {
                 let mut tx = pool.begin().await?;
                 let (seq, community_id): (i64, i64) = sqlx::query_as(
@@ -587,7 +597,7 @@ impl Store {
         content: Option<&str>,
         now: i64,
     ) -> Result<Option<Message>, sqlx::Error> {
-        on_writer!(self, |pool| {
+        on_writer!(self, "change_message", |pool| {
             let mut tx = pool.begin().await?;
             let event_seq: i64 = sqlx::query_scalar(
                 "UPDATE channels SET last_seq = last_seq + 1, last_event_at = $2 WHERE id = $1 RETURNING last_seq",
@@ -648,7 +658,7 @@ impl Store {
             Slice::Changes { since } => (format!("m.event_seq > {since}"), "m.event_seq ASC"),
         };
         let sql = format!("SELECT {MESSAGE_COLUMNS} WHERE m.channel_id = $1 AND {filter} ORDER BY {order} LIMIT $2");
-        on_reader!(self, |pool| sqlx::query_as(&sql).bind(channel).bind(limit).fetch_all(pool).await)
+        on_reader!(self, "messages", |pool| sqlx::query_as(&sql).bind(channel).bind(limit).fetch_all(pool).await)
     }
 
     // ---- read markers ----
@@ -661,7 +671,7 @@ impl Store {
         user: UserId,
         seq: i64,
     ) -> Result<Option<(i64, bool)>, sqlx::Error> {
-        on_writer!(self, |pool| {
+        on_writer!(self, "advance_read", |pool| {
             let moved: Option<i64> = sqlx::query_scalar(
                 "UPDATE channel_members SET read_seq = $3 WHERE channel_id = $1 AND user_id = $2 AND read_seq < $3 \
                  RETURNING read_seq",
@@ -687,7 +697,7 @@ impl Store {
     /// Unread counts of every channel the user is in: messages by others, not
     /// deleted, past the read marker.
     pub async fn unread(&self, user: UserId) -> Result<Vec<(CommunityId, ChannelUnread)>, sqlx::Error> {
-        let rows: Vec<UnreadRow> = on_reader!(self, |pool| {
+        let rows: Vec<UnreadRow> = on_reader!(self, "unread", |pool| {
             sqlx::query_as(
                 "SELECT c.community_id, c.id AS channel_id, c.last_seq, cm.read_seq, \
                    (SELECT COUNT(*) FROM messages m WHERE m.channel_id = c.id AND m.seq > cm.read_seq \

@@ -8,16 +8,16 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use serde::Deserialize;
 use crate::adapter::ChatAdapter;
+use serde::Deserialize;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide_core::adapter::Spawnable;
 
 use super::extract::{InOrder, Payload, Turnstile};
 use super::{
-    COMMUNITY_NS_PREFIX, Refusal, Session, ack_body, answer, authenticate, channel_room, room_channel, session,
-    stopped, user_room,
+    COMMUNITY_NS_PREFIX, Received, Refusal, Session, ack_body, answer, authenticate, channel_room, count_connect,
+    room_channel, session, stopped, user_room,
 };
 use crate::app::App;
 use crate::chat::{ChannelId, CommunityId, Created, HistoryQuery, UserId};
@@ -74,7 +74,11 @@ struct Pending {
     since: Option<Since>,
 }
 
-async fn admit<A: ChatAdapter>(app: &Arc<App<A>>, socket: SocketRef<A>, auth: serde_json::Value) -> Result<(), Refusal> {
+async fn admit<A: ChatAdapter>(
+    app: &Arc<App<A>>,
+    socket: SocketRef<A>,
+    auth: serde_json::Value,
+) -> Result<(), Refusal> {
     let path = socket.ns().to_owned();
     app.namespaces.begin(&path);
     match check_admission(app, &path, &auth).await {
@@ -83,6 +87,7 @@ async fn admit<A: ChatAdapter>(app: &Arc<App<A>>, socket: SocketRef<A>, auth: se
             socket.extensions.insert(Arc::new(Turnstile::default()));
             socket.extensions.insert(Arc::new(pending));
             register_handlers(app, &socket);
+            count_connect("community", "accepted");
             // The in-flight count ends in `on_connect`, once the socket is in the namespace.
             Ok(())
         }
@@ -92,12 +97,17 @@ async fn admit<A: ChatAdapter>(app: &Arc<App<A>>, socket: SocketRef<A>, auth: se
                 app.io.delete_ns(&path);
             }
             tracing::debug!(ns = %path, error = %e, "refused a community connect");
+            count_connect("community", e.code.as_str());
             Err(Refusal(e))
         }
     }
 }
 
-async fn check_admission<A: ChatAdapter>(app: &App<A>, path: &str, auth: &serde_json::Value) -> Result<(Session, Pending)> {
+async fn check_admission<A: ChatAdapter>(
+    app: &App<A>,
+    path: &str,
+    auth: &serde_json::Value,
+) -> Result<(Session, Pending)> {
     if app.is_draining() {
         return Err(Error::new(Code::Draining, "this instance is draining; connect to another"));
     }
@@ -137,6 +147,7 @@ async fn on_connect<A: ChatAdapter>(app: &Arc<App<A>>, socket: SocketRef<A>) {
         return;
     };
     let since = socket.extensions.get::<Arc<Pending>>().and_then(|p| p.since.clone());
+    metrics::gauge!(crate::metrics::SOCKETS, "namespace" => socket.ns().to_owned()).increment(1.0);
     socket.join(user_room(session.user));
     if let Err(e) = recover(app, &socket, session.user, community, since).await {
         tracing::warn!(sid = %socket.id, error = %e, "recovery failed; the client can join and page history");
@@ -166,7 +177,7 @@ async fn recover<A: ChatAdapter>(
     if let Err(e) = app.joins.forget(user, community, &lost).await {
         tracing::warn!(user, community, error = %e, "could not forget channels the user left");
     }
-    enter_rooms(app, socket, user, community, &rejoined).await;
+    let rejoined = enter_rooms(app, socket, user, community, &rejoined).await;
     emit(socket, "rejoined", &serde_json::json!({ "channels": rejoined }));
     if since.is_some() {
         let replayable: Vec<(ChannelId, i64)> = asked.into_iter().filter(|(c, _)| rejoined.contains(c)).collect();
@@ -192,9 +203,9 @@ async fn enter_rooms<A: ChatAdapter>(
     user: UserId,
     community: CommunityId,
     channels: &[ChannelId],
-) {
+) -> Vec<ChannelId> {
     if channels.is_empty() {
-        return;
+        return Vec::new();
     }
     socket.join(channels.iter().map(|c| channel_room(*c)).collect::<Vec<_>>());
     if let Err(e) = app.joins.remember(user, community, channels).await {
@@ -208,6 +219,16 @@ async fn enter_rooms<A: ChatAdapter>(
             Err(e) => tracing::warn!(user, channel, error = %e, "could not record presence"),
         }
     }
+    // A removal that lands between the caller's membership check and the join above
+    // found no socket of ours to take out of the room: check again, so a removed
+    // user cannot stay in a private channel's room.
+    let still = app.chat.member_channels_among(user, community, channels).await.unwrap_or_else(|_| channels.to_vec());
+    let gone: Vec<ChannelId> = channels.iter().copied().filter(|c| !still.contains(c)).collect();
+    if !gone.is_empty() {
+        leave_rooms(app, socket, user, community, &gone).await;
+        let _ = app.joins.forget(user, community, &gone).await;
+    }
+    still
 }
 
 /// Takes the socket out of the channels' rooms and announces users who went offline.
@@ -282,24 +303,27 @@ struct TypingRequest {
 fn register_handlers<A: ChatAdapter>(app: &Arc<App<A>>, socket: &SocketRef<A>) {
     let a = Arc::downgrade(app);
     socket.on("join", move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
+        let received = Received::now("join");
         let app = a.upgrade();
         async move {
             let Some(app) = app else { return };
             let _turn = t.wait().await;
-            answer(ack, &ack_body(on_join(&app, &s, p).await));
+            answer(received, ack, &ack_body(on_join(&app, &s, p).await));
         }
     });
     let a = Arc::downgrade(app);
     socket.on("leave", move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
+        let received = Received::now("leave");
         let app = a.upgrade();
         async move {
             let Some(app) = app else { return };
             let _turn = t.wait().await;
-            answer(ack, &ack_body(on_leave(&app, &s, p).await));
+            answer(received, ack, &ack_body(on_leave(&app, &s, p).await));
         }
     });
     let a = Arc::downgrade(app);
     socket.on("chat", move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
+        let received = Received::now("chat");
         let app = a.upgrade();
         async move {
             let Some(app) = app else { return };
@@ -308,41 +332,45 @@ fn register_handlers<A: ChatAdapter>(app: &Arc<App<A>>, socket: &SocketRef<A>) {
                 Ok(created) => {
                     // Durable now: ack for the sender's optimistic UI, then broadcast,
                     // still in this socket's turn so its broadcasts keep its order.
-                    answer(ack, &serde_json::json!({ "written": true, "chatInfo": created.message }));
+                    answer(received, ack, &serde_json::json!({ "written": true, "chatInfo": created.message }));
                     app.publish(&created, Some(&s)).await;
                 }
-                Err(e) => {
-                    answer(ack, &serde_json::json!({ "written": false, "chatInfo": null, "error": e.body()["error"] }))
-                }
+                Err(e) => answer(
+                    received,
+                    ack,
+                    &serde_json::json!({ "written": false, "chatInfo": null, "error": e.body()["error"] }),
+                ),
             }
         }
     });
     let a = Arc::downgrade(app);
     socket.on("read", move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
+        let received = Received::now("read");
         let app = a.upgrade();
         async move {
             let Some(app) = app else { return };
             let _turn = t.wait().await;
-            answer(ack, &ack_body(on_read(&app, &s, p).await));
+            answer(received, ack, &ack_body(on_read(&app, &s, p).await));
         }
     });
     let a = Arc::downgrade(app);
     socket.on("history", move |s: SocketRef<A>, ack: AckSender<A>, p: Payload| {
+        let received = Received::now("history");
         let app = a.upgrade();
         async move {
             if let Some(app) = app {
-                answer(ack, &ack_body(on_history(&app, &s, p).await))
+                answer(received, ack, &ack_body(on_history(&app, &s, p).await))
             }
         }
     });
-    socket.on("typing", move |s: SocketRef<A>, ack: AckSender<A>, p: Payload| async move {
-        answer(ack, &ack_body(on_typing(&s, p).await));
+    socket.on("typing", move |s: SocketRef<A>, ack: AckSender<A>, p: Payload| {
+        let received = Received::now("typing");
+        async move { answer(received, ack, &ack_body(on_typing(&s, p).await)) }
     });
-    socket.on_fallback(
-        move |ack: AckSender<A>, socketioxide::extract::Event(name): socketioxide::extract::Event| async move {
-            answer(ack, &Error::invalid(format!("unknown event {name:?}")).body());
-        },
-    );
+    socket.on_fallback(move |ack: AckSender<A>, socketioxide::extract::Event(name): socketioxide::extract::Event| {
+        let received = Received::now("unknown");
+        async move { answer(received, ack, &Error::invalid(format!("unknown event {name:?}")).body()) }
+    });
     let a = Arc::downgrade(app);
     socket.on_disconnect(move |s: SocketRef<A>| {
         let app = a.upgrade();
@@ -369,7 +397,7 @@ async fn on_join<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>, payload: P
         let refusal = app.chat.join_refusal(user, community, channel).await?;
         rejected.push(serde_json::json!({ "channelId": channel, "code": refusal.code }));
     }
-    enter_rooms(app, socket, user, community, &joined).await;
+    let joined = enter_rooms(app, socket, user, community, &joined).await;
     Ok(serde_json::json!({ "joined": joined, "rejected": rejected }))
 }
 
@@ -398,7 +426,11 @@ async fn on_read<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>, payload: P
     Ok(serde_json::json!({ "ok": true, "seq": seq }))
 }
 
-async fn on_history<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>, payload: Payload) -> Result<crate::chat::Page> {
+async fn on_history<A: ChatAdapter>(
+    app: &App<A>,
+    socket: &SocketRef<A>,
+    payload: Payload,
+) -> Result<crate::chat::Page> {
     let (user, community) = session_of(socket)?;
     let req: HistoryRequest = payload.parse()?;
     in_community(app, user, community, req.channel_id).await?;
@@ -438,6 +470,7 @@ async fn in_community<A: ChatAdapter>(
 
 async fn on_disconnect<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>) {
     let Ok((user, community)) = session_of(socket) else { return };
+    metrics::gauge!(crate::metrics::SOCKETS, "namespace" => socket.ns().to_owned()).decrement(1.0);
     // Leaving the rooms is the namespace's job; this only updates presence.
     for channel in socket.rooms().iter().filter_map(|r| room_channel(r)) {
         let entry = presence_entry(socket, user, community, channel);

@@ -2,8 +2,8 @@
 //! socket event or a REST call): the one place where a change is written and only
 //! then broadcast.
 
-use serde::{Deserialize, Serialize};
 use crate::adapter::ChatAdapter;
+use serde::{Deserialize, Serialize};
 use socketioxide::BroadcastError;
 use socketioxide::extract::SocketRef;
 use socketioxide::operators::BroadcastOperators;

@@ -15,8 +15,8 @@ mod root;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
 use crate::adapter::ChatAdapter;
+use serde::Serialize;
 use socketioxide::extract::SocketRef;
 
 pub use cluster::{reap_dead_instances, resync};
@@ -26,6 +26,7 @@ pub use fanout::ChatCommand;
 use crate::app::App;
 use crate::chat::{ChannelId, CommunityId, UserId};
 use crate::error::{Code, Error};
+use crate::metrics as m;
 
 pub const COMMUNITY_NS_PREFIX: &str = "/socket/commu-";
 
@@ -119,12 +120,35 @@ fn authenticate<A: ChatAdapter>(app: &App<A>, auth: &serde_json::Value) -> Resul
     app.tokens.verify(token)
 }
 
-/// Answers an ack with `body`, logging a failure (the client then times out and
-/// retries; `clientMsgId` makes that safe).
-fn answer<A: ChatAdapter, T: Serialize + ?Sized>(ack: socketioxide::extract::AckSender<A>, body: &T) {
-    if let Err(e) = ack.send(body) {
-        tracing::debug!(error = %e, "could not send an ack");
+/// An event being handled: its name and when it arrived, for the metrics.
+struct Received {
+    event: &'static str,
+    at: std::time::Instant,
+}
+
+impl Received {
+    fn now(event: &'static str) -> Self {
+        metrics::counter!(m::EVENTS_IN, "event" => event).increment(1);
+        Self { event, at: std::time::Instant::now() }
     }
+}
+
+/// Answers an event's ack with `body`, logging a failure (the client then times
+/// out and retries; `clientMsgId` makes that safe).
+fn answer<A: ChatAdapter, T: Serialize + ?Sized>(
+    received: Received,
+    ack: socketioxide::extract::AckSender<A>,
+    body: &T,
+) {
+    if let Err(e) = ack.send(body) {
+        tracing::debug!(event = received.event, error = %e, "could not send an ack");
+    }
+    metrics::histogram!(m::ACK_SECONDS, "event" => received.event).record(received.at.elapsed().as_secs_f64());
+}
+
+/// Counts a namespace connect's outcome.
+fn count_connect(kind: &'static str, result: &'static str) {
+    metrics::counter!(m::CONNECTS, "namespace" => kind, "result" => result).increment(1);
 }
 
 /// The ack body for a plain result: the value, or `{"error": ...}`.

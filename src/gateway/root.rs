@@ -8,9 +8,10 @@ use socketioxide::extract::{SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide_core::adapter::Spawnable;
 
-use super::{Refusal, Session, authenticate, refuse, session, stopped, user_room};
+use super::{Refusal, Session, authenticate, count_connect, refuse, session, stopped, user_room};
 use crate::app::App;
 use crate::error::Code;
+use crate::metrics as m;
 
 pub(super) fn register<A: ChatAdapter>(app: &Arc<App<A>>) {
     let admit_app = Arc::downgrade(app);
@@ -34,8 +35,13 @@ fn admit<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>, auth: serde_json::
     if app.is_draining() {
         return Err(refuse(Code::Draining, "this instance is draining; connect to another"));
     }
-    let user = authenticate(app, &auth).map_err(Refusal)?;
+    let user = authenticate(app, &auth).map_err(|e| {
+        count_connect("root", e.code.as_str());
+        Refusal(e)
+    })?;
     socket.extensions.insert(Arc::new(Session { user, community: None }));
+    socket.on_disconnect(|| async { metrics::gauge!(m::SOCKETS, "namespace" => "/").decrement(1.0) });
+    count_connect("root", "accepted");
     Ok(())
 }
 

@@ -1,11 +1,11 @@
 //! Registration, log-in and the caller's own record.
 
+use crate::adapter::ChatAdapter;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Router, response::IntoResponse};
 use serde::Deserialize;
-use crate::adapter::ChatAdapter;
 
 use super::{AppState, Caller, Json};
 use crate::error::Result;
@@ -26,7 +26,10 @@ struct NewUser {
     display_name: Option<String>,
 }
 
-async fn register<A: ChatAdapter>(State(app): State<AppState<A>>, Json(body): Json<NewUser>) -> Result<impl IntoResponse> {
+async fn register<A: ChatAdapter>(
+    State(app): State<AppState<A>>,
+    Json(body): Json<NewUser>,
+) -> Result<impl IntoResponse> {
     let user = app.chat.register(&body.username, &body.password, body.display_name.as_deref()).await?;
     Ok((StatusCode::CREATED, axum::Json(user)))
 }

@@ -1,12 +1,12 @@
 //! A channel's members, messages, read marker and presence.
 
+use crate::adapter::ChatAdapter;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post, put};
 use serde::Deserialize;
-use crate::adapter::ChatAdapter;
 
 use super::{AppState, Caller, Json, OptionalJson, Path, Query};
 use crate::chat::{ChannelId, HistoryQuery, UserId};

@@ -1,12 +1,12 @@
 //! Communities, their members and their channels.
 
+use crate::adapter::ChatAdapter;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::post;
 use serde::Deserialize;
-use crate::adapter::ChatAdapter;
 
 use super::{AppState, Caller, Json, Path};
 use crate::chat::CommunityId;

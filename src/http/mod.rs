@@ -8,6 +8,7 @@ mod ops;
 
 use std::sync::Arc;
 
+use crate::adapter::ChatAdapter;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -16,7 +17,6 @@ use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
-use crate::adapter::ChatAdapter;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::app::App;

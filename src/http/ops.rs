@@ -1,10 +1,10 @@
 //! Operations endpoints: liveness and readiness for load balancers, and metrics.
 
+use crate::adapter::ChatAdapter;
 use axum::Router;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use crate::adapter::ChatAdapter;
 
 use super::AppState;
 use crate::error::{Code, Error};

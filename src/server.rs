@@ -188,22 +188,28 @@ async fn background_tasks<A: ChatAdapter>(app: Arc<App<A>>) {
 /// offline.
 async fn cluster_tasks<A: ChatAdapter>(app: Arc<App<A>>, registry: Registry) {
     let Some(link) = app.redis.clone() else { return };
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Redis is checked every second while it answers and four times a second while
+    // it does not, so cross-instance delivery resumes soon after it is back.
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let beat_every = BEAT.as_secs().max(1);
+    let mut next_beat = tokio::time::Instant::now();
     let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
-        if link.check().await == Some(true) {
-            gateway::resync(&app).await;
+        ticks += 1;
+        if ticks % 4 == 0 || !link.health.is_up() {
+            if link.check().await == Some(true) {
+                gateway::resync(&app).await;
+                next_beat = tokio::time::Instant::now();
+            }
         }
-        if ticks % beat_every == 0 && link.health.is_up() {
+        if tokio::time::Instant::now() >= next_beat && link.health.is_up() {
+            next_beat = tokio::time::Instant::now() + BEAT;
             if let Err(e) = registry.beat().await {
                 tracing::warn!(error = %e, "registry heartbeat failed");
             }
             gateway::reap_dead_instances(&app, &registry).await;
         }
-        ticks += 1;
     }
 }
 

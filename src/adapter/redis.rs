@@ -4,7 +4,7 @@
 //! socketioxide-redis 0.4 with fred 10, as its example wires it, does not survive a
 //! Redis restart, and [`ResilientDriver`] exists for each way it fails:
 //! - fred without a reconnect policy never reconnects: emits never return. Both
-//!   clients here reconnect forever (exponential back-off, 100 ms to 2 s).
+//!   clients here reconnect forever (exponential back-off, 50 ms to 1 s).
 //! - fred reconnects, but the adapter's shard subscriptions are not restored (fred's
 //!   `manage_subscriptions()` does not do it for this adapter): the driver tracks the
 //!   channels it was asked for and SSUBSCRIBEs them again on every reconnect.
@@ -105,7 +105,7 @@ impl RedisLink {
                 c.connection_timeout = timeout;
                 c.internal_command_timeout = timeout;
             })
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2));
         let commands = builder.build()?;
         let subscriber = builder.build_subscriber_client()?;
         let health = Arc::new(Health { up: AtomicBool::new(false) });

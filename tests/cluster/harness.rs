@@ -1,0 +1,164 @@
+//! Several baton processes (the built binary), their own redis-server on a free
+//! port, and a fresh PostgreSQL database: a real cluster on one machine. Every
+//! process is killed when the harness is dropped. Needs `BATON_TEST_POSTGRES`
+//! (scripts/test sets it) and `redis-server` on the PATH. `TEST_LOG=1` shows the
+//! instances' logs.
+
+use std::net::TcpListener;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+use crate::common::{Rest, fresh_postgres_database};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn output() -> Stdio {
+    if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() }
+}
+
+/// A redis-server of the test's own, never the shared one.
+pub struct Redis {
+    pub port: u16,
+    child: Child,
+}
+
+impl Redis {
+    pub async fn start() -> Redis {
+        Self::start_on(free_port()).await
+    }
+
+    async fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(output())
+            .stderr(output())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server is installed (scripts/test installs it)");
+        let redis = Redis { port, child };
+        redis.wait_ready().await;
+        redis
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
+                let mut buf = [0u8; 7];
+                if s.write_all(b"PING\r\n").await.is_ok()
+                    && s.read_exact(&mut buf).await.is_ok()
+                    && &buf == b"+PONG\r\n"
+                {
+                    return;
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills Redis (SIGKILL: nothing saved, every connection cut).
+    pub async fn kill(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    /// Starts Redis again on the same port, empty.
+    pub async fn start_again(&mut self) {
+        *self = Self::start_on(self.port).await;
+    }
+}
+
+/// One baton process.
+pub struct Instance {
+    pub name: String,
+    pub base: String,
+    child: Child,
+}
+
+impl Instance {
+    /// Kills the process with SIGKILL: no drain, no goodbye.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    pub fn rest(&self) -> Rest {
+        Rest::new(self.base.clone())
+    }
+}
+
+pub struct Cluster {
+    pub redis: Redis,
+    pub instances: Vec<Instance>,
+    pub database_url: String,
+}
+
+impl Cluster {
+    /// Starts Redis, a fresh database and `n` instances, and waits until every
+    /// instance is ready.
+    pub async fn start(n: usize) -> Cluster {
+        let admin = std::env::var("BATON_TEST_POSTGRES")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .expect("the cluster tests need PostgreSQL: set BATON_TEST_POSTGRES (scripts/test does)");
+        let database_url = fresh_postgres_database(&admin).await;
+        let redis = Redis::start().await;
+        let mut cluster = Cluster { redis, instances: Vec::new(), database_url };
+        for i in 0..n {
+            let instance = cluster.spawn(&format!("baton-{i}"));
+            cluster.instances.push(instance);
+        }
+        for i in 0..n {
+            cluster.wait_ready(i).await;
+        }
+        cluster
+    }
+
+    fn spawn(&self, name: &str) -> Instance {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_baton"))
+            .arg("serve")
+            .env("BATON_LISTEN", format!("127.0.0.1:{port}"))
+            .env("DATABASE_URL", &self.database_url)
+            .env("REDIS_URL", self.redis.url())
+            .env("BATON_INSTANCE_ID", name)
+            .env("BATON_POSITION_INTERVAL", "1s")
+            .env("BATON_CHAT_RATE", "1000")
+            .env("BATON_CHAT_BURST", "1000")
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(output())
+            .stderr(output())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the baton binary runs");
+        Instance { name: name.into(), base: format!("http://127.0.0.1:{port}"), child }
+    }
+
+    pub async fn wait_ready(&self, i: usize) {
+        let url = format!("{}/readyz", self.instances[i].base);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if reqwest::get(&url).await.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{} did not become ready", self.instances[i].name);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn base(&self, i: usize) -> &str {
+        &self.instances[i].base
+    }
+
+    pub fn rest(&self, i: usize) -> Rest {
+        self.instances[i].rest()
+    }
+}

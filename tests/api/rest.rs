@@ -235,3 +235,26 @@ async fn a_restart_keeps_users_logged_in_and_messages_stored() {
     assert_eq!(page["messages"][0]["content"], "before restart");
     drop(keep);
 }
+
+#[tokio::test]
+async fn metrics_are_served_in_prometheus_text() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let cid = app.community(&alice, &[]).await;
+    let ch = app.channel(cid, &alice, "general", false, &[]).await;
+    let s = app.joined(cid, &alice, &[ch]).await;
+    chat(&s, ch, "counted").await;
+    let res = reqwest::get(format!("{}/metrics", app.base)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let text = res.text().await.unwrap();
+    for name in [
+        "baton_events_in_total{event=\"chat\"}",
+        "baton_events_out_total{event=\"new-chat\"}",
+        "baton_ack_seconds_bucket{event=\"chat\"",
+        "baton_db_query_seconds_bucket{query=\"insert_message\"",
+        "baton_connects_total{namespace=\"community\",result=\"accepted\"}",
+        &format!("baton_sockets{{namespace=\"/socket/commu-{cid}\"}}"),
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+}

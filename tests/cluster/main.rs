@@ -299,6 +299,31 @@ async fn a_user_removed_while_away_is_not_rejoined_on_another_instance() {
     assert_eq!(again.next_event("rejoined", WAIT).await.unwrap(), json!({ "channels": [c.channels[1]] }));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_instances_still_admit_and_serve_their_own_clients() {
+    let mut cluster = Cluster::start(2).await;
+    let rest = cluster.rest(0);
+    let c = community(&rest, 2, 1).await;
+    let channel = c.channels[0];
+    cluster.redis.kill().await;
+    common::eventually("instance 1 notices Redis is down", Duration::from_secs(5), async || {
+        let (status, _) = cluster.rest(1).request(reqwest::Method::GET, "/readyz", None, None).await;
+        status == 503
+    })
+    .await;
+    // Instance 1 has no namespace for this community yet: creating it subscribes
+    // to Redis, which must not make the first connect wait for Redis (the helpers'
+    // waits are bounded by WAIT; the connect used to hang until the client gave up).
+    let mut a = cluster.rest(1).joined(c.cid, &c.users[0], &[channel]).await;
+    let mut b = cluster.rest(1).joined(c.cid, &c.users[1], &[channel]).await;
+    let ack = common::chat(&a, channel, "local while redis is down").await;
+    assert_eq!(ack["written"], true);
+    assert_eq!(b.next_event("new-chat", WAIT).await.unwrap(), ack["chatInfo"]);
+    let (_, page) = cluster.rest(0).get(&format!("/api/channels/{channel}/messages"), &c.owner.token).await;
+    assert_eq!(page["messages"][0]["content"], "local while redis is down");
+    common::assert_no_event(&mut a, "new-chat").await;
+}
+
 #[tokio::test]
 async fn a_cluster_instance_refuses_to_start_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();

@@ -12,6 +12,7 @@ use crate::adapter::{ChatAdapter, RedisLink};
 use crate::auth::Tokens;
 use crate::chat::{Chat, UserId};
 use crate::config::Config;
+use crate::drain::Drain;
 use crate::error::{Code, Error, Result};
 use crate::gateway::Namespaces;
 use crate::reconnect::{Joins, Presence};
@@ -40,6 +41,10 @@ pub struct App<A: ChatAdapter> {
     pub(crate) namespace_creation: tokio::sync::Mutex<()>,
     /// This app, weakly: what namespace handlers created later capture.
     me: Weak<App<A>>,
+    /// This instance's name (the cluster registry's, and the drain report's).
+    pub instance: String,
+    /// The drain: requested, in progress, or its report.
+    pub drain: Drain,
 }
 
 impl<A: ChatAdapter> App<A> {
@@ -51,9 +56,11 @@ impl<A: ChatAdapter> App<A> {
         joins: Joins,
         presence: Presence,
         redis: Option<RedisLink>,
+        instance: String,
     ) -> Arc<Self> {
         let rate = NonZeroU32::new(config.chat_rate.max(1)).unwrap();
         let burst = NonZeroU32::new(config.chat_burst.max(1)).unwrap();
+        let drain = Drain::new(config.drain_window, config.presence_grace);
         Arc::new_cyclic(|me| Self {
             chat_limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
             config,
@@ -67,6 +74,8 @@ impl<A: ChatAdapter> App<A> {
             redis,
             namespace_creation: tokio::sync::Mutex::new(()),
             me: me.clone(),
+            instance,
+            drain,
         })
     }
 

@@ -22,6 +22,13 @@ pub enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Ask a running instance to drain (POST /admin/drain), wait for its report,
+    /// and print it. Needs the instance's admin token (--admin-token).
+    Drain {
+        /// The instance's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        url: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -100,6 +107,21 @@ pub struct Config {
     /// random suffix.
     #[arg(long, env = "BATON_INSTANCE_ID", global = true)]
     pub instance_id: Option<String>,
+
+    /// How long a drain takes: the clients' transports are closed spread over it, so
+    /// they reconnect elsewhere a few at a time rather than all at once.
+    #[arg(long, env = "BATON_DRAIN_WINDOW", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub drain_window: Duration,
+
+    /// How long a user moved by a drain may be away before `presence` says they went
+    /// offline (in a cluster; they normally reconnect to another instance sooner).
+    #[arg(long, env = "BATON_PRESENCE_GRACE", default_value = "15s", value_parser = humantime::parse_duration, global = true)]
+    pub presence_grace: Duration,
+
+    /// Bearer token for `/admin/drain` and `/admin/status` (and `baton drain`).
+    /// Unset: the admin endpoints answer 403.
+    #[arg(long, env = "BATON_ADMIN_TOKEN", global = true, hide_env_values = true)]
+    pub admin_token: Option<String>,
 
     /// Log format: human-readable lines or one JSON object per line.
     #[arg(long, env = "BATON_LOG_FORMAT", value_enum, default_value = "human", global = true)]

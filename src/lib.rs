@@ -9,7 +9,8 @@
 //! - [`gateway`]: the Socket.IO namespaces and events, and the broadcasts that
 //!   follow every change ([`gateway`]'s fanout is where "durable, then broadcast" is).
 //! - [`reconnect`]: remembered joins, presence, and the `since` replay.
-//! - [`adapter`]: the Socket.IO adapter and transport limits.
+//! - [`adapter`]: the Socket.IO adapter (local or Redis) and transport limits.
+//! - [`drain`]: taking an instance out of service, clients moved a few at a time.
 //! - [`auth`]: password hashes and session tokens.
 //! - [`client`]: a small Socket.IO client (WebSocket), for tests and load tools.
 //! - [`error`]: the protocol's error codes.
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod chat;
 pub mod client;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod gateway;
 pub mod http;

@@ -11,7 +11,6 @@ use crate::adapter::{ChatAdapter, ClusterAdapter, RedisLink};
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::serve::ListenerExt;
 use socketioxide::SocketIo;
 use socketioxide::adapter::LocalAdapter;
 use tokio::net::TcpListener;
@@ -21,6 +20,7 @@ use crate::app::App;
 use crate::auth::Tokens;
 use crate::chat::{Chat, Store, now_ms};
 use crate::config::Config;
+use crate::drain::{self, Connection};
 use crate::http::{self, Origins};
 use crate::reconnect::{BEAT, Joins, Presence, Registry};
 use crate::{adapter, gateway};
@@ -42,7 +42,8 @@ impl Server<LocalAdapter> {
         anyhow::ensure!(config.redis_url.is_none(), "REDIS_URL is set: build a cluster instance instead");
         let store = open_store(&config).await?;
         let io = adapter::with_limits(SocketIo::builder(), &config);
-        assemble(config, store, io, Joins::local(), Presence::local(), None).await
+        let instance = config.instance_id.clone().unwrap_or_else(default_instance_id);
+        assemble(config, store, io, Joins::local(), Presence::local(), instance, None).await
     }
 }
 
@@ -63,7 +64,7 @@ impl Server<ClusterAdapter> {
             adapter::with_limits(SocketIo::builder().with_adapter::<ClusterAdapter>(link.adapter_state()), &config);
         let joins = Joins::redis(link.clone());
         let presence = Presence::redis(link.clone(), instance.clone());
-        let server = assemble(config, store, io, joins, presence, Some((link.clone(), instance.clone()))).await?;
+        let server = assemble(config, store, io, joins, presence, instance.clone(), Some(link)).await?;
         tracing::info!(instance, "joining the cluster");
         Ok(server)
     }
@@ -83,17 +84,20 @@ async fn assemble<A: ChatAdapter>(
     io: socketioxide::SocketIoBuilder<A>,
     joins: Joins,
     presence: Presence,
-    cluster: Option<(RedisLink, String)>,
+    instance: String,
+    redis: Option<RedisLink>,
 ) -> anyhow::Result<Server<A>> {
     crate::metrics::install();
     let (layer, io) = io.build_layer();
     let tokens = Tokens::load(config.secret.as_deref(), &store, config.token_ttl).await?;
-    let registry = cluster.as_ref().map(|(link, id)| Registry::new(link.clone(), id.clone()));
-    let app = App::new(config, Chat::new(store), tokens, io, joins, presence, cluster.map(|(link, _)| link));
+    let registry = redis.as_ref().map(|link| Registry::new(link.clone(), instance.clone()));
+    let app = App::new(config, Chat::new(store), tokens, io, joins, presence, redis, instance);
     gateway::register(&app).await;
     let origins = Arc::new(Origins::new(&app.config.allowed_origins));
+    let drained = app.clone();
     let router = http::router(app.clone())
         .layer(layer)
+        .layer(axum::middleware::from_fn(move |req, next| drain::evict_polling(drained.clone(), req, next)))
         .layer(origins.cors())
         .layer(axum::middleware::from_fn(move |req, next| http::check_origin(origins.clone(), req, next)))
         .layer(DefaultBodyLimit::max(app.config.max_http_body))
@@ -142,15 +146,14 @@ impl<A: ChatAdapter> Server<A> {
             background.push(tokio::spawn(cluster_tasks(app.clone(), registry)));
         }
         let closing = app.clone();
-        let listener = listener.tap_io(|tcp| {
-            // Chat packets are small and latency-bound: no Nagle delay.
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, router)
+        axum::serve(listener, router.into_make_service_with_connect_info::<Connection>())
             .with_graceful_shutdown(async move {
-                shutdown.await;
-                tracing::info!("shutting down: closing Socket.IO connections");
-                closing.start_draining();
+                tokio::select! {
+                    () = shutdown => tracing::info!("shutdown signal: draining"),
+                    () = closing.drain.requested() => tracing::info!("drain requested"),
+                }
+                drain::run(&closing, &closing.instance).await;
+                // Whatever is left (a client that never read its close) goes now.
                 closing.io.close().await;
             })
             .await
@@ -213,19 +216,12 @@ async fn cluster_tasks<A: ChatAdapter>(app: Arc<App<A>>, registry: Registry) {
     }
 }
 
-/// On a clean exit: take this instance's remaining presence out of Redis (its
-/// sockets are closed) and leave the registry.
+/// On a clean exit, after the drain: this instance's presence entries stay for the
+/// grace period, then another instance reaps them, so users who reconnected
+/// elsewhere never show offline, and those who did not go offline then.
 async fn leave_cluster<A: ChatAdapter>(app: &App<A>, registry: &Registry) {
-    match app.presence.reap(registry.id()).await {
-        Ok(offline) => {
-            for e in offline {
-                app.announce_presence(e.community, e.channel, e.user, false, None).await;
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "could not clear this instance's presence"),
-    }
-    if let Err(e) = registry.remove(registry.id()).await {
-        tracing::warn!(error = %e, "could not leave the registry");
+    if let Err(e) = registry.expire_after(app.drain.grace).await {
+        tracing::warn!(error = %e, "could not hand this instance's presence to the others");
     }
     if let Some(link) = &app.redis {
         link.quit().await;

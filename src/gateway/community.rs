@@ -303,8 +303,8 @@ struct TypingRequest {
 fn register_handlers<A: ChatAdapter>(app: &Arc<App<A>>, socket: &SocketRef<A>) {
     let a = Arc::downgrade(app);
     socket.on("join", move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
-        let received = Received::now("join");
         let app = a.upgrade();
+        let received = Received::now("join", app.as_ref());
         async move {
             let Some(app) = app else { return };
             let _turn = t.wait().await;
@@ -313,8 +313,8 @@ fn register_handlers<A: ChatAdapter>(app: &Arc<App<A>>, socket: &SocketRef<A>) {
     });
     let a = Arc::downgrade(app);
     socket.on("leave", move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
-        let received = Received::now("leave");
         let app = a.upgrade();
+        let received = Received::now("leave", app.as_ref());
         async move {
             let Some(app) = app else { return };
             let _turn = t.wait().await;
@@ -323,8 +323,8 @@ fn register_handlers<A: ChatAdapter>(app: &Arc<App<A>>, socket: &SocketRef<A>) {
     });
     let a = Arc::downgrade(app);
     socket.on("chat", move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
-        let received = Received::now("chat");
         let app = a.upgrade();
+        let received = Received::now("chat", app.as_ref());
         async move {
             let Some(app) = app else { return };
             let _turn = t.wait().await;
@@ -345,8 +345,8 @@ fn register_handlers<A: ChatAdapter>(app: &Arc<App<A>>, socket: &SocketRef<A>) {
     });
     let a = Arc::downgrade(app);
     socket.on("read", move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
-        let received = Received::now("read");
         let app = a.upgrade();
+        let received = Received::now("read", app.as_ref());
         async move {
             let Some(app) = app else { return };
             let _turn = t.wait().await;
@@ -355,8 +355,8 @@ fn register_handlers<A: ChatAdapter>(app: &Arc<App<A>>, socket: &SocketRef<A>) {
     });
     let a = Arc::downgrade(app);
     socket.on("history", move |s: SocketRef<A>, ack: AckSender<A>, p: Payload| {
-        let received = Received::now("history");
         let app = a.upgrade();
+        let received = Received::now("history", app.as_ref());
         async move {
             if let Some(app) = app {
                 answer(received, ack, &ack_body(on_history(&app, &s, p).await))
@@ -364,11 +364,11 @@ fn register_handlers<A: ChatAdapter>(app: &Arc<App<A>>, socket: &SocketRef<A>) {
         }
     });
     socket.on("typing", move |s: SocketRef<A>, ack: AckSender<A>, p: Payload| {
-        let received = Received::now("typing");
+        let received = Received::now::<A>("typing", None);
         async move { answer(received, ack, &ack_body(on_typing(&s, p).await)) }
     });
     socket.on_fallback(move |ack: AckSender<A>, socketioxide::extract::Event(name): socketioxide::extract::Event| {
-        let received = Received::now("unknown");
+        let received = Received::now::<A>("unknown", None);
         async move { answer(received, ack, &Error::invalid(format!("unknown event {name:?}")).body()) }
     });
     let a = Arc::downgrade(app);
@@ -471,6 +471,12 @@ async fn in_community<A: ChatAdapter>(
 async fn on_disconnect<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>) {
     let Ok((user, community)) = session_of(socket) else { return };
     metrics::gauge!(crate::metrics::SOCKETS, "namespace" => socket.ns().to_owned()).decrement(1.0);
+    app.drain.forget(&socket.id.to_string());
+    if app.is_draining() {
+        // Moved by the drain: the presence entries stay for the grace period (see
+        // `server::leave_cluster`), so a user who reconnects elsewhere never flaps.
+        return;
+    }
     // Leaving the rooms is the namespace's job; this only updates presence.
     for channel in socket.rooms().iter().filter_map(|r| room_channel(r)) {
         let entry = presence_entry(socket, user, community, channel);

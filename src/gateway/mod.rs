@@ -120,16 +120,18 @@ fn authenticate<A: ChatAdapter>(app: &App<A>, auth: &serde_json::Value) -> Resul
     app.tokens.verify(token)
 }
 
-/// An event being handled: its name and when it arrived, for the metrics.
+/// An event being handled: its name and when it arrived, for the metrics, and its
+/// place among the acks a drain waits for.
 struct Received {
     event: &'static str,
     at: std::time::Instant,
+    _in_flight: Option<crate::drain::InFlight>,
 }
 
 impl Received {
-    fn now(event: &'static str) -> Self {
+    fn now<A: ChatAdapter>(event: &'static str, app: Option<&Arc<App<A>>>) -> Self {
         metrics::counter!(m::EVENTS_IN, "event" => event).increment(1);
-        Self { event, at: std::time::Instant::now() }
+        Self { event, at: std::time::Instant::now(), _in_flight: app.map(|a| a.drain.track()) }
     }
 }
 

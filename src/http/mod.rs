@@ -2,6 +2,7 @@
 //! with the Socket.IO transport: the Origin allow-list, CORS, body limits.
 
 mod accounts;
+mod admin;
 mod channels;
 mod communities;
 mod ops;
@@ -31,6 +32,7 @@ pub fn router<A: ChatAdapter>(app: AppState<A>) -> Router {
     Router::new()
         .nest("/api", api)
         .merge(ops::router())
+        .merge(admin::router())
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(no_such_endpoint)
         .with_state(app)

@@ -54,6 +54,23 @@ impl Registry {
         Ok(())
     }
 
+    /// Dates this instance's last beat so that the others find it dead `grace` from
+    /// now, and reap its presence then (a drained instance's grace period).
+    pub async fn expire_after(&self, grace: Duration) -> Result<()> {
+        let score = (now_ms() - DEAD_AFTER.as_millis() as i64 + grace.as_millis() as i64) as f64;
+        self.link
+            .run(self.link.commands.zadd::<i64, _, _>(
+                self.instances(),
+                None,
+                None,
+                false,
+                false,
+                (score, self.id.as_str()),
+            ))
+            .await?;
+        Ok(())
+    }
+
     /// Other instances silent for longer than [`DEAD_AFTER`].
     pub async fn dead(&self) -> Result<Vec<String>> {
         let cutoff = (now_ms() - DEAD_AFTER.as_millis() as i64) as f64;

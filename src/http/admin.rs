@@ -1,0 +1,54 @@
+//! Operators' endpoints, behind the admin token (`--admin-token`): start a drain,
+//! and see this instance's state and its drain report.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+
+use super::AppState;
+use crate::adapter::ChatAdapter;
+use crate::error::{Error, Result};
+
+pub fn router<A: ChatAdapter>() -> Router<AppState<A>> {
+    Router::new().route("/admin/drain", post(drain::<A>)).route("/admin/status", get(status::<A>))
+}
+
+/// Checks the bearer token against the configured admin token, in constant time.
+fn require_admin<A: ChatAdapter>(app: &AppState<A>, headers: &HeaderMap) -> Result<()> {
+    let Some(expected) = app.config.admin_token.as_deref().filter(|t| !t.is_empty()) else {
+        return Err(Error::forbidden("no admin token is configured (BATON_ADMIN_TOKEN)"));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .ok_or_else(|| Error::unauthorized("missing Authorization: Bearer <admin token>"))?;
+    let same = given.len() == expected.len()
+        && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if !same {
+        return Err(Error::unauthorized("wrong admin token"));
+    }
+    Ok(())
+}
+
+/// Starts draining this instance (as SIGTERM does); answers at once, 202.
+async fn drain<A: ChatAdapter>(State(app): State<AppState<A>>, headers: HeaderMap) -> Result<impl IntoResponse> {
+    require_admin(&app, &headers)?;
+    app.drain.request();
+    Ok((StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "instance": app.instance, "draining": true }))))
+}
+
+/// The instance, whether it is draining, its connected sockets, and the drain
+/// report once the drain has ended.
+async fn status<A: ChatAdapter>(State(app): State<AppState<A>>, headers: HeaderMap) -> Result<impl IntoResponse> {
+    require_admin(&app, &headers)?;
+    let sockets: usize = app.io.nsps().into_iter().map(|ns| ns.sockets().len()).sum();
+    Ok(axum::Json(serde_json::json!({
+        "instance": app.instance,
+        "draining": app.is_draining(),
+        "sockets": sockets,
+        "drain": app.drain.report(),
+    })))
+}

@@ -49,6 +49,8 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = Config::for_database(fresh_database(&dir).await);
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.data_dir = dir.path().to_path_buf();
+    // Stopping drains: keep the window short so tests stop quickly.
+    config.drain_window = std::time::Duration::from_millis(500);
     adjust(&mut config);
     let server = Server::build(config).await.expect("baton starts");
     let base = format!("http://{}", server.local_addr());

@@ -13,6 +13,9 @@ use tokio::process::{Child, Command};
 
 use crate::common::{Rest, fresh_postgres_database};
 
+/// The admin token every test instance accepts.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -90,6 +93,11 @@ impl Instance {
         self.child.kill().await.unwrap();
     }
 
+    /// Waits for the process to exit on its own; its exit status.
+    pub async fn exited(&mut self, within: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(within, self.child.wait()).await.expect("the instance exits in time").unwrap()
+    }
+
     pub fn rest(&self) -> Rest {
         Rest::new(self.base.clone())
     }
@@ -131,6 +139,9 @@ impl Cluster {
             .env("REDIS_URL", self.redis.url())
             .env("BATON_INSTANCE_ID", name)
             .env("BATON_POSITION_INTERVAL", "1s")
+            .env("BATON_DRAIN_WINDOW", "2s")
+            .env("BATON_PRESENCE_GRACE", "3s")
+            .env("BATON_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("BATON_CHAT_RATE", "1000")
             .env("BATON_CHAT_BURST", "1000")
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))

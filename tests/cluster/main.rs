@@ -324,6 +324,107 @@ async fn with_redis_down_instances_still_admit_and_serve_their_own_clients() {
     common::assert_no_event(&mut a, "new-chat").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_moves_clients_to_the_survivors_without_loss_or_presence_flapping() {
+    let mut cluster = Cluster::start(2).await;
+    let rest = cluster.rest(1);
+    let c = community(&rest, 5, 2).await;
+    let admin = harness::ADMIN_TOKEN;
+    // members 0..4 chat; 0 and 2 are on the instance that drains. The observer
+    // (member 4, on the survivor) watches presence; member 3 on the drained
+    // instance will not come back.
+    let mut members = Vec::new();
+    for (i, user) in c.users.iter().take(4).enumerate() {
+        members.push(Member::join(cluster.base(i % 2), c.cid, user.clone(), &c.channels).await);
+    }
+    let mut gone = cluster.rest(0).joined(c.cid, &c.users[4], &c.channels).await;
+    let mut observer = rest.joined(c.cid, &c.owner, &c.channels).await;
+    let drained_users: Vec<i64> = vec![c.users[0].id, c.users[2].id];
+
+    let mut acked = 0;
+    for round in 0..12 {
+        if round == 4 {
+            let (status, body) = cluster.rest(0).post("/admin/drain", admin, json!({})).await;
+            assert_eq!(status, 202, "{body}");
+            common::eventually("the draining instance leaves the load balancer", WAIT, async || {
+                cluster.rest(0).request(reqwest::Method::GET, "/readyz", None, None).await.0 == 503
+            })
+            .await;
+            let refused = cluster.rest(0).connect_with("/", json!({ "token": c.owner.token })).await.err();
+            assert_eq!(refused, Some(baton::client::ClientError::Refused("draining".into())));
+        }
+        for (i, m) in members.iter_mut().enumerate() {
+            let channel = c.channels[(round + i) % 2];
+            let (content, cmid) = (format!("{round}:{i}"), format!("{round}-{i}"));
+            if !m.drain() {
+                // Its transport was closed by the drain: reconnect through the
+                // "load balancer" (the survivor) and carry on.
+                m.connect_to(&cluster.base(1).to_owned()).await.expect("reconnect to the survivor");
+            }
+            if m.send(channel, &content, &cmid).await.is_err() {
+                m.connect_to(&cluster.base(1).to_owned()).await.expect("reconnect to the survivor");
+                m.send(channel, &content, &cmid).await.expect("resend");
+            }
+            acked += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The drained instance ends its window and exits 0.
+    let status = cluster.instances[0].exited(Duration::from_secs(10)).await;
+    assert!(status.success(), "the drained instance exits 0: {status:?}");
+    for m in members.iter_mut() {
+        if !m.drain() || m.base == cluster.base(0) {
+            m.connect_to(&cluster.base(1).to_owned()).await.expect("reconnect to the survivor");
+        }
+    }
+    let expected = last_seqs(&rest, &c).await;
+    assert_eq!(expected.values().sum::<i64>(), acked as i64);
+    for m in &mut members {
+        m.settle(&expected).await;
+    }
+    let lost = assert_nothing_lost(&members, &expected);
+    // The user who did not come back goes offline once the grace period is over;
+    // the ones who moved never do.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut offline = Vec::new();
+    while !offline.contains(&c.users[4].id) {
+        assert!(Instant::now() < deadline, "the user who left was never reported offline: {offline:?}");
+        if let Ok(p) = observer.next_event("presence", Duration::from_millis(500)).await {
+            if p["online"] == false {
+                offline.push(p["userId"].as_i64().unwrap());
+            }
+        }
+    }
+    // Its transport was closed (not a DISCONNECT: that would stop a stock client
+    // from reconnecting).
+    loop {
+        match gone.next(WAIT).await {
+            Ok(baton::client::Incoming::Closed) | Err(baton::client::ClientError::Closed) => break,
+            Ok(baton::client::Incoming::Disconnect) => panic!("the drain sent a DISCONNECT"),
+            Ok(_) => continue,
+            Err(e) => panic!("the drained transport did not close: {e}"),
+        }
+    }
+    for u in &drained_users {
+        assert!(!offline.contains(u), "user {u} moved by the drain flapped offline");
+    }
+    let (_, online) = rest.get(&format!("/api/channels/{}/presence", c.channels[0]), &c.owner.token).await;
+    for u in &drained_users {
+        assert!(online["online"].as_array().unwrap().contains(&json!(u)), "{online}");
+    }
+    let moved: Vec<&Member> = members.iter().filter(|m| m.recoveries.len() > 1).collect();
+    let mut times: Vec<Duration> = moved.iter().map(|m| *m.recoveries.last().unwrap()).collect();
+    times.sort();
+    println!(
+        "drain of 1 of 2 instances: {acked} messages, {} members ({} moved), lost {lost}, raw duplicates {}, \
+         reconnect-to-recovered max {:?}, no presence flapping",
+        members.len(),
+        moved.len(),
+        members.iter().map(|m| m.duplicates).sum::<usize>(),
+        times.last().copied().unwrap_or_default(),
+    );
+}
+
 #[tokio::test]
 async fn a_cluster_instance_refuses_to_start_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();

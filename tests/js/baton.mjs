@@ -19,6 +19,7 @@ export async function startBaton(extraEnv = {}) {
       BATON_LISTEN: "127.0.0.1:0",
       BATON_DATA_DIR: dataDir,
       BATON_LOG_FORMAT: "json",
+      BATON_DRAIN_WINDOW: "1s",
       RUST_LOG: "warn,baton::server=info",
       ...extraEnv,
     },

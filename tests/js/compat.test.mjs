@@ -130,3 +130,33 @@ for (const transport of ["websocket", "polling"]) {
     }
   });
 }
+
+// A drain closes transports, never with a DISCONNECT packet, so the stock client
+// reconnects on its own (here to the same draining instance, which refuses it;
+// behind a load balancer it lands on another instance).
+for (const transports of [["websocket"], ["polling"], ["polling", "websocket"]]) {
+  test(`${transports.join("+")}: a drain closes the transport and the stock client reconnects on its own`, async () => {
+    const drained = await startBaton({ BATON_ADMIN_TOKEN: "js-admin", BATON_DRAIN_WINDOW: "2s" });
+    const dapi = rest(drained.base);
+    try {
+      const u = await dapi.user("drained");
+      const s = io(`${drained.base}/`, { auth: { token: u.token }, transports, reconnectionDelay: 100, reconnectionDelayMax: 200 });
+      await once(s, "connect");
+      if (transports.length === 2) await until(() => s.io.engine.transport.name === "websocket", 5000, "the upgrade");
+      const reasons = [];
+      s.on("disconnect", (r) => reasons.push(r));
+      const attempt = once(s.io, "reconnect_attempt", 5000);
+      const refused = once(s, "connect_error", 5000);
+      const res = await fetch(`${drained.base}/admin/drain`, { method: "POST", headers: { authorization: "Bearer js-admin" } });
+      assert.equal(res.status, 202);
+      await attempt;
+      // Refused while the instance drains, or not answered once it has exited.
+      const { message } = await refused;
+      assert.ok(["draining", "websocket error", "xhr poll error"].includes(message), `connect_error: ${message}`);
+      assert.ok(["transport close", "transport error"].includes(reasons[0]), `disconnect reason: ${reasons[0]}`);
+      s.close();
+    } finally {
+      await drained.stop();
+    }
+  });
+}

@@ -60,7 +60,7 @@ impl<A: ChatAdapter> App<A> {
     ) -> Arc<Self> {
         let rate = NonZeroU32::new(config.chat_rate.max(1)).unwrap();
         let burst = NonZeroU32::new(config.chat_burst.max(1)).unwrap();
-        let drain = Drain::new(config.drain_window, config.presence_grace);
+        let drain = Drain::new(config.drain_window, config.presence_grace, config.drain_lb_delay);
         Arc::new_cyclic(|me| Self {
             chat_limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
             config,

@@ -113,6 +113,12 @@ pub struct Config {
     #[arg(long, env = "BATON_DRAIN_WINDOW", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
     pub drain_window: Duration,
 
+    /// At the start of a drain, how long to let the load balancer see /readyz fail
+    /// before closing transports (its health check interval times its fall count).
+    /// Taken out of the drain window, at most half of it.
+    #[arg(long, env = "BATON_DRAIN_LB_DELAY", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
+    pub drain_lb_delay: Duration,
+
     /// How long a user moved by a drain may be away before `presence` says they went
     /// offline (in a cluster; they normally reconnect to another instance sooner).
     #[arg(long, env = "BATON_PRESENCE_GRACE", default_value = "15s", value_parser = humantime::parse_duration, global = true)]

@@ -86,6 +86,8 @@ pub struct Report {
 pub struct Drain {
     pub window: Duration,
     pub grace: Duration,
+    /// Time for the load balancer to notice /readyz failing before closes begin.
+    pub lb_delay: Duration,
     requested: Notify,
     /// Events being handled (their acks not yet sent).
     in_flight: Arc<AtomicUsize>,
@@ -99,10 +101,11 @@ pub struct Drain {
 }
 
 impl Drain {
-    pub fn new(window: Duration, grace: Duration) -> Self {
+    pub fn new(window: Duration, grace: Duration, lb_delay: Duration) -> Self {
         Self {
             window,
             grace,
+            lb_delay,
             requested: Notify::new(),
             in_flight: Arc::default(),
             evicted: Mutex::default(),
@@ -168,7 +171,7 @@ fn session_unknown() -> Response {
         .into_response()
 }
 
-/// The `sid` and `transport` of an engine.io request.
+/// The `sid` and `transport` of an engine.io request (`None` for a handshake).
 fn engine_params(req: &Request) -> Option<(String, String)> {
     if !req.uri().path().starts_with("/socket.io") {
         return None;
@@ -186,10 +189,23 @@ fn engine_params(req: &Request) -> Option<(String, String)> {
     Some((sid?, transport?))
 }
 
-/// Middleware over the Socket.IO endpoint: notes which connection carries an
-/// upgraded session's WebSocket, and ends the polls of sessions the drain closed.
-pub async fn evict_polling<A: ChatAdapter>(app: Arc<App<A>>, req: Request, next: Next) -> Response {
-    let Some((sid, transport)) = engine_params(&req) else { return next.run(req).await };
+/// Middleware over the Socket.IO endpoint: while draining, refuses new engine.io
+/// handshakes (a stock client takes the 503 as a transport error and tries again,
+/// through the load balancer, elsewhere; a namespace refusal would stop it for
+/// good); notes which connection carries an upgraded session's WebSocket; and ends
+/// the polls of sessions the drain closed.
+pub async fn drain_gate<A: ChatAdapter>(app: Arc<App<A>>, req: Request, next: Next) -> Response {
+    let is_engine = req.uri().path().starts_with("/socket.io");
+    let Some((sid, transport)) = engine_params(&req) else {
+        if is_engine && app.is_draining() {
+            return crate::error::Error::new(
+                crate::error::Code::Draining,
+                "this instance is draining; connect to another",
+            )
+            .into_response();
+        }
+        return next.run(req).await;
+    };
     if transport == "websocket" {
         if let Some(ConnectInfo(conn)) = req.extensions().get::<ConnectInfo<Connection>>() {
             app.drain.upgrades.lock().unwrap().insert(sid, conn.clone());
@@ -268,12 +284,14 @@ pub async fn run<A: ChatAdapter>(app: &App<A>, instance: &str) -> Report {
     let clients = connected_clients(app);
     let sockets_at_start = clients.len();
     tracing::info!(clients = sockets_at_start, window = ?app.drain.window, "draining: closing transports over the window");
-    // Closes spread over the first 80% of the window; the rest lets the last ones
-    // reconnect elsewhere before the instance goes.
-    let spread = app.drain.window.mul_f64(0.8);
+    // First the load balancer sees /readyz fail (its checks need a moment), so the
+    // clients closed next reconnect elsewhere; then the closes, spread up to 80% of
+    // the window; the rest lets the last ones reconnect before the instance goes.
+    let first = started + app.drain.lb_delay.min(app.drain.window / 2);
+    let spread = (started + app.drain.window.mul_f64(0.8)).saturating_duration_since(first);
     let mut closed = 0;
     for (i, client) in clients.iter().enumerate() {
-        let at = started + spread.mul_f64((i + 1) as f64 / (sockets_at_start + 1) as f64);
+        let at = first + spread.mul_f64((i + 1) as f64 / (sockets_at_start + 1) as f64);
         tokio::time::sleep_until(at.into()).await;
         if client.socket.connected() && client.close(&app.drain) {
             closed += 1;

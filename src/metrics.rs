@@ -64,8 +64,3 @@ pub fn install() -> PrometheusHandle {
         })
         .clone()
 }
-
-/// The namespace label: `/` or the community namespace's path.
-pub fn namespace_label(ns: &str) -> String {
-    ns.to_owned()
-}

@@ -97,7 +97,7 @@ async fn assemble<A: ChatAdapter>(
     let drained = app.clone();
     let router = http::router(app.clone())
         .layer(layer)
-        .layer(axum::middleware::from_fn(move |req, next| drain::evict_polling(drained.clone(), req, next)))
+        .layer(axum::middleware::from_fn(move |req, next| drain::drain_gate(drained.clone(), req, next)))
         .layer(origins.cors())
         .layer(axum::middleware::from_fn(move |req, next| http::check_origin(origins.clone(), req, next)))
         .layer(DefaultBodyLimit::max(app.config.max_http_body))
@@ -191,6 +191,9 @@ async fn background_tasks<A: ChatAdapter>(app: Arc<App<A>>) {
 /// offline.
 async fn cluster_tasks<A: ChatAdapter>(app: Arc<App<A>>, registry: Registry) {
     let Some(link) = app.redis.clone() else { return };
+    if link.health.is_up() {
+        gateway::reap_own_leftovers(&app, &registry).await;
+    }
     // Redis is checked every second while it answers and four times a second while
     // it does not, so cross-instance delivery resumes soon after it is back.
     let mut tick = tokio::time::interval(Duration::from_millis(250));

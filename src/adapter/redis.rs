@@ -144,7 +144,12 @@ impl RedisLink {
         let result = if self.health.is_up() {
             match tokio::time::timeout(self.timeout, command).await {
                 Ok(r) => r.map_err(RedisError::from),
-                Err(_) => Err(RedisError::Down),
+                Err(_) => {
+                    if self.health.set(false) {
+                        tracing::warn!("redis timed out: delivering to this instance's clients only");
+                    }
+                    Err(RedisError::Down)
+                }
             }
         } else {
             Err(RedisError::Down)

@@ -2,48 +2,88 @@
 //! outage, put Redis back in step with this instance's sockets; and take the users
 //! of dead instances offline.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{COMMUNITY_NS_PREFIX, room_channel, session};
+use socketioxide::extract::SocketRef;
+
+use super::{COMMUNITY_NS_PREFIX, channel_room, room_channel, session};
 use crate::adapter::ChatAdapter;
 use crate::app::App;
+use crate::chat::{ChannelId, CommunityId, UserId};
 use crate::reconnect::{Entry, Registry};
 
-/// Every presence entry this instance's sockets stand for: each community socket
-/// in each of its channel rooms.
-fn local_entries<A: ChatAdapter>(app: &App<A>) -> Vec<Entry> {
+/// Every presence entry this instance's sockets stand for, with its socket: each
+/// community socket in each of its channel rooms.
+fn local_entries<A: ChatAdapter>(app: &App<A>) -> Vec<(Entry, SocketRef<A>)> {
     let mut entries = Vec::new();
     for ns in app.io.nsps().into_iter().filter(|ns| ns.ns_path().starts_with(COMMUNITY_NS_PREFIX)) {
         for socket in ns.sockets() {
             let Some(session) = session(&socket) else { continue };
             let Some(community) = session.community else { continue };
             for channel in socket.rooms().iter().filter_map(|r| room_channel(r)) {
-                entries.push(Entry { community, channel, user: session.user, socket: socket.id.to_string() });
+                let entry = Entry { community, channel, user: session.user, socket: socket.id.to_string() };
+                entries.push((entry, socket.clone()));
             }
         }
     }
     entries
 }
 
-/// Redis is back after an outage, during which enters, leaves and joins may have
-/// been lost: re-file this instance's presence and joins from its live sockets, and
-/// announce the presence changes that makes.
+/// Redis is back after an outage, during which enters, leaves, joins, and the
+/// cluster-wide room leaves of removals may have been lost: take this instance's
+/// sockets out of channels their users were removed from meanwhile, then re-file
+/// presence and joins from the sockets, and announce the presence changes.
 pub async fn resync<A: ChatAdapter>(app: &Arc<App<A>>) {
-    let entries = local_entries(app);
-    for e in &entries {
+    let mut kept = Vec::new();
+    let mut by_user: BTreeMap<(UserId, CommunityId), Vec<(Entry, SocketRef<A>)>> = BTreeMap::new();
+    for (entry, socket) in local_entries(app) {
+        by_user.entry((entry.user, entry.community)).or_default().push((entry, socket));
+    }
+    for ((user, community), entries) in by_user {
+        let channels: Vec<ChannelId> = entries.iter().map(|(e, _)| e.channel).collect();
+        let members = match app.chat.member_channels_among(user, community, &channels).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "resync: membership check failed");
+                return;
+            }
+        };
+        for (entry, socket) in entries {
+            if members.contains(&entry.channel) {
+                kept.push(entry);
+            } else {
+                socket.leave(channel_room(entry.channel));
+            }
+        }
+    }
+    for e in &kept {
         if let Err(err) = app.joins.remember(e.user, e.community, &[e.channel]).await {
             tracing::warn!(error = %err, "resync of remembered joins failed");
             return;
         }
     }
-    match app.presence.resync(&entries).await {
+    match app.presence.resync(&kept).await {
         Ok(changes) => {
-            tracing::info!(sockets = entries.len(), changes = changes.len(), "presence resynced with redis");
+            tracing::info!(sockets = kept.len(), changes = changes.len(), "presence resynced with redis");
             for (e, online) in changes {
                 app.announce_presence(e.community, e.channel, e.user, online, None).await;
             }
         }
         Err(e) => tracing::warn!(error = %e, "presence resync failed"),
+    }
+}
+
+/// At start: presence a previous run under this instance's name left behind (a
+/// crash, or a restart within the grace period) is taken away and announced.
+pub async fn reap_own_leftovers<A: ChatAdapter>(app: &Arc<App<A>>, registry: &Registry) {
+    match app.presence.reap(registry.id()).await {
+        Ok(offline) => {
+            for e in offline {
+                app.announce_presence(e.community, e.channel, e.user, false, None).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not clear a previous run's presence"),
     }
 }
 

@@ -19,7 +19,7 @@ use crate::adapter::ChatAdapter;
 use serde::Serialize;
 use socketioxide::extract::SocketRef;
 
-pub use cluster::{reap_dead_instances, resync};
+pub use cluster::{reap_dead_instances, reap_own_leftovers, resync};
 pub use extract::Turnstile;
 pub use fanout::ChatCommand;
 

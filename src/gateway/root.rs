@@ -49,6 +49,7 @@ async fn on_connect<A: ChatAdapter>(app: &App<A>, socket: SocketRef<A>) {
     let Some(session) = session(&socket) else {
         return;
     };
+    metrics::gauge!(m::SOCKETS, "namespace" => "/").increment(1.0);
     socket.join(user_room(session.user));
     match app.chat.unread(session.user).await {
         Ok(unread) => {

@@ -103,13 +103,4 @@ impl Registry {
         self.link.run(self.link.commands.zrem::<i64, _, _>(self.instances(), id)).await?;
         Ok(())
     }
-
-    /// The live instances, by name.
-    pub async fn live(&self) -> Result<Vec<String>> {
-        let cutoff = (now_ms() - DEAD_AFTER.as_millis() as i64) as f64;
-        Ok(self
-            .link
-            .run(self.link.commands.zrangebyscore(self.instances(), cutoff, f64::INFINITY, false, None))
-            .await?)
-    }
 }

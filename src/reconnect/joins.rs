@@ -1,7 +1,8 @@
 //! The channels a user joined in a community, per user and community (not per
 //! socket): what a reconnect rejoins, on this instance or, in a cluster, any other.
 //!
-//! In Redis: one set per user and community, `{prefix}:joins:{user}:{community}`.
+//! In Redis: one set per user and community, `{prefix}:joins:{user}:{community}`,
+//! kept for [`REMEMBER_FOR`] after the user's last join there.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -11,6 +12,11 @@ use fred::prelude::*;
 use crate::adapter::RedisLink;
 use crate::chat::{ChannelId, CommunityId, UserId};
 use crate::error::Result;
+
+/// How long Redis keeps a user's joins in a community after their last join there:
+/// past it, a returning client rejoins the channels its `since` names, and joins
+/// the rest again itself.
+pub const REMEMBER_FOR: i64 = 30 * 24 * 3600;
 
 #[derive(Debug)]
 pub struct Joins {
@@ -48,7 +54,8 @@ impl Joins {
             }
             Backend::Redis(link) => {
                 let key = Self::key(link, user, community);
-                link.run(link.commands.sadd::<i64, _, _>(key, channels.to_vec())).await?;
+                link.run(link.commands.sadd::<i64, _, _>(&key, channels.to_vec())).await?;
+                link.run(link.commands.expire::<i64, _>(&key, REMEMBER_FOR, None)).await?;
                 Ok(())
             }
         }

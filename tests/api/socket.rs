@@ -387,10 +387,12 @@ async fn a_draining_instance_refuses_new_connections() {
     let app = spawn_app().await;
     let alice = app.register("alice").await;
     app.app.start_draining();
-    assert_eq!(
-        app.connect_with("/", json!({ "token": alice.token })).await.err(),
-        Some(ClientError::Refused("draining".into()))
-    );
+    // New connections are refused at the handshake (503 `draining`), which stock
+    // clients retry, through the load balancer, elsewhere.
+    let refused = app.connect_with("/", json!({ "token": alice.token })).await.err();
+    assert!(matches!(refused, Some(ClientError::Handshake { status: Some(503), .. })), "{refused:?}");
+    let (status, body) = app.request(Method::GET, "/socket.io/?EIO=4&transport=polling", None, None).await;
+    assert_eq!((status.as_u16(), body["error"]["code"].clone()), (503, json!("draining")));
     let (status, body) = app.request(Method::GET, "/readyz", None, None).await;
     assert_eq!((status.as_u16(), body["error"]["code"].clone()), (503, json!("draining")));
 }

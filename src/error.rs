@@ -69,6 +69,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
+        if code == Code::Unavailable {
+            // The server's own failures, as a canary's error rate watches them.
+            metrics::counter!(crate::metrics::SERVER_ERRORS).increment(1);
+        }
         Self { code, message: message.into() }
     }
     pub fn invalid(message: impl Into<String>) -> Self {

@@ -24,6 +24,9 @@ pub const ACK_SECONDS: &str = "baton_ack_seconds";
 pub const BROADCAST_ERRORS: &str = "baton_broadcast_errors_total";
 /// Broadcasts delivered to this instance's sockets only because the cluster adapter failed.
 pub const LOCAL_FALLBACKS: &str = "baton_broadcast_local_fallbacks_total";
+/// Failures on the server's side (answers with code `unavailable`: database or
+/// cluster state unreachable), the error rate a canary deploy watches.
+pub const SERVER_ERRORS: &str = "baton_server_errors_total";
 /// Database query time, by `query` (seconds).
 pub const DB_SECONDS: &str = "baton_db_query_seconds";
 /// 1 while Redis answers, 0 while it does not (only in a cluster).

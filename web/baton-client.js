@@ -1,0 +1,184 @@
+// baton-client.js: what a Socket.IO app needs to get baton's guarantees, on top of
+// the official socket.io-client. One instance follows one community namespace.
+//
+// - Reconnects pass `since` (the highest eventSeq held without a hole, per
+//   channel) through an `auth` function, which socket.io-client calls on every
+//   attempt, so the server rejoins the rooms and replays what was missed.
+// - Events whose eventSeq is already held are dropped (replay and live overlap).
+// - A hole in eventSeq, or a `position` ahead of what is held, is filled from
+//   `history` (`since`).
+// - Sends carry a clientMsgId; one not acked when the connection drops is sent
+//   again after the reconnect with the same id, so nothing is doubled.
+//
+// The module imports nothing: pass socket.io-client's `io`, so it runs the same in
+// a browser and in Node. See docs/client.md.
+
+const ACK_TIMEOUT_MS = 8000;
+const HISTORY_PAGE = 200;
+
+export function createBatonClient({ io, url, token, communityId, ioOptions = {} }) {
+  const channels = new Map(); // channelId -> { held: Set<eventSeq>, contiguous, messages: Map<id, message> }
+  const pending = new Map(); // clientMsgId -> { channelId, content, resolve, reject, sent }
+  const listeners = new Map();
+  const stats = { received: 0, duplicates: 0, filled: 0, recoveries: [], reconnects: 0 };
+  let disconnectedAt = null;
+  let counter = 0;
+
+  const emit = (event, ...args) => (listeners.get(event) || []).forEach((fn) => fn(...args));
+  const channel = (id) => {
+    if (!channels.has(id)) channels.set(id, { held: new Set(), contiguous: 0, messages: new Map(), filling: false });
+    return channels.get(id);
+  };
+  const since = () => Object.fromEntries([...channels].map(([id, c]) => [String(id), c.contiguous]));
+
+  const socket = io(`${url}/socket/commu-${communityId}`, {
+    ...ioOptions,
+    // Called on every connect attempt: the server replays from here.
+    auth: (cb) => cb({ token: typeof token === "function" ? token() : token, since: since() }),
+  });
+
+  // Holds a message change; false if its eventSeq was already held.
+  function apply(message) {
+    const c = channel(message.channelId);
+    stats.received += 1;
+    if (c.held.has(message.eventSeq)) {
+      stats.duplicates += 1;
+      return false;
+    }
+    c.held.add(message.eventSeq);
+    while (c.held.has(c.contiguous + 1)) c.contiguous += 1;
+    const current = c.messages.get(message.id);
+    if (!current || current.eventSeq < message.eventSeq) c.messages.set(message.id, message);
+    emit("message", message);
+    if (message.eventSeq > c.contiguous + 1 || c.held.size > c.contiguous) fill(message.channelId);
+    return true;
+  }
+
+  // Fills holes from history, from the highest eventSeq held without a hole.
+  async function fill(channelId) {
+    const c = channel(channelId);
+    if (c.filling || !socket.connected) return;
+    c.filling = true;
+    try {
+      for (;;) {
+        const page = await socket.timeout(ACK_TIMEOUT_MS).emitWithAck("history", {
+          channelId,
+          since: c.contiguous,
+          limit: HISTORY_PAGE,
+        });
+        if (page.error) break;
+        for (const m of page.messages) {
+          if (!c.held.has(m.eventSeq)) {
+            stats.filled += 1;
+            apply(m);
+            stats.received -= 1; // counted as filled, not received
+          }
+        }
+        if (!page.hasMore) break;
+      }
+    } catch {
+      // Disconnected meanwhile: the reconnect's replay takes over.
+    } finally {
+      c.filling = false;
+    }
+  }
+
+  for (const event of ["new-chat", "modify-chat", "delete-chat"]) socket.on(event, apply);
+  socket.on("position", ({ channelId, lastSeq }) => {
+    if (channels.has(channelId) && lastSeq > channel(channelId).contiguous) fill(channelId);
+  });
+  socket.on("rejoined", (r) => emit("rejoined", r.channels));
+  socket.on("recovered", (r) => {
+    if (disconnectedAt !== null) {
+      stats.recoveries.push(Date.now() - disconnectedAt);
+      disconnectedAt = null;
+    }
+    for (const [id, pos] of Object.entries(r.channels)) {
+      if (!r.complete || pos > channel(Number(id)).contiguous) fill(Number(id));
+    }
+    emit("state", "recovered");
+    resendPending();
+  });
+  socket.on("connect", () => emit("state", "connected"));
+  socket.on("disconnect", (reason) => {
+    if (disconnectedAt === null) disconnectedAt = Date.now();
+    stats.reconnects += 1;
+    emit("state", socket.active ? "reconnecting" : "disconnected", reason);
+  });
+  socket.on("connect_error", (e) => emit("error", e));
+  for (const event of ["presence", "typing"]) socket.on(event, (p) => emit(event, p));
+
+  function trySend(clientMsgId) {
+    const p = pending.get(clientMsgId);
+    if (!p || p.inFlight || !socket.connected) return;
+    p.inFlight = true;
+    socket
+      .timeout(ACK_TIMEOUT_MS)
+      .emitWithAck("chat", { chatType: "new", channelId: p.channelId, content: p.content, clientMsgId })
+      .then((ack) => {
+        p.inFlight = false;
+        if (ack.written) {
+          pending.delete(clientMsgId);
+          apply(ack.chatInfo);
+          stats.received -= 1; // our own message came by ack
+          p.resolve(ack.chatInfo);
+        } else if (ack.error?.code === "rate_limited" || ack.error?.code === "unavailable") {
+          setTimeout(() => trySend(clientMsgId), 1000);
+        } else {
+          pending.delete(clientMsgId);
+          p.reject(Object.assign(new Error(ack.error?.message || "refused"), { code: ack.error?.code }));
+        }
+      })
+      .catch(() => {
+        // No ack (the connection dropped): sent again after the reconnect.
+        p.inFlight = false;
+        if (socket.connected) setTimeout(() => trySend(clientMsgId), 200);
+      });
+  }
+
+  function resendPending() {
+    for (const id of pending.keys()) trySend(id);
+  }
+
+  return {
+    socket,
+    stats,
+    on(event, fn) {
+      if (!listeners.has(event)) listeners.set(event, []);
+      listeners.get(event).push(fn);
+      return this;
+    },
+    /** Joins channels (remembered by the server for reconnects) and loads what they hold. */
+    async join(ids) {
+      const ack = await socket.timeout(ACK_TIMEOUT_MS).emitWithAck("join", { channels: ids });
+      for (const id of ack.joined || []) {
+        channel(id);
+        await fill(id);
+      }
+      return ack;
+    },
+    /** Sends a new message; resolves with it once written, across reconnects. */
+    send(channelId, content) {
+      const clientMsgId = `${Date.now().toString(36)}-${(counter++).toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
+      return new Promise((resolve, reject) => {
+        pending.set(clientMsgId, { channelId, content, resolve, reject, inFlight: false });
+        trySend(clientMsgId);
+      });
+    },
+    /** The channel's messages in their current state, by seq. */
+    messages(channelId) {
+      return [...channel(channelId).messages.values()].sort((a, b) => a.seq - b.seq);
+    },
+    /** The eventSeqs held for a channel, and the highest held without a hole. */
+    held(channelId) {
+      const c = channel(channelId);
+      return { held: c.held, contiguous: c.contiguous };
+    },
+    /** Fills every channel up to what the server has (e.g. before comparing). */
+    async catchUp() {
+      await Promise.all([...channels.keys()].map((id) => fill(id)));
+    },
+    pendingCount: () => pending.size,
+    close: () => socket.close(),
+  };
+}

@@ -6,6 +6,7 @@ mod admin;
 mod channels;
 mod communities;
 mod ops;
+mod web;
 
 use std::sync::Arc;
 
@@ -33,6 +34,7 @@ pub fn router<A: ChatAdapter>(app: AppState<A>) -> Router {
         .nest("/api", api)
         .merge(ops::router())
         .merge(admin::router())
+        .merge(web::router())
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(no_such_endpoint)
         .with_state(app)

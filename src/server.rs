@@ -111,20 +111,11 @@ async fn assemble<A: ChatAdapter>(
 /// Connects to the configured database and applies its migrations.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let url = config.database_url();
-    let store = Store::connect(&url).await.with_context(|| format!("cannot open the database {}", redact(&url)))?;
+    let store = Store::connect(&url)
+        .await
+        .with_context(|| format!("cannot open the database {}", crate::config::redact_url(&url)))?;
     store.migrate().await.context("cannot apply the database migrations")?;
     Ok(store)
-}
-
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
-    }
 }
 
 impl<A: ChatAdapter> Server<A> {

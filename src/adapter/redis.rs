@@ -118,7 +118,7 @@ impl RedisLink {
         .unwrap_or(false);
         health.set(up);
         if !up {
-            tracing::warn!(redis = %redact(url), "redis is unreachable at start; serving local clients until it answers");
+            tracing::warn!(redis = %crate::config::redact_url(url), "redis is unreachable at start; serving local clients until it answers");
         }
         let driver = ResilientDriver::start(subscriber, commands.clone(), health.clone(), timeout);
         Ok(Self { commands, prefix: prefix.to_owned(), timeout, health, driver })
@@ -180,17 +180,6 @@ impl RedisLink {
     pub async fn quit(&self) {
         let _ = tokio::time::timeout(self.timeout, self.commands.quit()).await;
         let _ = tokio::time::timeout(self.timeout, self.driver.inner.subscriber.quit()).await;
-    }
-}
-
-/// The URL without its password, for logs.
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
     }
 }
 

@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use axum::routing::{delete, get, post, put};
 use serde::Deserialize;
 
-use super::{AppState, Caller, Json, OptionalJson, Path, Query};
+use super::{AppState, Caller, Json, NewMember, OptionalJson, Path, Query, created_or_ok};
 use crate::chat::{ChannelId, HistoryQuery, UserId};
 use crate::error::Result;
 use crate::gateway::ChatCommand;
@@ -20,12 +20,6 @@ pub fn router<A: ChatAdapter>() -> Router<AppState<A>> {
         .route("/channels/{chid}/messages", get(history::<A>).post(post_message::<A>))
         .route("/channels/{chid}/read", put(read::<A>))
         .route("/channels/{chid}/presence", get(presence::<A>))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewMember {
-    username: String,
 }
 
 /// No body: the caller joins a public channel. `{username}`: a member adds someone.
@@ -46,7 +40,7 @@ async fn add_member<A: ChatAdapter>(
     if added {
         app.membership_changed(channel.community_id, channel.id, user.id, true).await;
     }
-    let status = if added { StatusCode::CREATED } else { StatusCode::OK };
+    let status = created_or_ok(added);
     Ok((status, axum::Json(serde_json::json!({ "channel": channel, "user": user }))))
 }
 

@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use serde::Deserialize;
 
-use super::{AppState, Caller, Json, Path};
+use super::{AppState, Caller, Json, NewMember, Path, created_or_ok};
 use crate::chat::CommunityId;
 use crate::error::Result;
 
@@ -38,12 +38,6 @@ async fn list<A: ChatAdapter>(State(app): State<AppState<A>>, Caller(user): Call
     Ok(axum::Json(app.chat.communities(user).await?))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewMember {
-    username: String,
-}
-
 /// 201 with the user when added, 200 when they already were a member.
 async fn add_member<A: ChatAdapter>(
     State(app): State<AppState<A>>,
@@ -52,7 +46,7 @@ async fn add_member<A: ChatAdapter>(
     Json(body): Json<NewMember>,
 ) -> Result<impl IntoResponse> {
     let (member, added) = app.chat.add_community_member(user, cid, &body.username).await?;
-    let status = if added { StatusCode::CREATED } else { StatusCode::OK };
+    let status = created_or_ok(added);
     Ok((status, axum::Json(member)))
 }
 

@@ -45,6 +45,18 @@ async fn no_such_endpoint(method: axum::http::Method, uri: axum::http::Uri) -> E
     Error::not_found(format!("no such endpoint: {method} {}", uri.path()))
 }
 
+/// `{username}`: the user to add to a community or a channel.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewMember {
+    username: String,
+}
+
+/// 201 when a membership was made, 200 when it already existed.
+fn created_or_ok(made: bool) -> axum::http::StatusCode {
+    if made { axum::http::StatusCode::CREATED } else { axum::http::StatusCode::OK }
+}
+
 /// A JSON body whose every failure is our `invalid` (or `too_large`), whatever the
 /// Content-Type says: curl users forget it, and a wrong header is no reason to refuse
 /// well-formed JSON.

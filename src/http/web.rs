@@ -16,7 +16,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
     ("app.js", "text/javascript; charset=utf-8", include_bytes!("../../web/app.js")),
     ("baton-client.js", "text/javascript; charset=utf-8", include_bytes!("../../web/baton-client.js")),
     ("style.css", "text/css; charset=utf-8", include_bytes!("../../web/style.css")),
-    ("vendor/socket.io.esm.min.js", "text/javascript; charset=utf-8", include_bytes!("../../web/vendor/socket.io.esm.min.js")),
+    (
+        "vendor/socket.io.esm.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/vendor/socket.io.esm.min.js"),
+    ),
 ];
 
 const INDEX: &[u8] = include_bytes!("../../web/index.html");

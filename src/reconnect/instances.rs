@@ -40,35 +40,20 @@ impl Registry {
     }
 
     pub async fn beat(&self) -> Result<()> {
-        let now = now_ms() as f64;
-        self.link
-            .run(self.link.commands.zadd::<i64, _, _>(
-                self.instances(),
-                None,
-                None,
-                false,
-                false,
-                (now, self.id.as_str()),
-            ))
-            .await?;
+        self.stamp(now_ms()).await
+    }
+
+    /// Records `at` (Unix ms) as this instance's last beat.
+    async fn stamp(&self, at: i64) -> Result<()> {
+        let entry = (at as f64, self.id.as_str());
+        self.link.run(self.link.commands.zadd::<i64, _, _>(self.instances(), None, None, false, false, entry)).await?;
         Ok(())
     }
 
     /// Dates this instance's last beat so that the others find it dead `grace` from
     /// now, and reap its presence then (a drained instance's grace period).
     pub async fn expire_after(&self, grace: Duration) -> Result<()> {
-        let score = (now_ms() - DEAD_AFTER.as_millis() as i64 + grace.as_millis() as i64) as f64;
-        self.link
-            .run(self.link.commands.zadd::<i64, _, _>(
-                self.instances(),
-                None,
-                None,
-                false,
-                false,
-                (score, self.id.as_str()),
-            ))
-            .await?;
-        Ok(())
+        self.stamp(now_ms() - DEAD_AFTER.as_millis() as i64 + grace.as_millis() as i64).await
     }
 
     /// Other instances silent for longer than [`DEAD_AFTER`].

@@ -81,7 +81,7 @@ async fn post_message<A: ChatAdapter>(
     let command = ChatCommand::New { channel_id: chid, content: body.content, client_msg_id: body.client_msg_id };
     let created = app.write_chat(user, command).await?;
     app.publish(&created, None).await;
-    let status = if created.fresh { StatusCode::CREATED } else { StatusCode::OK };
+    let status = created_or_ok(created.fresh);
     Ok((status, axum::Json(serde_json::json!({ "written": true, "chatInfo": created.message }))))
 }
 

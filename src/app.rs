@@ -37,8 +37,6 @@ pub struct App<A: ChatAdapter> {
     draining: AtomicBool,
     /// The cluster's Redis, when this instance is one of several.
     pub redis: Option<RedisLink>,
-    /// Serialises creating community namespaces on demand (see the fanout).
-    pub(crate) namespace_creation: tokio::sync::Mutex<()>,
     /// This app, weakly: what namespace handlers created later capture.
     me: Weak<App<A>>,
     /// This instance's name (the cluster registry's, and the drain report's).
@@ -72,7 +70,6 @@ impl<A: ChatAdapter> App<A> {
             namespaces: Namespaces::default(),
             draining: AtomicBool::new(false),
             redis,
-            namespace_creation: tokio::sync::Mutex::new(()),
             me: me.clone(),
             instance,
             drain,

@@ -12,7 +12,6 @@ use crate::adapter::ChatAdapter;
 use serde::Deserialize;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
-use socketioxide_core::adapter::Spawnable;
 
 use super::extract::{InOrder, Payload, Turnstile};
 use super::{
@@ -32,22 +31,6 @@ pub(super) fn register<A: ChatAdapter>(app: &Arc<App<A>>) {
     app.io
         .dyn_ns(format!("{COMMUNITY_NS_PREFIX}{{community}}"), connect_handler(app))
         .expect("the community namespace pattern is valid");
-}
-
-/// Adds one community's namespace now, with the same handlers as the dynamic
-/// pattern, for an instance that must emit into it before any socket of the
-/// community has connected here. Resolves once the namespace can be used.
-pub(super) async fn add_namespace<A: ChatAdapter>(app: &Arc<App<A>>, path: String) {
-    app.io.ns(path.clone(), connect_handler(app)).spawn();
-    // The Redis adapter inserts the namespace once its channels are subscribed,
-    // which the cluster's driver never lets wait on an unreachable Redis.
-    for _ in 0..200 {
-        if app.io.of(&path).is_some() {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    tracing::warn!(ns = %path, "the namespace was not ready in 2 s");
 }
 
 /// Admission as middleware, recovery as the connect handler (see the module doc).

@@ -142,11 +142,16 @@ impl<A: ChatAdapter> App<A> {
         if let Some(ns) = self.io.of(&path) {
             return Some(ns);
         }
-        let _one_at_a_time = self.namespace_creation.lock().await;
-        if self.io.of(&path).is_none() {
-            super::community::add_namespace(&self.arc()?, path.clone()).await;
+        // Created as a first connect to it would be: concurrent creations and connects
+        // share one namespace (vendor/socketioxide/BATON-PATCH.md). The cluster's
+        // Redis driver never lets the adapter's subscriptions wait on an unreachable Redis.
+        match tokio::time::timeout(std::time::Duration::from_secs(2), self.io.create_dyn_ns(&path)).await {
+            Ok(true) => self.io.of(&path),
+            _ => {
+                tracing::warn!(ns = %path, "could not create the namespace in 2 s");
+                None
+            }
         }
-        self.io.of(&path)
     }
 
     /// `notify` on `/` to every member of the channel but the sender.

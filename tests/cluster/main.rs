@@ -115,6 +115,54 @@ async fn every_acked_message_reaches_every_member_on_every_instance_exactly_once
     );
 }
 
+/// The reconnect wave of a deploy: many clients connect at once to a community
+/// namespace that does not exist yet on the instance. socketioxide created one
+/// namespace per concurrent connect while the Redis adapter subscribed, orphaning
+/// all but the last (their first event closed the connection); the vendored patch
+/// (vendor/socketioxide/BATON-PATCH.md) makes them share one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_first_connects_to_a_community_on_an_instance_shares_one_namespace() {
+    const SOCKETS: usize = 60;
+    let cluster = Cluster::start(2).await;
+    let rest = cluster.rest(0);
+    let c = community(&rest, 3, 1).await;
+    let channel = c.channels[0];
+    let path = format!("/socket/commu-{}", c.cid);
+    let connects = (0..SOCKETS).map(|i| {
+        let auth = json!({ "token": c.users[i % c.users.len()].token });
+        baton::client::Socket::connect(cluster.base(1), &path, auth)
+    });
+    let mut sockets: Vec<_> = futures::future::join_all(connects).await.into_iter().map(|s| s.unwrap()).collect();
+    let joins = sockets.iter().map(|s| s.emit_with_ack("join", json!({ "channels": [channel] }), WAIT));
+    for (i, ack) in futures::future::join_all(joins).await.into_iter().enumerate() {
+        let ack = ack.unwrap_or_else(|e| panic!("socket {i} got no join ack: {e}"));
+        assert_eq!(ack["joined"], json!([channel]), "socket {i}: {ack}");
+    }
+    // A message posted on the other instance reaches every one of them.
+    let (status, _) = rest
+        .post(&format!("/api/channels/{channel}/messages"), &c.owner.token, json!({ "content": "all of you" }))
+        .await;
+    assert_eq!(status, 201);
+    let deadline = Instant::now() + WAIT;
+    let mut reached = 0;
+    for (i, socket) in sockets.iter_mut().enumerate() {
+        loop {
+            let got = socket.drain().into_iter().any(|item| {
+                matches!(&item, baton::client::Incoming::Event { name, args }
+                    if name == "new-chat" && args[0]["content"] == "all of you")
+            });
+            if got {
+                reached += 1;
+                break;
+            }
+            assert!(socket.is_open(), "socket {i}'s connection was closed");
+            assert!(Instant::now() < deadline, "socket {i} did not get the message");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    println!("namespace burst: {SOCKETS} concurrent first connects, {reached} joined and reached");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_of_a_killed_instance_recover_on_the_survivors_without_losing_a_message() {
     let mut cluster = Cluster::start(3).await;

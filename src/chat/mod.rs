@@ -50,6 +50,14 @@ impl Role {
     }
 }
 
+/// A community's member: the user and their role in it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommunityMember {
+    #[serde(flatten)]
+    pub user: User,
+    pub role: Role,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Community {
     pub id: CommunityId,

@@ -8,8 +8,9 @@ use serde::Serialize;
 
 use super::store::{ChannelAccess, Inserted, Slice};
 use super::{
-    Change, Channel, ChannelId, ChannelName, ClientMsgId, Community, CommunityId, CommunityName, CommunityUnread,
-    Content, DisplayName, Message, MessageId, Password, Role, Store, Unread, User, UserId, Username, now_ms,
+    Change, Channel, ChannelId, ChannelName, ClientMsgId, Community, CommunityId, CommunityMember, CommunityName,
+    CommunityUnread, Content, DisplayName, Message, MessageId, Password, Role, Store, Unread, User, UserId, Username,
+    now_ms,
 };
 use crate::auth;
 use crate::error::{Error, Result};
@@ -131,6 +132,12 @@ impl Chat {
             }
             None => Err(Error::not_found("no such community")),
         }
+    }
+
+    /// The community's members, for its members only.
+    pub async fn community_members(&self, user: UserId, community: CommunityId) -> Result<Vec<CommunityMember>> {
+        self.community_role(user, community).await?;
+        Ok(self.store.community_members(community).await?)
     }
 
     /// The owner adds a member; returns the user and whether they are new to it.

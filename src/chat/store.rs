@@ -17,7 +17,9 @@ use std::time::Duration;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-use super::{Channel, ChannelId, ChannelUnread, Community, CommunityId, Message, MessageId, Role, User, UserId};
+use super::{
+    Channel, ChannelId, ChannelUnread, Community, CommunityId, CommunityMember, Message, MessageId, Role, User, UserId,
+};
 
 /// Where the messages live. Cheap to clone.
 #[derive(Clone)]
@@ -317,6 +319,26 @@ impl Store {
                 .await
         })?;
         Ok(role.as_deref().map(Role::parse))
+    }
+
+    /// The community's members by username.
+    pub async fn community_members(&self, community: CommunityId) -> Result<Vec<CommunityMember>, sqlx::Error> {
+        let rows: Vec<(i64, String, String, String)> = on_reader!(self, "community_members", |pool| {
+            sqlx::query_as(
+                "SELECT u.id, u.username, u.display_name, cm.role FROM community_members cm \
+                 JOIN users u ON u.id = cm.user_id WHERE cm.community_id = $1 ORDER BY u.username",
+            )
+            .bind(community)
+            .fetch_all(pool)
+            .await
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, username, display_name, role)| CommunityMember {
+                user: User { id, username, display_name },
+                role: Role::parse(&role),
+            })
+            .collect())
     }
 
     pub async fn community_exists(&self, community: CommunityId) -> Result<bool, sqlx::Error> {

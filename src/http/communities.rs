@@ -15,7 +15,7 @@ use crate::error::Result;
 pub fn router<A: ChatAdapter>() -> Router<AppState<A>> {
     Router::new()
         .route("/communities", post(create::<A>).get(list::<A>))
-        .route("/communities/{cid}/members", post(add_member::<A>))
+        .route("/communities/{cid}/members", post(add_member::<A>).get(members::<A>))
         .route("/communities/{cid}/channels", post(create_channel::<A>).get(channels::<A>))
 }
 
@@ -36,6 +36,14 @@ async fn create<A: ChatAdapter>(
 
 async fn list<A: ChatAdapter>(State(app): State<AppState<A>>, Caller(user): Caller) -> Result<impl IntoResponse> {
     Ok(axum::Json(app.chat.communities(user).await?))
+}
+
+async fn members<A: ChatAdapter>(
+    State(app): State<AppState<A>>,
+    Caller(user): Caller,
+    Path(cid): Path<CommunityId>,
+) -> Result<impl IntoResponse> {
+    Ok(axum::Json(app.chat.community_members(user, cid).await?))
 }
 
 /// 201 with the user when added, 200 when they already were a member.

@@ -43,6 +43,29 @@ async fn me_lists_the_user_and_their_communities_with_roles() {
 }
 
 #[tokio::test]
+async fn members_see_the_community_member_list_and_outsiders_do_not() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    let cid = app.community(&alice, &[&bob]).await;
+    let (status, members) = app.get(&format!("/api/communities/{cid}/members"), &bob.token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        members,
+        json!([
+            { "id": alice.id, "username": "alice", "displayName": "alice", "role": "owner" },
+            { "id": bob.id, "username": "bob", "displayName": "bob", "role": "member" },
+        ])
+    );
+    let (status, body) = app.get(&format!("/api/communities/{cid}/members"), &carol.token).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["error"]["code"], "forbidden");
+    let (status, _) = app.get("/api/communities/999999/members", &carol.token).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
 async fn only_the_owner_adds_community_members() {
     let app = spawn_app().await;
     let alice = app.register("alice").await;

@@ -12,12 +12,19 @@
 //
 // The module imports nothing: pass socket.io-client's `io`, so it runs the same in
 // a browser and in Node. See docs/client.md.
+//
+// A channel's position starts at 0 (join loads its whole history) unless the
+// caller gives one (`positions`, `track`): then only changes after it are followed,
+// and older messages are paged in on demand with `loadOlder`.
 
 const ACK_TIMEOUT_MS = 8000;
 const HISTORY_PAGE = 200;
 
-export function createBatonClient({ io, url, token, communityId, ioOptions = {} }) {
-  const channels = new Map(); // channelId -> { held: Set<eventSeq>, contiguous, messages: Map<id, message> }
+export function createBatonClient({ io, url, token, communityId, ioOptions = {}, positions = {} }) {
+  // channelId -> { held: Set<eventSeq>, contiguous, base, messages: Map<id, message> }
+  // `base`: the position the channel was first followed from; events up to it
+  // are taken as held (they are only ever paged in, never replayed).
+  const channels = new Map();
   const pending = new Map(); // clientMsgId -> { channelId, content, resolve, reject, sent }
   const listeners = new Map();
   const stats = { received: 0, duplicates: 0, filled: 0, recoveries: [], reconnects: 0 };
@@ -26,9 +33,25 @@ export function createBatonClient({ io, url, token, communityId, ioOptions = {} 
 
   const emit = (event, ...args) => (listeners.get(event) || []).forEach((fn) => fn(...args));
   const channel = (id) => {
-    if (!channels.has(id)) channels.set(id, { held: new Set(), contiguous: 0, messages: new Map(), filling: false });
+    if (!channels.has(id)) channels.set(id, { held: new Set(), contiguous: 0, base: 0, messages: new Map(), filling: false });
     return channels.get(id);
   };
+  // Starts following a channel from a position (its eventSeq as last seen), unless
+  // it is already followed; the next connect's `since` names it.
+  const track = (id, position) => {
+    if (channels.has(id)) return false;
+    const c = channel(id);
+    c.contiguous = c.base = Math.max(0, Number(position) || 0);
+    return true;
+  };
+  // Keeps the newest known state of a message; true if it changed.
+  const store = (c, message) => {
+    const current = c.messages.get(message.id);
+    if (current && current.eventSeq >= message.eventSeq) return false;
+    c.messages.set(message.id, message);
+    return true;
+  };
+  for (const [id, position] of Object.entries(positions)) track(Number(id), position);
   const since = () => Object.fromEntries([...channels].map(([id, c]) => [String(id), c.contiguous]));
 
   const socket = io(`${url}/socket/commu-${communityId}`, {
@@ -41,16 +64,20 @@ export function createBatonClient({ io, url, token, communityId, ioOptions = {} 
   function apply(message) {
     const c = channel(message.channelId);
     stats.received += 1;
+    if (message.eventSeq <= c.base) {
+      // Before the position the channel is followed from: a late copy.
+      if (store(c, message)) emit("message", message);
+      return false;
+    }
     if (c.held.has(message.eventSeq)) {
       stats.duplicates += 1;
       return false;
     }
     c.held.add(message.eventSeq);
     while (c.held.has(c.contiguous + 1)) c.contiguous += 1;
-    const current = c.messages.get(message.id);
-    if (!current || current.eventSeq < message.eventSeq) c.messages.set(message.id, message);
+    store(c, message);
     emit("message", message);
-    if (message.eventSeq > c.contiguous + 1 || c.held.size > c.contiguous) fill(message.channelId);
+    if (message.eventSeq > c.contiguous + 1 || c.held.size > c.contiguous - c.base) fill(message.channelId);
     return true;
   }
 
@@ -140,6 +167,20 @@ export function createBatonClient({ io, url, token, communityId, ioOptions = {} 
     for (const id of pending.keys()) trySend(id);
   }
 
+  // modify and delete: one attempt; the result is applied like any change.
+  async function change(payload) {
+    let ack;
+    try {
+      ack = await socket.timeout(ACK_TIMEOUT_MS).emitWithAck("chat", payload);
+    } catch {
+      throw Object.assign(new Error("no answer from the server"), { code: "timeout" });
+    }
+    if (!ack.written) throw Object.assign(new Error(ack.error?.message || "refused"), { code: ack.error?.code });
+    apply(ack.chatInfo);
+    stats.received -= 1; // our own change came by ack
+    return ack.chatInfo;
+  }
+
   return {
     socket,
     stats,
@@ -157,13 +198,52 @@ export function createBatonClient({ io, url, token, communityId, ioOptions = {} 
       }
       return ack;
     },
-    /** Sends a new message; resolves with it once written, across reconnects. */
-    send(channelId, content) {
-      const clientMsgId = `${Date.now().toString(36)}-${(counter++).toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
+    /**
+     * Sends a new message; resolves with it once written, across reconnects.
+     * `options.clientMsgId` sets the id (1..64 characters) instead of a generated one.
+     */
+    send(channelId, content, options = {}) {
+      const clientMsgId =
+        options.clientMsgId ||
+        `${Date.now().toString(36)}-${(counter++).toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
       return new Promise((resolve, reject) => {
         pending.set(clientMsgId, { channelId, content, resolve, reject, inFlight: false });
         trySend(clientMsgId);
       });
+    },
+    /** Modifies one of the user's messages; resolves with it, rejects with the error's `code`. */
+    modify(channelId, messageId, content) {
+      return change({ chatType: "modify", channelId, messageId, content });
+    },
+    /** Deletes one of the user's messages; resolves with the tombstone, rejects with the error's `code`. */
+    delete(channelId, messageId) {
+      return change({ chatType: "delete", channelId, messageId });
+    },
+    /**
+     * Follows a channel from `position` (its eventSeq as last seen, e.g. `lastSeq` from
+     * the channel list) instead of 0, if it is not followed yet; call it before `join`.
+     */
+    track(channelId, position) {
+      return track(channelId, position);
+    },
+    /**
+     * Pages in older messages (`history` with `before`, newest first; without
+     * `before`, the newest page) and keeps them with the channel's messages.
+     * Resolves with the page `{messages, hasMore}`; rejects with the error's `code`.
+     */
+    async loadOlder(channelId, { before, limit = 50 } = {}) {
+      const request = { channelId, limit };
+      if (before !== undefined) request.before = before;
+      let page;
+      try {
+        page = await socket.timeout(ACK_TIMEOUT_MS).emitWithAck("history", request);
+      } catch {
+        throw Object.assign(new Error("no answer from the server"), { code: "timeout" });
+      }
+      if (page.error) throw Object.assign(new Error(page.error.message || "refused"), { code: page.error.code });
+      const c = channel(channelId);
+      for (const m of page.messages) store(c, m);
+      return page;
     },
     /** The channel's messages in their current state, by seq. */
     messages(channelId) {

@@ -6,7 +6,11 @@ import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
-export const screenshots = join(root, "docs", "screenshots");
+// The README's screenshots are refreshed with BATON_SCREENSHOTS=1; otherwise a
+// run leaves them in target/screenshots, for looking at a failure.
+export const screenshots = process.env.BATON_SCREENSHOTS
+  ? join(root, "docs", "screenshots")
+  : join(root, "target", "screenshots");
 export const PASSWORD = "password1"; // what rest(base).user() registers with
 
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";

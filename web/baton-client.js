@@ -19,6 +19,10 @@
 
 const ACK_TIMEOUT_MS = 8000;
 const HISTORY_PAGE = 200;
+// A hole in the live eventSeqs is filled from history only if it is still there
+// after this long: events from different senders can arrive a little out of order
+// (each is broadcast after its own commit), and most holes close on their own.
+const GAP_GRACE_MS = 300;
 
 export function createBatonClient({ io, url, token, communityId, ioOptions = {}, positions = {} }) {
   // channelId -> { held: Set<eventSeq>, contiguous, base, messages: Map<id, message> }
@@ -77,11 +81,21 @@ export function createBatonClient({ io, url, token, communityId, ioOptions = {},
     while (c.held.has(c.contiguous + 1)) c.contiguous += 1;
     store(c, message);
     emit("message", message);
-    if (message.eventSeq > c.contiguous + 1 || c.held.size > c.contiguous - c.base) fill(message.channelId);
+    if (message.eventSeq > c.contiguous + 1 || c.held.size > c.contiguous - c.base) fillSoon(message.channelId);
     return true;
   }
 
   // Fills holes from history, from the highest eventSeq held without a hole.
+  // Fills the channel's hole if it outlives GAP_GRACE_MS.
+  function fillSoon(channelId) {
+    const c = channel(channelId);
+    if (c.gapTimer) return;
+    c.gapTimer = setTimeout(() => {
+      c.gapTimer = null;
+      if (c.held.size > c.contiguous - c.base) fill(channelId);
+    }, GAP_GRACE_MS);
+  }
+
   async function fill(channelId) {
     const c = channel(channelId);
     if (c.filling || !socket.connected) return;

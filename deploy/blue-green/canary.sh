@@ -43,13 +43,7 @@ for s in "${STEPS[@]}"; do
 done
 [ "$prev" -eq 100 ] || die "the last step must be 100 (got ${STEPS[*]})"
 
-ensure_tools
-require_env_file
-require_haproxy
-
-step "finding the active colour"
-OLD=$(active_colour)
-NEW=$(other "$OLD")
+find_colours
 running "$OLD" || die "the active colour $OLD is not running: nothing to roll back to (use deploy.sh)"
 echo "active: $OLD (pid $(pid_of "$OLD"), $(bin_of "$OLD")); canary on $NEW, steps ${STEPS[*]}%, ${HOLD}s each" >&2
 

@@ -23,13 +23,7 @@ set -euo pipefail
 
 [ $# -eq 1 ] || die "usage: $(basename "$0") BINARY"
 BIN=$(resolve_binary "$1")
-ensure_tools
-require_env_file
-require_haproxy
-
-step "finding the active colour"
-OLD=$(active_colour)
-NEW=$(other "$OLD")
+find_colours
 if running "$OLD"; then
     echo "active: $OLD (pid $(pid_of "$OLD"), $(bin_of "$OLD")); deploying to $NEW" >&2
 else

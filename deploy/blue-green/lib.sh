@@ -466,3 +466,14 @@ resolve_binary() {
     if [ ! -f "$b" ] || [ ! -x "$b" ]; then die "not an executable file: '$b'"; fi
     echo "$(cd "$(dirname "$b")" && pwd)/$(basename "$b")"
 }
+
+# For deploy.sh and canary.sh: checks the tools, the env file and HAProxy, and sets
+# OLD (the active colour) and NEW (the other one).
+find_colours() {
+    ensure_tools
+    require_env_file
+    require_haproxy
+    step "finding the active colour"
+    OLD=$(active_colour)
+    NEW=$(other "$OLD")
+}

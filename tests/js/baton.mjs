@@ -1,19 +1,67 @@
 // Starts a real baton binary for the JS tests and offers small REST helpers.
 // BATON_BIN names the binary (default: the debug build); DATABASE_URL, when set,
 // names a fresh database the caller created; otherwise a SQLite file in a temp dir.
-import { spawn } from "node:child_process";
+import { spawn, execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createInterface } from "node:readline";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+export const batonBinary = process.env.BATON_BIN || join(root, "target", "debug", "baton");
+
+/** A TCP port free on 127.0.0.1 right now. */
+export const freePort = () =>
+  new Promise((resolve) => {
+    const s = createServer().listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+
+/**
+ * A local cluster from scripts/cluster (HAProxy, its own Redis, two instances blue
+ * and green on a fresh database of the PostgreSQL server BATON_TEST_POSTGRES), on
+ * free ports with its state in a temporary directory. `extra` is added to the
+ * scripts' environment. Returns `{dir, env, lb, run(script, ...args), down()}`;
+ * `run` runs a repository script (e.g. deploy/blue-green/deploy.sh) in that
+ * environment, synchronously, with its output inherited.
+ */
+export async function localCluster(name, extra = {}) {
+  const dir = mkdtempSync(join(tmpdir(), `baton-${name}-`));
+  const env = {
+    ...process.env,
+    BATON_DEPLOY_DIR: dir,
+    BATON_LB_PORT: String(await freePort()),
+    BATON_BLUE_PORT: String(await freePort()),
+    BATON_GREEN_PORT: String(await freePort()),
+    BATON_CLUSTER_REDIS_PORT: String(await freePort()),
+    BATON_CLUSTER_DB: `baton_js_${name}_${process.pid}`,
+    BATON_PG_ADMIN: process.env.BATON_TEST_POSTGRES,
+    ...extra,
+  };
+  const run = (script, ...args) => execFileSync(join(root, script), args, { env, stdio: "inherit" });
+  run("scripts/cluster", "up", batonBinary);
+  return {
+    dir,
+    env,
+    lb: `http://127.0.0.1:${env.BATON_LB_PORT}`,
+    run,
+    down() {
+      try {
+        run("scripts/cluster", "down");
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  };
+}
 
 export async function startBaton(extraEnv = {}) {
   const dataDir = mkdtempSync(join(tmpdir(), "baton-js-"));
-  const bin = process.env.BATON_BIN || join(root, "target", "debug", "baton");
-  const child = spawn(bin, ["serve"], {
+  const child = spawn(batonBinary, ["serve"], {
     env: {
       ...process.env,
       BATON_LISTEN: "127.0.0.1:0",

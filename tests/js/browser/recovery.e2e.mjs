@@ -12,19 +12,10 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startBaton, rest } from "../baton.mjs";
-import { root, launch, newPage, openAs, community, channel, send, messages, until, shoot } from "./ui.mjs";
-
-const freePort = () =>
-  new Promise((resolve) => {
-    const s = createServer().listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
+import { startBaton, rest, freePort, localCluster } from "../baton.mjs";
+import { launch, newPage, openAs, community, channel, send, messages, until, shoot } from "./ui.mjs";
 
 let browser;
 before(async () => {
@@ -139,28 +130,15 @@ test(
   "a cluster instance killed with SIGKILL under two chatting pages behind HAProxy",
   { skip: !process.env.BATON_TEST_POSTGRES && "needs BATON_TEST_POSTGRES (scripts/test sets it)" },
   async () => {
-    const dir = mkdtempSync(join(tmpdir(), "baton-browser-cluster-"));
-    const env = {
-      ...process.env,
-      BATON_DEPLOY_DIR: dir,
-      BATON_LB_PORT: String(await freePort()),
-      BATON_BLUE_PORT: String(await freePort()),
-      BATON_GREEN_PORT: String(await freePort()),
-      BATON_CLUSTER_REDIS_PORT: String(await freePort()),
-      BATON_CLUSTER_DB: `baton_js_browser_${process.pid}`,
-      BATON_PG_ADMIN: process.env.BATON_TEST_POSTGRES,
-      BATON_DRAIN_WINDOW: "2s",
-      BATON_PRESENCE_GRACE: "5s",
-    };
-    const cluster = (...args) => execFileSync(join(root, "scripts", "cluster"), args, { env, stdio: "inherit" });
+    const cluster = await localCluster("browser", { BATON_DRAIN_WINDOW: "2s", BATON_PRESENCE_GRACE: "5s" });
+    const dir = cluster.dir;
     const hap = (command) =>
       execFileSync("socat", ["-t", "5", "-", `UNIX-CONNECT:${join(dir, "haproxy.sock")}`], { input: `${command}\n` }).toString();
-    cluster("up", process.env.BATON_BIN || join(root, "target", "debug", "baton"));
     try {
       // scripts/cluster starts with blue active (weight 100, green 0): both pages
       // land on blue. Then green takes new sessions too, so the pages have
       // somewhere to go when blue dies.
-      const base = `http://127.0.0.1:${env.BATON_LB_PORT}`;
+      const base = cluster.lb;
       const pages = await twoPagesInAPrivateChannel(base);
       for (const page of pages) {
         const cookies = await page.context().cookies(base);
@@ -179,8 +157,7 @@ test(
         await page.context().close();
       }
     } finally {
-      cluster("down");
-      rmSync(dir, { recursive: true, force: true });
+      cluster.down();
     }
   },
 );

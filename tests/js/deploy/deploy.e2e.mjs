@@ -10,37 +10,26 @@
 // scripts/test provides them and runs this with `node --test deploy/deploy.e2e.mjs`.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFile, execFileSync } from "node:child_process";
-import { mkdtempSync, writeFileSync, chmodSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
-import { tmpdir } from "node:os";
+import { execFile } from "node:child_process";
+import { writeFileSync, chmodSync } from "node:fs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { io } from "socket.io-client";
 import { createBatonClient } from "../../../web/baton-client.js";
-import { rest, until } from "../baton.mjs";
+import { rest, until, localCluster, batonBinary as binary } from "../baton.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
-const binary = process.env.BATON_BIN || join(root, "target", "debug", "baton");
 const USERS = 60;
 const CLIENTS_PER_USER = 5; // 300 clients
 const CHANNELS = 10;
 const SENDERS = 50; // one message a second each
 
-const freePort = () =>
-  new Promise((resolve) => {
-    const s = createServer().listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-
-let env;
-let dir;
-const run = (script, args = [], extra = {}) =>
+let cluster;
+// Runs a script without blocking the clients' event loop; resolves with its exit code.
+const run = (script, args = []) =>
   new Promise((resolve) => {
     const started = Date.now();
-    execFile(join(root, script), args, { env: { ...env, ...extra } }, (error, stdout, stderr) => {
+    execFile(join(root, script), args, { env: cluster.env }, (error, stdout, stderr) => {
       const code = error ? (error.code ?? 1) : 0;
       console.log(`--- ${script} ${args.join(" ")}: exit ${code} in ${Date.now() - started} ms\n${stdout}${stderr}`);
       resolve(code);
@@ -48,38 +37,21 @@ const run = (script, args = [], extra = {}) =>
   });
 
 before(async () => {
-  const admin = process.env.BATON_TEST_POSTGRES;
-  assert.ok(admin, "the deploy test needs BATON_TEST_POSTGRES (scripts/test sets it)");
-  dir = mkdtempSync(join(tmpdir(), "baton-deploy-"));
-  env = {
-    ...process.env,
-    BATON_DEPLOY_DIR: dir,
-    BATON_LB_PORT: String(await freePort()),
-    BATON_BLUE_PORT: String(await freePort()),
-    BATON_GREEN_PORT: String(await freePort()),
-    BATON_CLUSTER_REDIS_PORT: String(await freePort()),
-    BATON_CLUSTER_DB: `baton_js_deploy_${process.pid}`,
-    BATON_PG_ADMIN: admin,
+  assert.ok(process.env.BATON_TEST_POSTGRES, "the deploy test needs BATON_TEST_POSTGRES (scripts/test sets it)");
+  cluster = await localCluster("deploy", {
     BATON_DRAIN_WINDOW: "6s",
     BATON_PRESENCE_GRACE: "5s",
     DEPLOY_READY_TIMEOUT: "20",
     CANARY_STEP_SECONDS: "2",
-  };
-  execFileSync(join(root, "scripts", "cluster"), ["up", binary], { env, stdio: "inherit" });
+  });
 });
 
-after(() => {
-  try {
-    execFileSync(join(root, "scripts", "cluster"), ["down"], { env, stdio: "inherit" });
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+after(() => cluster?.down());
 
 const percentile = (sorted, p) => (sorted.length ? sorted[Math.round((sorted.length - 1) * p)] : 0);
 
 test("300 clients chat through a blue-green switch, a canary roll and a rollback without losing a message", async () => {
-  const lb = `http://127.0.0.1:${env.BATON_LB_PORT}`;
+  const lb = cluster.lb;
   const api = rest(lb);
   const owner = await api.user("owner");
   const users = [];
@@ -147,7 +119,7 @@ test("300 clients chat through a blue-green switch, a canary roll and a rollback
   await moreAcked(SENDERS, "after the switch");
   assert.equal(await run("deploy/blue-green/canary.sh", [binary, "5", "25", "50", "100"]), 0, "canary roll");
   await moreAcked(SENDERS, "after the canary");
-  const bad = join(dir, "bad-baton");
+  const bad = join(cluster.dir, "bad-baton");
   writeFileSync(bad, "#!/bin/sh\necho 'this build is broken' >&2\nexit 1\n");
   chmodSync(bad, 0o755);
   assert.notEqual(await run("deploy/blue-green/deploy.sh", [bad]), 0, "a deploy whose new colour never gets ready fails");

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod bad_input;
+mod bench;
 mod concurrency;
 mod recovery;
 mod rest;

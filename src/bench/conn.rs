@@ -1,0 +1,556 @@
+//! One benchmark connection: one tokio task that owns its WebSocket (no reader/writer split,
+//! no channels), speaks just enough Engine.IO v4 / Socket.IO v5 (open, ping/pong, namespace
+//! connect, events, acks) and parses only what it needs from a frame: the event name, and for
+//! `new-chat` the numbers in the content, which it wrote itself (`bench:<sender>:<n>:<µs>`,
+//! the send time on this process's clock). Acks are matched by id and read as text
+//! (`"written":true`, else the error code); only the one `join` ack is parsed as JSON.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// TCP, WebSocket handshake and namespace connect, per connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long to wait for `rejoined` after the namespace connect (PROTOCOL.md: always sent).
+const REJOINED_TIMEOUT: Duration = Duration::from_secs(5);
+/// The marker in front of the numbers in a bench message's content, as the server echoes it.
+const CONTENT_MARK: &str = "\"content\":\"bench:";
+
+/// Where the connections go.
+pub(super) struct Target {
+    host: String,
+    port: u16,
+    ws_url: String,
+    /// The namespace, `/socket/commu-{id}`.
+    ns: String,
+}
+
+impl Target {
+    pub fn new(base_url: &str, community: i64) -> anyhow::Result<Target> {
+        let mut url = url::Url::parse(base_url)?;
+        anyhow::ensure!(matches!(url.scheme(), "http" | "ws"), "plain http:// only (no TLS): {base_url}");
+        url.set_scheme("ws").map_err(|_| anyhow::anyhow!("cannot make a ws:// URL of {base_url}"))?;
+        url.set_path("/socket.io/");
+        url.set_query(Some("EIO=4&transport=websocket"));
+        let host = url.host_str().ok_or_else(|| anyhow::anyhow!("no host in {base_url}"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let port = url.port_or_known_default().unwrap_or(80);
+        Ok(Target { host, port, ws_url: url.to_string(), ns: format!("/socket/commu-{community}") })
+    }
+}
+
+/// What every connection shares with the coordinator.
+pub(super) struct Ctx {
+    pub target: Target,
+    /// The clock of the run: message timestamps are microseconds since this instant.
+    pub base: Instant,
+    pub counters: Counters,
+    pub connect_gate: Semaphore,
+}
+
+impl Ctx {
+    fn now_us(&self) -> u64 {
+        self.base.elapsed().as_micros() as u64
+    }
+}
+
+/// Progress the coordinator watches (relaxed atomics: counts, not synchronisation).
+#[derive(Default)]
+pub(super) struct Counters {
+    pub connected: AtomicUsize,
+    pub connect_failed: AtomicUsize,
+    pub joined: AtomicUsize,
+    pub join_failed: AtomicUsize,
+    /// Senders that sent everything and have every ack back (or lost their connection).
+    pub senders_done: AtomicUsize,
+    /// First receipts of bench messages, all connections together.
+    pub delivered: AtomicU64,
+    /// Receipts the written acks so far call for: each written message, times the others in its room.
+    pub expected: AtomicU64,
+    pub rate_limited: AtomicU64,
+    rate_limit_warned: AtomicBool,
+    rejoined_warned: AtomicBool,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Counters {
+    fn error(&self, message: String) {
+        let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+        if first.is_none() {
+            eprintln!("bench: {message}");
+            *first = Some(message);
+        }
+    }
+
+    pub fn first_error(&self) -> String {
+        self.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default()
+    }
+}
+
+/// Where the run is; the coordinator moves every connection along at once.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Phase {
+    Connect,
+    Join,
+    Go { start: Instant, end: Instant },
+    Stop,
+}
+
+/// A sender's schedule.
+pub(super) struct SenderSpec {
+    /// Sender id, 0..senders: in the content, and the index receivers count by.
+    pub gid: u32,
+    /// How many messages; `None`: until the end of the run (closed loop without a rate).
+    pub count: Option<u64>,
+    /// Between two sends (zero without a rate).
+    pub interval: Duration,
+    /// Delay of the first send after the start.
+    pub offset: Duration,
+    /// Send the next message only once the previous one is acked.
+    pub closed_loop: bool,
+}
+
+/// One connection's part in the run.
+pub(super) struct Spec {
+    pub room: usize,
+    pub token: String,
+    pub channel: i64,
+    /// The other connections in the room: each written message should reach all of them.
+    pub receivers: u64,
+    pub senders_total: usize,
+    pub sender: Option<SenderSpec>,
+}
+
+/// What one connection saw, for [`super::stats`].
+pub(super) struct ConnStats {
+    pub room: usize,
+    pub gid: Option<u32>,
+    /// The connection closed (or was disconnected) before the end of the run.
+    pub closed_early: bool,
+    pub sent: u64,
+    /// By message number: the ack said `written: true`.
+    pub written: Vec<bool>,
+    pub acked: u64,
+    pub rate_limited: u64,
+    pub ack_errors: u64,
+    pub ack_latency_us: Vec<u32>,
+    /// By sender id, then message number: how many times it arrived here.
+    pub received: Vec<Vec<u8>>,
+    pub delivery_latency_us: Vec<u32>,
+}
+
+/// What to send back after a frame.
+enum Reply {
+    Nothing,
+    Frame(String),
+    Closed,
+}
+
+struct Conn<'a> {
+    ctx: &'a Ctx,
+    spec: Spec,
+    /// `"/socket/commu-{id},"`: in front of every packet of the namespace.
+    prefix: String,
+    stats: ConnStats,
+    /// Send times (µs on the run clock) by message number.
+    sent_at: Vec<u64>,
+    next: u64,
+    outstanding: u64,
+    start: Instant,
+    end: Instant,
+    join_reported: bool,
+    done_reported: bool,
+}
+
+/// Runs one connection until the coordinator says stop (or the connection dies) and returns
+/// what it saw.
+pub(super) async fn run(ctx: std::sync::Arc<Ctx>, spec: Spec, mut phase: watch::Receiver<Phase>) -> ConnStats {
+    let ctx = &*ctx;
+    let stats = ConnStats {
+        room: spec.room,
+        gid: spec.sender.as_ref().map(|s| s.gid),
+        closed_early: false,
+        sent: 0,
+        written: Vec::new(),
+        acked: 0,
+        rate_limited: 0,
+        ack_errors: 0,
+        ack_latency_us: Vec::new(),
+        received: vec![Vec::new(); spec.senders_total],
+        delivery_latency_us: Vec::new(),
+    };
+    let now = Instant::now();
+    let mut conn = Conn {
+        ctx,
+        prefix: format!("{},", ctx.target.ns),
+        spec,
+        stats,
+        sent_at: Vec::new(),
+        next: 0,
+        outstanding: 0,
+        start: now,
+        end: now,
+        join_reported: false,
+        done_reported: false,
+    };
+    let connected = {
+        let _permit = ctx.connect_gate.acquire().await;
+        timeout(CONNECT_TIMEOUT, connect(ctx, &conn.spec.token)).await
+    };
+    let mut ws = match connected {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => return conn.connect_failed(e),
+        Err(_) => return conn.connect_failed(format!("connect timed out after {CONNECT_TIMEOUT:?}")),
+    };
+    ctx.counters.connected.fetch_add(1, Ordering::Relaxed);
+
+    let sleep = tokio::time::sleep_until(Instant::now() + Duration::from_secs(86_400));
+    tokio::pin!(sleep);
+    let mut sending = false;
+    loop {
+        tokio::select! {
+            biased;
+            changed = phase.changed() => {
+                let Ok(()) = changed else { break };
+                let current = *phase.borrow_and_update();
+                match current {
+                    Phase::Connect => {}
+                    Phase::Join => {
+                        let frame = format!("42{}0[\"join\",{{\"channels\":[{}]}}]", conn.prefix, conn.spec.channel);
+                        if ws.send(Message::text(frame)).await.is_err() {
+                            conn.closed();
+                            break;
+                        }
+                    }
+                    Phase::Go { start, end } => {
+                        (conn.start, conn.end) = (start, end);
+                        if let Some(sender) = &conn.spec.sender {
+                            sleep.as_mut().reset(start + sender.offset);
+                            sending = true;
+                        }
+                    }
+                    Phase::Stop => break,
+                }
+            }
+            frame = ws.next() => {
+                let reply = match frame {
+                    Some(Ok(Message::Text(text))) => conn.on_text(text.as_str()),
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => Reply::Closed,
+                    Some(Ok(_)) => Reply::Nothing,
+                };
+                match reply {
+                    Reply::Nothing => {}
+                    Reply::Frame(frame) => {
+                        if ws.send(Message::text(frame)).await.is_err() {
+                            conn.closed();
+                            break;
+                        }
+                    }
+                    Reply::Closed => {
+                        conn.closed();
+                        break;
+                    }
+                }
+                // A closed-loop sender sends its next message once the previous one is acked.
+                if !sending
+                    && conn.outstanding == 0
+                    && conn.next > 0
+                    && let Some(at) = conn.next_send_at()
+                {
+                    sleep.as_mut().reset(at);
+                    sending = true;
+                }
+            }
+            () = &mut sleep, if sending => {
+                let frame = conn.chat_frame();
+                if ws.send(Message::text(frame)).await.is_err() {
+                    conn.closed();
+                    break;
+                }
+                let closed_loop = conn.spec.sender.as_ref().is_some_and(|s| s.closed_loop);
+                match conn.next_send_at() {
+                    Some(at) if !closed_loop => sleep.as_mut().reset(at),
+                    _ => sending = false,
+                }
+            }
+        }
+    }
+    let _ = timeout(Duration::from_millis(500), ws.close(None)).await;
+    conn.stats
+}
+
+impl Conn<'_> {
+    fn connect_failed(mut self, error: String) -> ConnStats {
+        self.ctx.counters.error(format!("connect failed: {error}"));
+        self.ctx.counters.connect_failed.fetch_add(1, Ordering::Relaxed);
+        self.stats.closed_early = true;
+        self.stats
+    }
+
+    /// The connection is gone: whatever the coordinator waits for from it will not come.
+    fn closed(&mut self) {
+        self.stats.closed_early = true;
+        self.ctx.counters.error("a connection closed during the run".into());
+        if !self.join_reported {
+            self.join_reported = true;
+            self.ctx.counters.join_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.spec.sender.is_some() && !self.done_reported {
+            self.done_reported = true;
+            self.ctx.counters.senders_done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// When the next message is due, or `None` when this sender has sent them all.
+    fn next_send_at(&self) -> Option<Instant> {
+        let sender = self.spec.sender.as_ref()?;
+        let more = match sender.count {
+            Some(count) => self.next < count,
+            None => Instant::now() < self.end,
+        };
+        more.then(|| (self.start + sender.offset + sender.interval.mul_f64(self.next as f64)).max(Instant::now()))
+    }
+
+    /// The next chat event: `42<ns>,<n+1>["chat",{...,"content":"bench:<gid>:<n>:<µs>"}]`.
+    fn chat_frame(&mut self) -> String {
+        let gid = self.spec.sender.as_ref().map_or(0, |s| s.gid);
+        let n = self.next;
+        let t = self.ctx.now_us();
+        self.sent_at.push(t);
+        self.next += 1;
+        self.outstanding += 1;
+        self.stats.sent += 1;
+        format!(
+            "42{}{}[\"chat\",{{\"chatType\":\"new\",\"channelId\":{},\"content\":\"bench:{gid}:{n}:{t}\"}}]",
+            self.prefix,
+            n + 1,
+            self.spec.channel
+        )
+    }
+
+    fn on_text(&mut self, frame: &str) -> Reply {
+        match frame.as_bytes().first() {
+            Some(b'2') => Reply::Frame("3".into()),
+            Some(b'1') => Reply::Closed,
+            Some(b'4') => {
+                let packet = &frame[1..];
+                let Some(kind) = packet.as_bytes().first() else { return Reply::Nothing };
+                let Some(rest) = packet[1..].strip_prefix(self.prefix.as_str()) else { return Reply::Nothing };
+                match kind {
+                    b'2' => self.on_event(rest),
+                    b'3' => self.on_ack(rest),
+                    b'1' => Reply::Closed,
+                    _ => Reply::Nothing,
+                }
+            }
+            _ => Reply::Nothing,
+        }
+    }
+
+    /// An event, namespace stripped: `[<ack id>]["name",...]`.
+    fn on_event(&mut self, rest: &str) -> Reply {
+        let (id, payload) = split_id(rest);
+        if payload.starts_with("[\"new-chat\",") {
+            self.on_new_chat(payload);
+        }
+        match id {
+            Some(id) => Reply::Frame(format!("43{}{id}[]", self.prefix)),
+            None => Reply::Nothing,
+        }
+    }
+
+    fn on_new_chat(&mut self, payload: &str) {
+        let Some(at) = payload.find(CONTENT_MARK) else { return };
+        let mut s = &payload[at + CONTENT_MARK.len()..];
+        let (Some(gid), Some(n), Some(t)) = (number(&mut s), number(&mut s), number(&mut s)) else { return };
+        let Some(counts) = self.stats.received.get_mut(gid as usize) else { return };
+        let n = n as usize;
+        if counts.len() <= n {
+            counts.resize(n + 1, 0);
+        }
+        let count = &mut counts[n];
+        if *count == 0 {
+            let latency = self.ctx.now_us().saturating_sub(t);
+            self.stats.delivery_latency_us.push(latency.min(u32::MAX as u64) as u32);
+            self.ctx.counters.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+        *count = count.saturating_add(1);
+    }
+
+    /// An ack, namespace stripped: `<id>[...]`. Id 0 is the join; id n+1 is message n.
+    fn on_ack(&mut self, rest: &str) -> Reply {
+        let (Some(id), payload) = split_id(rest) else { return Reply::Nothing };
+        if id == 0 {
+            self.on_join_ack(payload);
+            return Reply::Nothing;
+        }
+        let n = (id - 1) as usize;
+        let Some(&sent_at) = self.sent_at.get(n) else { return Reply::Nothing };
+        let latency = self.ctx.now_us().saturating_sub(sent_at);
+        self.stats.ack_latency_us.push(latency.min(u32::MAX as u64) as u32);
+        self.outstanding = self.outstanding.saturating_sub(1);
+        let counters = &self.ctx.counters;
+        if payload.contains("\"written\":true") {
+            if self.stats.written.len() <= n {
+                self.stats.written.resize(n + 1, false);
+            }
+            self.stats.written[n] = true;
+            self.stats.acked += 1;
+            counters.expected.fetch_add(self.spec.receivers, Ordering::Relaxed);
+        } else {
+            let code = error_code(payload).unwrap_or("?");
+            if code == "rate_limited" {
+                self.stats.rate_limited += 1;
+                counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                if !counters.rate_limit_warned.swap(true, Ordering::Relaxed) {
+                    eprintln!(
+                        "bench: WARNING: a chat ack came back rate_limited: the server's per-user chat limit \
+                         (BATON_CHAT_RATE / BATON_CHAT_BURST) is lower than this run's --rate"
+                    );
+                }
+            } else {
+                self.stats.ack_errors += 1;
+                counters.error(format!("chat refused: {code}: {payload}"));
+            }
+        }
+        if self.outstanding == 0 && !self.done_reported && self.next_send_at().is_none() {
+            self.done_reported = true;
+            counters.senders_done.fetch_add(1, Ordering::Relaxed);
+        }
+        Reply::Nothing
+    }
+
+    fn on_join_ack(&mut self, payload: &str) {
+        if self.join_reported {
+            return;
+        }
+        self.join_reported = true;
+        let ack: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();
+        let ack = &ack[0];
+        let joined = ack["joined"].as_array().is_some_and(|j| j.iter().any(|c| c.as_i64() == Some(self.spec.channel)));
+        if joined {
+            self.ctx.counters.joined.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.ctx.counters.error(format!("join of channel {} refused: {payload}", self.spec.channel));
+            self.ctx.counters.join_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Splits `<digits><rest>` into the ack id (if any) and the rest.
+fn split_id(s: &str) -> (Option<u64>, &str) {
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    (s[..digits].parse().ok(), &s[digits..])
+}
+
+/// Reads the digits at the start of `s` and moves past them and one separator.
+fn number(s: &mut &str) -> Option<u64> {
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let value = s[..digits].parse().ok()?;
+    *s = s.get(digits + 1..).unwrap_or("");
+    Some(value)
+}
+
+/// The `code` of an `{"error": {"code": ...}}` in an ack, read as text.
+fn error_code(payload: &str) -> Option<&str> {
+    const MARK: &str = "\"code\":\"";
+    let rest = &payload[payload.find(MARK)? + MARK.len()..];
+    Some(&rest[..rest.find('"')?])
+}
+
+/// TCP, WebSocket, Engine.IO open, namespace connect with `{token}`, then `rejoined`.
+async fn connect(ctx: &Ctx, token: &str) -> Result<Ws, String> {
+    let target = &ctx.target;
+    let tcp = TcpStream::connect((target.host.as_str(), target.port)).await.map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    // tungstenite zero-fills its whole read buffer (128 KiB by default) before every read:
+    // with small frames that memset was most of the bench's CPU. 4 KiB is plenty for these frames (a bigger one grows the buffer).
+    let config = WebSocketConfig::default().read_buffer_size(4 * 1024);
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(target.ws_url.as_str(), tcp, Some(config))
+        .await
+        .map_err(|e| format!("websocket: {e}"))?;
+    loop {
+        let frame = next_text(&mut ws).await?;
+        if frame.starts_with('0') {
+            break;
+        }
+    }
+    let auth = serde_json::json!({ "token": token });
+    send(&mut ws, format!("40{},{auth}", target.ns)).await?;
+    let connected = format!("40{},", target.ns);
+    let refused = format!("44{},", target.ns);
+    loop {
+        let frame = next_text(&mut ws).await?;
+        if frame == "2" {
+            send(&mut ws, "3".into()).await?;
+        } else if frame.starts_with(&connected) {
+            break;
+        } else if let Some(error) = frame.strip_prefix(&refused) {
+            return Err(format!("namespace connect refused: {error}"));
+        }
+    }
+    // The server puts the socket back in its user's remembered rooms and says so before
+    // anything else; joins wait until every socket is past this point.
+    let rejoined = format!("42{},[\"rejoined\"", target.ns);
+    let deadline = Instant::now() + REJOINED_TIMEOUT;
+    loop {
+        match timeout_at(deadline, next_text(&mut ws)).await {
+            Err(_) => {
+                if !ctx.counters.rejoined_warned.swap(true, Ordering::Relaxed) {
+                    eprintln!("bench: no `rejoined` within {REJOINED_TIMEOUT:?} of connecting; going on without it");
+                }
+                break;
+            }
+            Ok(frame) => {
+                let frame = frame?;
+                if frame == "2" {
+                    send(&mut ws, "3".into()).await?;
+                } else if frame.starts_with(&rejoined) {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(ws)
+}
+
+async fn next_text(ws: &mut Ws) -> Result<String, String> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
+            Some(Ok(Message::Close(_))) | None => return Err("connection closed".into()),
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, frame: String) -> Result<(), String> {
+    ws.send(Message::text(frame)).await.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_numbers_ids_and_error_codes() {
+        let mut s = "12:345:6789\",\"x\"";
+        assert_eq!((number(&mut s), number(&mut s), number(&mut s)), (Some(12), Some(345), Some(6789)));
+        assert_eq!(split_id("17[{}]"), (Some(17), "[{}]"));
+        assert_eq!(split_id("[\"e\"]"), (None, "[\"e\"]"));
+        let refused = r#"[{"written":false,"chatInfo":null,"error":{"code":"rate_limited","message":"m"}}]"#;
+        assert_eq!(error_code(refused), Some("rate_limited"));
+        assert_eq!(error_code("[{}]"), None);
+    }
+}

@@ -1,0 +1,392 @@
+//! `baton bench`: a load generator for any server that implements the wire contract
+//! (PROTOCOL.md). It registers users and builds a community with its channels over REST,
+//! connects WebSockets to `/socket/commu-{id}`, joins, sends chat events at a fixed rate
+//! and measures, in one process, what came back: acks, deliveries, losses, duplicates,
+//! latencies, and (given `--server-pid`) the server's CPU time and memory.
+//!
+//! - [`setup`]: the REST calls that prepare a run (bounded concurrency: each registration
+//!   costs the server an argon2 hash).
+//! - [`conn`]: one connection, one tokio task: a lean Socket.IO-over-WebSocket client that
+//!   parses only what it needs from each frame.
+//! - [`procfs`]: the server's CPU time and RSS from `/proc`.
+//! - [`stats`]: the report: counts, percentiles and derived figures.
+//!
+//! A run goes: set up over REST, connect every socket (waiting for `rejoined`), then join
+//! (all sockets connect before any joins, so the server's remembered joins, kept per user,
+//! do not put a socket in a room it was not meant for), then send for `--duration`
+//! seconds, then wait for the last acks and deliveries, then print one JSON line.
+
+mod conn;
+mod procfs;
+mod setup;
+mod stats;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use conn::{Counters, Ctx, Phase, SenderSpec, Spec};
+pub use stats::Report;
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// One big room: every client in one channel, `--senders` of them sending.
+    Fanout,
+    /// Many small rooms of `--room-size` clients, one sender in each.
+    Rooms,
+    /// Idle connections joined to one channel, held for `--duration`: server memory per connection.
+    Idle,
+    /// One channel per sender; each sender waits for the ack (sent after the commit)
+    /// before its next message: acks per second.
+    Persist,
+}
+
+impl Scenario {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scenario::Fanout => "fanout",
+            Scenario::Rooms => "rooms",
+            Scenario::Idle => "idle",
+            Scenario::Persist => "persist",
+        }
+    }
+}
+
+/// `baton bench`'s flags. Progress goes to stderr; stdout gets exactly one JSON line.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Benchmark options")]
+pub struct BenchArgs {
+    /// Base URL of the server under test (plain http; sockets use WebSocket at /socket.io/).
+    #[arg(long, default_value = "http://127.0.0.1:3000")]
+    pub url: String,
+
+    /// What to measure: `fanout` (one big room), `rooms` (many small rooms), `idle` (memory per
+    /// idle connection), `persist` (acks per second, each send awaiting its ack).
+    #[arg(long, value_enum, default_value = "fanout")]
+    pub scenario: Scenario,
+
+    /// Socket.IO connections in all, senders included. Default: 200 for fanout and rooms,
+    /// 1000 for idle, the number of senders for persist (extra ones receive, spread over the
+    /// channels).
+    #[arg(long)]
+    pub clients: Option<usize>,
+
+    /// Connections that send, each as its own user (so the server's per-user chat rate limit is
+    /// not shared). Default: 10 for fanout, 20 for persist; rooms has one per room, idle none.
+    #[arg(long)]
+    pub senders: Option<usize>,
+
+    /// Messages per second per sender. Default 5. Persist's default is 0: each sender sends its
+    /// next message as soon as the previous one is acked (the server's rate limit, 20/s per user
+    /// by default, then needs raising: BATON_CHAT_RATE, BATON_CHAT_BURST).
+    #[arg(long)]
+    pub rate: Option<f64>,
+
+    /// Seconds of sending (idle: seconds the connections are held).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+
+    /// Connections per room in the rooms scenario: one sender and room-size - 1 receivers.
+    #[arg(long, default_value_t = 5)]
+    pub room_size: usize,
+
+    /// A server process to measure: CPU seconds (utime + stime in /proc/PID/stat) during the
+    /// run and VmRSS (/proc/PID/status) before and after. Repeat for several processes; their
+    /// figures are summed. Without it the server figures are null.
+    #[arg(long = "server-pid", value_name = "PID")]
+    pub server_pid: Vec<u32>,
+
+    /// Users shared by the receiving connections (several sockets per user). Every user costs
+    /// the server an argon2 hash to register and one to log in, so the pool is kept small.
+    #[arg(long, default_value_t = 16)]
+    pub receiver_users: usize,
+}
+
+impl BenchArgs {
+    /// Every default, for `url` and `scenario` (for tests and embedding).
+    pub fn new(url: impl Into<String>, scenario: Scenario) -> Self {
+        Self {
+            url: url.into(),
+            scenario,
+            clients: None,
+            senders: None,
+            rate: None,
+            duration: 10.0,
+            room_size: 5,
+            server_pid: Vec::new(),
+            receiver_users: 16,
+        }
+    }
+}
+
+/// How many connections connect at once.
+const CONNECT_CONCURRENCY: usize = 64;
+/// After the sending time: how long to wait for the last acks, then for the last deliveries.
+const GRACE: Duration = Duration::from_secs(10);
+/// How long every join may take, in all.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One room (a channel): its connections, the first `senders` of which send.
+#[derive(Debug, Clone)]
+pub(crate) struct Room {
+    pub members: usize,
+    pub senders: usize,
+}
+
+/// The shape of a run, worked out from the flags.
+#[derive(Debug)]
+struct Plan {
+    rooms: Vec<Room>,
+    clients: usize,
+    senders: usize,
+    rate: f64,
+    closed_loop: bool,
+    duration: Duration,
+    receiver_users: usize,
+}
+
+impl Plan {
+    fn new(args: &BenchArgs) -> anyhow::Result<Plan> {
+        anyhow::ensure!(args.duration > 0.0 && args.duration.is_finite(), "--duration must be a positive number");
+        let default_rate = if args.scenario == Scenario::Persist { 0.0 } else { 5.0 };
+        let rate = args.rate.unwrap_or(default_rate);
+        anyhow::ensure!(rate >= 0.0 && rate.is_finite(), "--rate must be a number >= 0");
+        let rooms = match args.scenario {
+            Scenario::Fanout => {
+                let clients = args.clients.unwrap_or(200);
+                let senders = args.senders.unwrap_or(10);
+                anyhow::ensure!(clients >= 2, "fanout needs --clients >= 2");
+                anyhow::ensure!((1..=clients).contains(&senders), "fanout needs 1 <= --senders <= --clients");
+                anyhow::ensure!(rate > 0.0, "fanout needs --rate > 0");
+                vec![Room { members: clients, senders }]
+            }
+            Scenario::Rooms => {
+                let clients = args.clients.unwrap_or(200);
+                let size = args.room_size;
+                anyhow::ensure!(size >= 2, "rooms needs --room-size >= 2");
+                anyhow::ensure!(clients >= size, "rooms needs --clients >= --room-size");
+                anyhow::ensure!(rate > 0.0, "rooms needs --rate > 0");
+                if args.senders.is_some() {
+                    eprintln!("bench: rooms has one sender per room; --senders is ignored");
+                }
+                // Full rooms; the remainder, if any, makes one smaller room (a lone client
+                // joins the last full room rather than sending to nobody).
+                let mut rooms = vec![Room { members: size, senders: 1 }; clients / size];
+                match clients % size {
+                    0 => {}
+                    1 => rooms.last_mut().expect("clients >= size").members += 1,
+                    rest => rooms.push(Room { members: rest, senders: 1 }),
+                }
+                rooms
+            }
+            Scenario::Idle => {
+                let clients = args.clients.unwrap_or(1000);
+                anyhow::ensure!(clients >= 1, "idle needs --clients >= 1");
+                if args.senders.is_some() || args.rate.is_some() {
+                    eprintln!("bench: idle sends nothing; --senders and --rate are ignored");
+                }
+                vec![Room { members: clients, senders: 0 }]
+            }
+            Scenario::Persist => {
+                let senders = args.senders.unwrap_or(20);
+                let clients = args.clients.unwrap_or(senders);
+                anyhow::ensure!(senders >= 1, "persist needs --senders >= 1");
+                anyhow::ensure!(clients >= senders, "persist needs --clients >= --senders");
+                let mut rooms = vec![Room { members: 1, senders: 1 }; senders];
+                for i in 0..clients - senders {
+                    rooms[i % senders].members += 1;
+                }
+                rooms
+            }
+        };
+        let clients = rooms.iter().map(|r| r.members).sum();
+        let senders = rooms.iter().map(|r| r.senders).sum();
+        Ok(Plan {
+            rooms,
+            clients,
+            senders,
+            rate: if args.scenario == Scenario::Idle { 0.0 } else { rate },
+            closed_loop: args.scenario == Scenario::Persist,
+            duration: Duration::from_secs_f64(args.duration),
+            receiver_users: args.receiver_users.max(1),
+        })
+    }
+
+    /// Messages each sender sends: `None` for a closed loop without a rate (until the time is up).
+    fn per_sender(&self) -> Option<u64> {
+        (self.rate > 0.0).then(|| ((self.rate * self.duration.as_secs_f64()).round() as u64).max(1))
+    }
+}
+
+/// Runs one benchmark against the server at `args.url` and returns its report
+/// (`baton bench` prints it as one JSON line). Progress goes to stderr.
+pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
+    let plan = Plan::new(args)?;
+    let scenario = args.scenario.as_str();
+    eprintln!(
+        "bench: {scenario}: {} clients in {} room(s), {} sender(s), rate {}/s{}, {:?}, against {}",
+        plan.clients,
+        plan.rooms.len(),
+        plan.senders,
+        plan.rate,
+        if plan.closed_loop { " (each send awaits its ack)" } else { "" },
+        plan.duration,
+        args.url
+    );
+
+    let prepared = setup::prepare(&args.url, &plan.rooms, plan.receiver_users).await.context("setting up over REST")?;
+    let target = conn::Target::new(&args.url, prepared.community).context("--url")?;
+    let base = Instant::now();
+    let ctx = Arc::new(Ctx {
+        target,
+        base,
+        counters: Counters::default(),
+        connect_gate: tokio::sync::Semaphore::new(CONNECT_CONCURRENCY),
+    });
+
+    let before = procfs::snapshot(&args.server_pid);
+    let (phase_tx, phase_rx) = watch::channel(Phase::Connect);
+
+    // One task per connection; senders get consecutive ids (`gid`), in room order.
+    let mut tasks = Vec::with_capacity(plan.clients);
+    let mut gid = 0u32;
+    let interval = if plan.rate > 0.0 { Duration::from_secs_f64(1.0 / plan.rate) } else { Duration::ZERO };
+    for (room_index, room) in plan.rooms.iter().enumerate() {
+        for member in 0..room.members {
+            let sender = (member < room.senders).then(|| {
+                let spec = SenderSpec {
+                    gid,
+                    count: plan.per_sender(),
+                    interval,
+                    // Spread the senders over one interval so they do not all send at once.
+                    offset: interval.mul_f64(gid as f64 / plan.senders.max(1) as f64),
+                    closed_loop: plan.closed_loop,
+                };
+                gid += 1;
+                spec
+            });
+            let spec = Spec {
+                room: room_index,
+                token: prepared.tokens[room_index][member].clone(),
+                channel: prepared.channels[room_index],
+                receivers: (room.members - 1) as u64,
+                senders_total: plan.senders,
+                sender,
+            };
+            tasks.push(tokio::spawn(conn::run(ctx.clone(), spec, phase_rx.clone())));
+        }
+    }
+    drop(phase_rx);
+
+    let c = &ctx.counters;
+    let result = drive(&plan, &ctx, &phase_tx, &args.server_pid, before).await;
+    let _ = phase_tx.send(Phase::Stop);
+    let mut conns = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        conns.push(task.await.context("a connection task panicked")?);
+    }
+    let measured = result?;
+    if c.rate_limited.load(Ordering::Relaxed) > 0 {
+        eprintln!(
+            "bench: WARNING: {} chat acks came back rate_limited: the server's per-user limit was hit \
+             (raise BATON_CHAT_RATE / BATON_CHAT_BURST on the server, or lower --rate)",
+            c.rate_limited.load(Ordering::Relaxed)
+        );
+    }
+    let report = stats::report(scenario, &plan.rooms, plan.rate, &conns, &measured);
+    eprintln!(
+        "bench: done: sent {} acked {} delivered {}/{} lost {} duplicated {}",
+        report.sent, report.acked, report.delivered, report.expected, report.lost, report.duplicated
+    );
+    Ok(report)
+}
+
+/// Connect, join, send, wait: everything between spawning the tasks and stopping them.
+async fn drive(
+    plan: &Plan,
+    ctx: &Ctx,
+    phase: &watch::Sender<Phase>,
+    pids: &[u32],
+    before: Option<procfs::Snapshot>,
+) -> anyhow::Result<stats::Measured> {
+    let c = &ctx.counters;
+    let n = plan.clients;
+    let mut last_print = Instant::now();
+    loop {
+        let (ok, failed) = (c.connected.load(Ordering::Relaxed), c.connect_failed.load(Ordering::Relaxed));
+        if ok + failed >= n {
+            if failed > 0 {
+                bail!("{failed} of {n} connections failed; first: {}", c.first_error());
+            }
+            break;
+        }
+        if last_print.elapsed() >= Duration::from_secs(2) {
+            eprintln!("bench: connected {ok}/{n}");
+            last_print = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("bench: connected {n}/{n} in {:.1}s; joining", ctx.base.elapsed().as_secs_f64());
+
+    let _ = phase.send(Phase::Join);
+    let deadline = Instant::now() + JOIN_TIMEOUT;
+    loop {
+        let (ok, failed) = (c.joined.load(Ordering::Relaxed), c.join_failed.load(Ordering::Relaxed));
+        if ok + failed >= n {
+            if failed > 0 {
+                bail!("{failed} of {n} joins failed; first: {}", c.first_error());
+            }
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {ok} of {n} joins answered within {JOIN_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let start = Instant::now() + Duration::from_millis(50);
+    let end = start + plan.duration;
+    let cpu_start = procfs::snapshot(pids);
+    let own_start = procfs::snapshot(&[std::process::id()]);
+    eprintln!("bench: all joined; running for {:?}", plan.duration);
+    let _ = phase.send(Phase::Go { start, end });
+    tokio::time::sleep_until(end).await;
+
+    let senders = plan.senders;
+    let deadline = Instant::now() + GRACE;
+    while c.senders_done.load(Ordering::Relaxed) < senders && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let send_phase = start.elapsed();
+    if c.senders_done.load(Ordering::Relaxed) < senders {
+        eprintln!("bench: some acks did not come back within {GRACE:?}");
+    }
+    let deadline = Instant::now() + GRACE;
+    while c.delivered.load(Ordering::Relaxed) < c.expected.load(Ordering::Relaxed) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let duration = start.elapsed();
+    let after = procfs::snapshot(pids);
+    let own_after = procfs::snapshot(&[std::process::id()]);
+    if senders > 0 {
+        // Give duplicates a moment to show themselves before the sockets stop reading.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(stats::Measured {
+        send_phase,
+        duration,
+        rss_before: before.map(|s| s.rss_kib),
+        rss_after: after.map(|s| s.rss_kib),
+        cpu_ticks: ticks_between(cpu_start, after),
+        bench_cpu_ticks: ticks_between(own_start, own_after),
+    })
+}
+
+fn ticks_between(a: Option<procfs::Snapshot>, b: Option<procfs::Snapshot>) -> Option<u64> {
+    Some(b?.cpu_ticks.saturating_sub(a?.cpu_ticks))
+}

@@ -174,8 +174,9 @@ impl<A: Adapter> Client<A> {
         self.router.write().unwrap().insert(path, ns)
     }
 
-    /// Calls `waiter` with the dynamic namespace `path` (which must match a
-    /// dynamic route): at once if it exists, else once its adapter is initialised.
+    /// Calls `waiter` with the namespace `path`: at once if it exists, else, if `path`
+    /// matches a dynamic route, once its adapter is initialised; otherwise the waiter
+    /// is dropped.
     ///
     /// baton patch: upstream created a new `Namespace` (and adapter) for every
     /// connect that arrived while the first one's adapter was still initialising
@@ -223,16 +224,13 @@ impl<A: Adapter> Client<A> {
         path: &str,
     ) -> impl std::future::Future<Output = bool> + use<A> {
         let (tx, rx) = oneshot::channel();
-        if self.get_ns(path).is_some() {
-            tx.send(()).ok();
-        } else if self.router.read().unwrap().at(path).is_ok() {
-            self.with_dyn_ns(
-                Str::copy_from_slice(path),
-                Box::new(move |_| {
-                    tx.send(()).ok();
-                }),
-            );
-        }
+        self.with_dyn_ns(
+            Str::copy_from_slice(path),
+            Box::new(move |_| {
+                tx.send(()).ok();
+            }),
+        );
+        // A dropped waiter (no matching route, failed init) drops `tx`.
         async move { rx.await.is_ok() }
     }
 

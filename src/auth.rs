@@ -77,35 +77,38 @@ impl Tokens {
     }
 }
 
-/// Password hashes running at once: at most one per core. A hash is CPU-bound and
-/// takes 19 MiB; without a bound, a burst of registrations or logins (a reconnect wave
-/// after a deploy, a flood) ran dozens at once: 40 concurrent logins took a server from
-/// 13 MB to 900 MB of RSS. Waiting callers queue here, not in memory.
-fn hashing_slots() -> &'static tokio::sync::Semaphore {
+/// Runs `work` (an argon2 hash or check) on the blocking pool, at most one per core
+/// at a time; `None` if it panicked. A hash is CPU-bound and takes 19 MiB: without the
+/// bound, a burst of registrations or logins (a reconnect wave after a deploy, a
+/// flood) ran dozens at once, and 40 concurrent logins took a server from 13 MB to
+/// 900 MB of RSS. Waiting callers queue on the semaphore, not in memory.
+async fn on_hashing_slot<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    SLOTS
-        .get_or_init(|| tokio::sync::Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)))
+    let slots = SLOTS.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+    });
+    let _slot = slots.acquire().await.expect("never closed");
+    tokio::task::spawn_blocking(work).await.ok()
 }
 
-/// Hashes a password with argon2id (the crate's defaults: 19 MiB, 2 passes). Runs on
-/// the blocking pool, at most one per core (`hashing_slots`).
+/// Hashes a password with argon2id (the crate's defaults: 19 MiB, 2 passes).
 pub async fn hash_password(password: String) -> Result<String> {
-    let _slot = hashing_slots().acquire().await.expect("never closed");
-    tokio::task::spawn_blocking(move || {
+    let unavailable = || Error::new(crate::error::Code::Unavailable, "could not hash the password");
+    let hashed = on_hashing_slot(move || {
         let salt = SaltString::generate(&mut OsRng);
-        Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| {
-            tracing::error!(error = %e, "password hashing failed");
-            Error::new(crate::error::Code::Unavailable, "could not hash the password")
-        })
+        Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string())
     })
     .await
-    .map_err(|_| Error::new(crate::error::Code::Unavailable, "could not hash the password"))?
+    .ok_or_else(unavailable)?;
+    hashed.map_err(|e| {
+        tracing::error!(error = %e, "password hashing failed");
+        unavailable()
+    })
 }
 
 /// Whether `password` matches the stored hash.
 pub async fn verify_password(password: String, hash: String) -> bool {
-    let _slot = hashing_slots().acquire().await.expect("never closed");
-    tokio::task::spawn_blocking(move || {
+    on_hashing_slot(move || {
         PasswordHash::new(&hash)
             .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
             .unwrap_or(false)

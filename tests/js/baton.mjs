@@ -139,11 +139,16 @@ export function once(socket, event, ms = 5000) {
   });
 }
 
-/** Waits until `predicate()` holds, polling, or fails after `ms`. */
+/**
+ * Polls `predicate` (sync or async) until it returns a truthy value, and resolves
+ * with it; fails after `ms` naming `what`.
+ */
 export async function until(predicate, ms = 5000, what = "condition") {
   const deadline = Date.now() + ms;
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+  for (;;) {
+    const value = await predicate();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
 }

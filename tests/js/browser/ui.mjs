@@ -116,17 +116,7 @@ export const messageRow = (page, text) =>
     has: page.locator("[data-testid=message-content]").getByText(text, { exact: true }),
   });
 
-/** Polls an async condition until it holds, or fails after `ms` with `what` and the last value. */
-export async function until(fn, ms, what) {
-  const deadline = Date.now() + ms;
-  let last;
-  for (;;) {
-    last = await fn();
-    if (last) return last;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+export { until } from "../baton.mjs";
 
 /** The unread badge of a community button, 0 when there is none. */
 export async function communityBadge(page, name) {

@@ -88,10 +88,7 @@ async fn many_concurrent_senders_produce_a_gap_free_duplicate_free_sequence() {
 #[tokio::test]
 async fn concurrent_modifies_and_deletes_share_the_sequence_without_gaps() {
     let app = spawn_app().await;
-    let alice = app.register("alice").await;
-    let bob = app.register("bob").await;
-    let cid = app.community(&alice, &[&bob]).await;
-    let ch = app.channel(cid, &alice, "general", false, &[&bob]).await;
+    let (alice, bob, cid, ch) = app.alice_and_bob_in_general().await;
     let a = app.joined(cid, &alice, &[ch]).await;
     let b = app.joined(cid, &bob, &[ch]).await;
     let mut ids = Vec::new();

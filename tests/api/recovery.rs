@@ -48,10 +48,7 @@ async fn joins_are_remembered_per_user_and_community_not_per_socket() {
 #[tokio::test]
 async fn a_reconnect_with_since_replays_what_was_missed_in_its_current_state() {
     let app = spawn_app().await;
-    let alice = app.register("alice").await;
-    let bob = app.register("bob").await;
-    let cid = app.community(&alice, &[&bob]).await;
-    let ch = app.channel(cid, &alice, "general", false, &[&bob]).await;
+    let (alice, bob, cid, ch) = app.alice_and_bob_in_general().await;
     let a = app.joined(cid, &alice, &[ch]).await;
     let old_edit = chat(&a, ch, "will be edited").await["chatInfo"]["id"].clone(); // 1
     let old_delete = chat(&a, ch, "will be deleted").await["chatInfo"]["id"].clone(); // 2
@@ -60,17 +57,9 @@ async fn a_reconnect_with_since_replays_what_was_missed_in_its_current_state() {
 
     let fresh = chat(&a, ch, "new while away").await["chatInfo"].clone(); // 3
     let gone = chat(&a, ch, "new and deleted while away").await["chatInfo"]["id"].clone(); // 4
-    a.emit_with_ack(
-        "chat",
-        json!({ "chatType": "modify", "channelId": ch, "messageId": old_edit, "content": "edited" }),
-        WAIT,
-    )
-    .await
-    .unwrap(); // 5
-    a.emit_with_ack("chat", json!({ "chatType": "delete", "channelId": ch, "messageId": old_delete }), WAIT)
-        .await
-        .unwrap(); // 6
-    a.emit_with_ack("chat", json!({ "chatType": "delete", "channelId": ch, "messageId": gone }), WAIT).await.unwrap(); // 7
+    modify(&a, ch, &old_edit, "edited").await; // 5
+    delete(&a, ch, &old_delete).await; // 6
+    delete(&a, ch, &gone).await; // 7
 
     let mut b = app
         .connect_with(&format!("/socket/commu-{cid}"), json!({ "token": bob.token, "since": { ch.to_string(): 2 } }))

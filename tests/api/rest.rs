@@ -151,19 +151,9 @@ async fn history_pages_by_seq_both_ways_and_the_changes_feed_follows_event_seq()
 
     // Modify m2 and delete m3 over a socket: they take eventSeq 6 and 7.
     let s = app.joined(cid, &alice, &[ch]).await;
-    let ack = s
-        .emit_with_ack(
-            "chat",
-            json!({ "chatType": "modify", "channelId": ch, "messageId": ids[1], "content": "m2 edited" }),
-            WAIT,
-        )
-        .await
-        .unwrap();
+    let ack = modify(&s, ch, &ids[1], "m2 edited").await;
     assert_eq!(ack["chatInfo"]["eventSeq"], 6);
-    let ack = s
-        .emit_with_ack("chat", json!({ "chatType": "delete", "channelId": ch, "messageId": ids[2] }), WAIT)
-        .await
-        .unwrap();
+    let ack = delete(&s, ch, &ids[2]).await;
     assert_eq!(ack["chatInfo"]["eventSeq"], 7);
     assert_eq!(ack["chatInfo"]["content"], "");
     assert_eq!(ack["chatInfo"]["seq"], 3);
@@ -185,10 +175,7 @@ async fn history_pages_by_seq_both_ways_and_the_changes_feed_follows_event_seq()
 #[tokio::test]
 async fn read_markers_never_move_backwards_and_drive_unread_counts() {
     let app = spawn_app().await;
-    let alice = app.register("alice").await;
-    let bob = app.register("bob").await;
-    let cid = app.community(&alice, &[&bob]).await;
-    let ch = app.channel(cid, &alice, "general", false, &[&bob]).await;
+    let (alice, bob, cid, ch) = app.alice_and_bob_in_general().await;
     for i in 0..3 {
         app.post(&format!("/api/channels/{ch}/messages"), &alice.token, json!({ "content": format!("hi {i}") })).await;
     }

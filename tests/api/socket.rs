@@ -68,10 +68,7 @@ async fn refused_connects_leave_no_namespace_behind() {
 #[tokio::test]
 async fn a_message_is_acked_then_reaches_the_other_members_but_not_the_sender() {
     let app = spawn_app().await;
-    let alice = app.register("alice").await;
-    let bob = app.register("bob").await;
-    let cid = app.community(&alice, &[&bob]).await;
-    let ch = app.channel(cid, &alice, "general", false, &[&bob]).await;
+    let (alice, bob, cid, ch) = app.alice_and_bob_in_general().await;
     let mut a = app.joined(cid, &alice, &[ch]).await;
     let mut b = app.joined(cid, &bob, &[ch]).await;
     let mut b_root = app.connect("/", &bob).await;
@@ -106,10 +103,7 @@ async fn a_message_is_acked_then_reaches_the_other_members_but_not_the_sender() 
 #[tokio::test]
 async fn a_rest_post_is_broadcast_like_a_socket_chat() {
     let app = spawn_app().await;
-    let alice = app.register("alice").await;
-    let bob = app.register("bob").await;
-    let cid = app.community(&alice, &[&bob]).await;
-    let ch = app.channel(cid, &alice, "general", false, &[&bob]).await;
+    let (alice, bob, cid, ch) = app.alice_and_bob_in_general().await;
     let mut b = app.joined(cid, &bob, &[ch]).await;
     let (status, body) =
         app.post(&format!("/api/channels/{ch}/messages"), &alice.token, json!({ "content": "from a bot" })).await;
@@ -120,10 +114,7 @@ async fn a_rest_post_is_broadcast_like_a_socket_chat() {
 #[tokio::test]
 async fn notify_preview_is_at_most_100_characters() {
     let app = spawn_app().await;
-    let alice = app.register("alice").await;
-    let bob = app.register("bob").await;
-    let cid = app.community(&alice, &[&bob]).await;
-    let ch = app.channel(cid, &alice, "general", false, &[&bob]).await;
+    let (alice, bob, _, ch) = app.alice_and_bob_in_general().await;
     let mut b_root = app.connect("/", &bob).await;
     let long = "é".repeat(150);
     app.post(&format!("/api/channels/{ch}/messages"), &alice.token, json!({ "content": long })).await;
@@ -134,32 +125,15 @@ async fn notify_preview_is_at_most_100_characters() {
 #[tokio::test]
 async fn modify_and_delete_are_broadcast_and_only_the_author_may_make_them() {
     let app = spawn_app().await;
-    let alice = app.register("alice").await;
-    let bob = app.register("bob").await;
-    let cid = app.community(&alice, &[&bob]).await;
-    let ch = app.channel(cid, &alice, "general", false, &[&bob]).await;
+    let (alice, bob, cid, ch) = app.alice_and_bob_in_general().await;
     let a = app.joined(cid, &alice, &[ch]).await;
     let mut b = app.joined(cid, &bob, &[ch]).await;
     let id = chat(&a, ch, "first").await["chatInfo"]["id"].clone();
     b.next_event("new-chat", WAIT).await.unwrap();
 
-    let ack = b
-        .emit_with_ack(
-            "chat",
-            json!({ "chatType": "modify", "channelId": ch, "messageId": id, "content": "mine now" }),
-            WAIT,
-        )
-        .await
-        .unwrap();
+    let ack = modify(&b, ch, &id, "mine now").await;
     assert_eq!((ack["written"].clone(), ack["error"]["code"].clone()), (json!(false), json!("forbidden")));
-    let ack = a
-        .emit_with_ack(
-            "chat",
-            json!({ "chatType": "modify", "channelId": ch, "messageId": id, "content": "edited" }),
-            WAIT,
-        )
-        .await
-        .unwrap();
+    let ack = modify(&a, ch, &id, "edited").await;
     assert_eq!(ack["written"], true);
     let modified = b.next_event("modify-chat", WAIT).await.unwrap();
     assert_eq!(
@@ -168,8 +142,7 @@ async fn modify_and_delete_are_broadcast_and_only_the_author_may_make_them() {
     );
     assert!(modified["editedAt"].is_i64());
 
-    let ack =
-        a.emit_with_ack("chat", json!({ "chatType": "delete", "channelId": ch, "messageId": id }), WAIT).await.unwrap();
+    let ack = delete(&a, ch, &id).await;
     assert_eq!(ack["chatInfo"]["deleted"], true);
     let deleted = b.next_event("delete-chat", WAIT).await.unwrap();
     assert_eq!(
@@ -178,24 +151,17 @@ async fn modify_and_delete_are_broadcast_and_only_the_author_may_make_them() {
     );
 
     // Deleting again is answered with the message as it is, and not broadcast.
-    let again =
-        a.emit_with_ack("chat", json!({ "chatType": "delete", "channelId": ch, "messageId": id }), WAIT).await.unwrap();
+    let again = delete(&a, ch, &id).await;
     assert_eq!((again["written"].clone(), again["chatInfo"]["eventSeq"].clone()), (json!(true), json!(3)));
     assert_no_event(&mut b, "delete-chat").await;
-    let edit_deleted = a
-        .emit_with_ack("chat", json!({ "chatType": "modify", "channelId": ch, "messageId": id, "content": "x" }), WAIT)
-        .await
-        .unwrap();
+    let edit_deleted = modify(&a, ch, &id, "x").await;
     assert_eq!(edit_deleted["error"]["code"], "conflict");
 }
 
 #[tokio::test]
 async fn a_repeated_client_msg_id_returns_the_first_message_and_is_not_broadcast_again() {
     let app = spawn_app().await;
-    let alice = app.register("alice").await;
-    let bob = app.register("bob").await;
-    let cid = app.community(&alice, &[&bob]).await;
-    let ch = app.channel(cid, &alice, "general", false, &[&bob]).await;
+    let (alice, bob, cid, ch) = app.alice_and_bob_in_general().await;
     let a = app.joined(cid, &alice, &[ch]).await;
     let mut b = app.joined(cid, &bob, &[ch]).await;
     let new = json!({ "chatType": "new", "channelId": ch, "content": "once", "clientMsgId": "c-1" });
@@ -289,10 +255,7 @@ async fn an_added_member_is_told_on_their_own_line() {
 #[tokio::test]
 async fn presence_follows_the_first_socket_in_and_the_last_out() {
     let app = spawn_app().await;
-    let alice = app.register("alice").await;
-    let bob = app.register("bob").await;
-    let cid = app.community(&alice, &[&bob]).await;
-    let ch = app.channel(cid, &alice, "general", false, &[&bob]).await;
+    let (alice, bob, cid, ch) = app.alice_and_bob_in_general().await;
     let mut a = app.joined(cid, &alice, &[ch]).await;
     assert_no_event(&mut a, "presence").await; // a socket is not told of itself
     let b1 = app.joined(cid, &bob, &[ch]).await;
@@ -317,10 +280,7 @@ async fn presence_follows_the_first_socket_in_and_the_last_out() {
 #[tokio::test]
 async fn typing_is_relayed_to_the_room_but_not_persisted() {
     let app = spawn_app().await;
-    let alice = app.register("alice").await;
-    let bob = app.register("bob").await;
-    let cid = app.community(&alice, &[&bob]).await;
-    let ch = app.channel(cid, &alice, "general", false, &[&bob]).await;
+    let (alice, bob, cid, ch) = app.alice_and_bob_in_general().await;
     let mut a = app.joined(cid, &alice, &[ch]).await;
     let mut b = app.joined(cid, &bob, &[ch]).await;
     let ack = a.emit_with_ack("typing", json!({ "channelId": ch }), WAIT).await.unwrap();

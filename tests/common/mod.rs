@@ -113,6 +113,16 @@ impl Rest {
     }
 
     /// A channel created by `creator` with `members` added; returns its id.
+    /// The setting most tests start from: alice and bob in one community (alice owns
+    /// it) and in its public channel "general". `(alice, bob, community, channel)`.
+    pub async fn alice_and_bob_in_general(&self) -> (TestUser, TestUser, i64, i64) {
+        let alice = self.register("alice").await;
+        let bob = self.register("bob").await;
+        let cid = self.community(&alice, &[&bob]).await;
+        let ch = self.channel(cid, &alice, "general", false, &[&bob]).await;
+        (alice, bob, cid, ch)
+    }
+
     pub async fn channel(&self, cid: i64, creator: &TestUser, name: &str, private: bool, members: &[&TestUser]) -> i64 {
         let (status, ch) = self
             .post(
@@ -153,6 +163,17 @@ impl Rest {
 /// Sends a new message over a socket and returns the ack.
 pub async fn chat(s: &Socket, channel: i64, content: &str) -> Value {
     s.emit_with_ack("chat", json!({ "chatType": "new", "channelId": channel, "content": content }), WAIT).await.unwrap()
+}
+
+/// Modifies a message over a socket and returns the ack.
+pub async fn modify(s: &Socket, channel: i64, id: impl serde::Serialize, content: &str) -> Value {
+    let event = json!({ "chatType": "modify", "channelId": channel, "messageId": id, "content": content });
+    s.emit_with_ack("chat", event, WAIT).await.unwrap()
+}
+
+/// Deletes a message over a socket and returns the ack.
+pub async fn delete(s: &Socket, channel: i64, id: impl serde::Serialize) -> Value {
+    s.emit_with_ack("chat", json!({ "chatType": "delete", "channelId": channel, "messageId": id }), WAIT).await.unwrap()
 }
 
 /// Asserts that no event named `name` arrives within [`QUIET`].

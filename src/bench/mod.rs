@@ -22,7 +22,7 @@ mod setup;
 mod stats;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -306,6 +306,38 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// Waits until all `n` connections have counted a step as done or failed (`counts`),
+/// printing progress every 2 s; fails if any failed, or if `within` passes first.
+async fn all_reported(
+    c: &Counters,
+    n: usize,
+    (done, failed): (&AtomicUsize, &AtomicUsize),
+    step: &str,
+    within: Option<Duration>,
+) -> anyhow::Result<()> {
+    let deadline = within.map(|d| Instant::now() + d);
+    let mut last_print = Instant::now();
+    loop {
+        let (ok, failed) = (done.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+        if ok + failed >= n {
+            if failed > 0 {
+                bail!("{failed} of {n} {step} failed; first: {}", c.first_error());
+            }
+            return Ok(());
+        }
+        if let (Some(deadline), Some(within)) = (deadline, within)
+            && Instant::now() > deadline
+        {
+            bail!("only {ok} of {n} {step} answered within {within:?}");
+        }
+        if last_print.elapsed() >= Duration::from_secs(2) {
+            eprintln!("bench: {step} {ok}/{n}");
+            last_print = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Connect, join, send, wait: everything between spawning the tasks and stopping them.
 async fn drive(
     plan: &Plan,
@@ -316,38 +348,11 @@ async fn drive(
 ) -> anyhow::Result<stats::Measured> {
     let c = &ctx.counters;
     let n = plan.clients;
-    let mut last_print = Instant::now();
-    loop {
-        let (ok, failed) = (c.connected.load(Ordering::Relaxed), c.connect_failed.load(Ordering::Relaxed));
-        if ok + failed >= n {
-            if failed > 0 {
-                bail!("{failed} of {n} connections failed; first: {}", c.first_error());
-            }
-            break;
-        }
-        if last_print.elapsed() >= Duration::from_secs(2) {
-            eprintln!("bench: connected {ok}/{n}");
-            last_print = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    all_reported(c, n, (&c.connected, &c.connect_failed), "connections", None).await?;
     eprintln!("bench: connected {n}/{n} in {:.1}s; joining", ctx.base.elapsed().as_secs_f64());
 
     let _ = phase.send(Phase::Join);
-    let deadline = Instant::now() + JOIN_TIMEOUT;
-    loop {
-        let (ok, failed) = (c.joined.load(Ordering::Relaxed), c.join_failed.load(Ordering::Relaxed));
-        if ok + failed >= n {
-            if failed > 0 {
-                bail!("{failed} of {n} joins failed; first: {}", c.first_error());
-            }
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("only {ok} of {n} joins answered within {JOIN_TIMEOUT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    all_reported(c, n, (&c.joined, &c.join_failed), "joins", Some(JOIN_TIMEOUT)).await?;
 
     let start = Instant::now() + Duration::from_millis(50);
     let end = start + plan.duration;

@@ -118,10 +118,14 @@ async function shutdown() {
   // Presence entries of drained sockets stay: other instances reap them once this
   // instance's heartbeat lapses (the grace period).
   await new Promise((resolve) => io.close(() => resolve()));
+  await Promise.race([Promise.allSettled([...app.gateway.background]), sleep(2000)]);
   await Promise.allSettled([store.close(), redis.quit(), sub.quit()]);
   console.log(`peer: instance ${instance} stopped`);
   process.exit(0);
 }
 
+// The Redis adapter publishes without awaiting: a Redis outage must cost broadcasts
+// (clients repair gaps from `position` and `since`), not the process.
+process.on('unhandledRejection', (e) => console.error('peer: unhandled rejection:', e?.message ?? e));
 process.on('SIGTERM', () => drain());
 process.on('SIGINT', () => drain());

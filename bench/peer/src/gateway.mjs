@@ -42,6 +42,7 @@ export class Gateway {
     this.app = app;
     this.io = app.io;
     this.inflight = 0; // ordered socket events being handled (the drain waits for them)
+    this.background = new Set(); // work no event waits for (presence on disconnect): shutdown waits for it
     this.parent = this.io.of(COMMUNITY_NS);
     this.#root();
     this.#communities();
@@ -200,7 +201,7 @@ export class Gateway {
       if (this.app.isDraining()) return;
       const channels = [...socket.rooms].map(roomChannel).filter((c) => c !== null);
       const nsp = socket.nsp;
-      (async () => {
+      this.#track(async () => {
         for (const channel of channels) {
           try {
             if (await this.app.state.leave(community, channel, user, socket.id)) {
@@ -210,13 +211,18 @@ export class Gateway {
             warn('presence leave', e);
           }
         }
-      })();
+      });
     });
 
     // Recovery runs first in the socket's turn: joins and chats wait for it.
     inOrder(() => this.#recover(socket, user, community, since)).catch((e) =>
       warn('recovery (the client can join and page history)', e),
     );
+  }
+
+  #track(work) {
+    const p = work().finally(() => this.background.delete(p));
+    this.background.add(p);
   }
 
   // ---- rooms, recovery ----

@@ -23,6 +23,8 @@ type Ws = WebSocketStream<TcpStream>;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long to wait for `rejoined` after the namespace connect (PROTOCOL.md: always sent).
 const REJOINED_TIMEOUT: Duration = Duration::from_secs(5);
+/// Storm: how long a connection whose transport closed keeps trying the instances.
+const RECONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The marker in front of the numbers in a bench message's content, as the server echoes it.
 const CONTENT_MARK: &str = "\"content\":\"bench:";
 
@@ -51,7 +53,11 @@ impl Target {
 
 /// What every connection shares with the coordinator.
 pub(super) struct Ctx {
-    pub target: Target,
+    /// The instances; a connection starts at its [`Spec::target`].
+    pub targets: Vec<Target>,
+    /// Storm: when its transport closes, a connection reconnects to the next instance with
+    /// `since`, and senders number their messages with a clientMsgId to resend what was not acked.
+    pub reconnect: bool,
     /// The clock of the run: message timestamps are microseconds since this instant.
     pub base: Instant,
     pub counters: Counters,
@@ -78,6 +84,8 @@ pub(super) struct Counters {
     /// Receipts the written acks so far call for: each written message, times the others in its room.
     pub expected: AtomicU64,
     pub rate_limited: AtomicU64,
+    /// Connections whose transport closed and that have not yet had `recovered` on another.
+    pub reconnecting: AtomicUsize,
     rate_limit_warned: AtomicBool,
     rejoined_warned: AtomicBool,
     first_error: Mutex<Option<String>>,
@@ -122,6 +130,8 @@ pub(super) struct SenderSpec {
 
 /// One connection's part in the run.
 pub(super) struct Spec {
+    /// Index in [`Ctx::targets`] of the instance to connect to first.
+    pub target: usize,
     pub room: usize,
     pub token: String,
     pub channel: i64,
@@ -147,6 +157,10 @@ pub(super) struct ConnStats {
     /// By sender id, then message number: how many times it arrived here.
     pub received: Vec<Vec<u8>>,
     pub delivery_latency_us: Vec<u32>,
+    /// Storm: transports that closed under this connection, and from each close to `recovered`
+    /// on the next instance.
+    pub reconnects: u64,
+    pub reconnect_latency_us: Vec<u32>,
 }
 
 /// What to send back after a frame.
@@ -154,6 +168,34 @@ enum Reply {
     Nothing,
     Frame(String),
     Closed,
+}
+
+/// Why a session (one transport) ended.
+enum Ended {
+    Stop,
+    Closed,
+}
+
+/// The events of a channel this connection has, by eventSeq (storm only): what it asks the
+/// next instance to replay (`since`) is the end of the run without holes, so a live message
+/// that overtook a missed one does not hide it.
+#[derive(Default)]
+struct Seen {
+    contiguous: u64,
+    ahead: std::collections::BTreeSet<u64>,
+}
+
+impl Seen {
+    fn add(&mut self, event_seq: u64) {
+        if event_seq == self.contiguous + 1 {
+            self.contiguous = event_seq;
+            while self.ahead.remove(&(self.contiguous + 1)) {
+                self.contiguous += 1;
+            }
+        } else if event_seq > self.contiguous {
+            self.ahead.insert(event_seq);
+        }
+    }
 }
 
 struct Conn<'a> {
@@ -164,12 +206,22 @@ struct Conn<'a> {
     stats: ConnStats,
     /// Send times (µs on the run clock) by message number.
     sent_at: Vec<u64>,
+    /// By message number: an ack came back (written or refused).
+    answered: Vec<bool>,
     next: u64,
     outstanding: u64,
     start: Instant,
     end: Instant,
+    /// A sender's next send is due at `wake` (`sending`), or waits for an ack.
+    sending: bool,
+    wake: Instant,
     join_reported: bool,
     done_reported: bool,
+    /// Index in [`Ctx::targets`] of the instance of the current transport.
+    target: usize,
+    seen: Seen,
+    /// Storm: when the last transport closed, until `recovered` arrives on the next one.
+    closed_at: Option<Instant>,
 }
 
 /// Runs one connection until the coordinator says stop (or the connection dies) and returns
@@ -188,24 +240,32 @@ pub(super) async fn run(ctx: std::sync::Arc<Ctx>, spec: Spec, mut phase: watch::
         ack_latency_us: Vec::new(),
         received: vec![Vec::new(); spec.senders_total],
         delivery_latency_us: Vec::new(),
+        reconnects: 0,
+        reconnect_latency_us: Vec::new(),
     };
     let now = Instant::now();
     let mut conn = Conn {
         ctx,
-        prefix: format!("{},", ctx.target.ns),
+        prefix: format!("{},", ctx.targets[0].ns),
+        target: spec.target,
         spec,
         stats,
         sent_at: Vec::new(),
+        answered: Vec::new(),
         next: 0,
         outstanding: 0,
         start: now,
         end: now,
+        sending: false,
+        wake: now,
         join_reported: false,
         done_reported: false,
+        seen: Seen::default(),
+        closed_at: None,
     };
     let connected = {
         let _permit = ctx.connect_gate.acquire().await;
-        timeout(CONNECT_TIMEOUT, connect(ctx, &conn.spec.token)).await
+        timeout(CONNECT_TIMEOUT, connect(ctx, conn.target, &conn.spec.token, None)).await
     };
     let mut ws = match connected {
         Ok(Ok(ws)) => ws,
@@ -214,74 +274,19 @@ pub(super) async fn run(ctx: std::sync::Arc<Ctx>, spec: Spec, mut phase: watch::
     };
     ctx.counters.connected.fetch_add(1, Ordering::Relaxed);
 
-    let sleep = tokio::time::sleep_until(Instant::now() + Duration::from_secs(86_400));
-    tokio::pin!(sleep);
-    let mut sending = false;
     loop {
-        tokio::select! {
-            biased;
-            changed = phase.changed() => {
-                let Ok(()) = changed else { break };
-                let current = *phase.borrow_and_update();
-                match current {
-                    Phase::Connect => {}
-                    Phase::Join => {
-                        let frame = format!("42{}0[\"join\",{{\"channels\":[{}]}}]", conn.prefix, conn.spec.channel);
-                        if ws.send(Message::text(frame)).await.is_err() {
-                            conn.closed();
-                            break;
-                        }
-                    }
-                    Phase::Go { start, end } => {
-                        (conn.start, conn.end) = (start, end);
-                        if let Some(sender) = &conn.spec.sender {
-                            sleep.as_mut().reset(start + sender.offset);
-                            sending = true;
-                        }
-                    }
-                    Phase::Stop => break,
-                }
-            }
-            frame = ws.next() => {
-                let reply = match frame {
-                    Some(Ok(Message::Text(text))) => conn.on_text(text.as_str()),
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => Reply::Closed,
-                    Some(Ok(_)) => Reply::Nothing,
-                };
-                match reply {
-                    Reply::Nothing => {}
-                    Reply::Frame(frame) => {
-                        if ws.send(Message::text(frame)).await.is_err() {
-                            conn.closed();
-                            break;
-                        }
-                    }
-                    Reply::Closed => {
-                        conn.closed();
-                        break;
-                    }
-                }
-                // A closed-loop sender sends its next message once the previous one is acked.
-                if !sending
-                    && conn.outstanding == 0
-                    && conn.next > 0
-                    && let Some(at) = conn.next_send_at()
-                {
-                    sleep.as_mut().reset(at);
-                    sending = true;
-                }
-            }
-            () = &mut sleep, if sending => {
-                let frame = conn.chat_frame();
-                if ws.send(Message::text(frame)).await.is_err() {
+        match conn.session(&mut ws, &mut phase).await {
+            Ended::Stop => break,
+            Ended::Closed if ctx.reconnect => match conn.reconnect(&phase).await {
+                Some(next) => ws = next,
+                None => {
                     conn.closed();
                     break;
                 }
-                let closed_loop = conn.spec.sender.as_ref().is_some_and(|s| s.closed_loop);
-                match conn.next_send_at() {
-                    Some(at) if !closed_loop => sleep.as_mut().reset(at),
-                    _ => sending = false,
-                }
+            },
+            Ended::Closed => {
+                conn.closed();
+                break;
             }
         }
     }
@@ -290,6 +295,122 @@ pub(super) async fn run(ctx: std::sync::Arc<Ctx>, spec: Spec, mut phase: watch::
 }
 
 impl Conn<'_> {
+    /// Serves one transport until the coordinator says stop or the transport closes.
+    async fn session(&mut self, ws: &mut Ws, phase: &mut watch::Receiver<Phase>) -> Ended {
+        let sleep = tokio::time::sleep_until(self.wake);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                biased;
+                changed = phase.changed() => {
+                    let Ok(()) = changed else { return Ended::Stop };
+                    let current = *phase.borrow_and_update();
+                    match current {
+                        Phase::Connect => {}
+                        Phase::Join => {
+                            let frame = format!("42{}0[\"join\",{{\"channels\":[{}]}}]", self.prefix, self.spec.channel);
+                            if ws.send(Message::text(frame)).await.is_err() {
+                                return Ended::Closed;
+                            }
+                        }
+                        Phase::Go { start, end } => {
+                            (self.start, self.end) = (start, end);
+                            if let Some(sender) = &self.spec.sender {
+                                self.wake = start + sender.offset;
+                                sleep.as_mut().reset(self.wake);
+                                self.sending = true;
+                            }
+                        }
+                        Phase::Stop => return Ended::Stop,
+                    }
+                }
+                frame = ws.next() => {
+                    let reply = match frame {
+                        Some(Ok(Message::Text(text))) => self.on_text(text.as_str()),
+                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => Reply::Closed,
+                        Some(Ok(_)) => Reply::Nothing,
+                    };
+                    match reply {
+                        Reply::Nothing => {}
+                        Reply::Frame(frame) => {
+                            if ws.send(Message::text(frame)).await.is_err() {
+                                return Ended::Closed;
+                            }
+                        }
+                        Reply::Closed => return Ended::Closed,
+                    }
+                    // A closed-loop sender sends its next message once the previous one is acked.
+                    if !self.sending
+                        && self.outstanding == 0
+                        && self.next > 0
+                        && let Some(at) = self.next_send_at()
+                    {
+                        self.wake = at;
+                        sleep.as_mut().reset(at);
+                        self.sending = true;
+                    }
+                }
+                () = &mut sleep, if self.sending => {
+                    let frame = self.chat_frame();
+                    if ws.send(Message::text(frame)).await.is_err() {
+                        return Ended::Closed;
+                    }
+                    let closed_loop = self.spec.sender.as_ref().is_some_and(|s| s.closed_loop);
+                    match self.next_send_at() {
+                        Some(at) if !closed_loop => {
+                            self.wake = at;
+                            sleep.as_mut().reset(at);
+                        }
+                        _ => self.sending = false,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Storm: the transport closed. Connects to the next instances in turn (the closed one
+    /// last) with `since`, until one takes the connection, then resends every message not yet
+    /// acked (same clientMsgId: the server writes it at most once). `None` if the coordinator
+    /// said stop, or no instance took it within [`RECONNECT_TIMEOUT`].
+    async fn reconnect(&mut self, phase: &watch::Receiver<Phase>) -> Option<Ws> {
+        let closed_at = Instant::now();
+        if self.closed_at.is_none() {
+            self.ctx.counters.reconnecting.fetch_add(1, Ordering::Relaxed);
+        }
+        self.closed_at = Some(closed_at);
+        self.stats.reconnects += 1;
+        let since = format!("{{\"{}\":{}}}", self.spec.channel, self.seen.contiguous);
+        let n = self.ctx.targets.len();
+        let mut attempt = 0usize;
+        while closed_at.elapsed() < RECONNECT_TIMEOUT {
+            if matches!(*phase.borrow(), Phase::Stop) {
+                return None;
+            }
+            attempt += 1;
+            let target = (self.target + attempt) % n;
+            match timeout(CONNECT_TIMEOUT, connect(self.ctx, target, &self.spec.token, Some(&since))).await {
+                Ok(Ok(mut ws)) => {
+                    self.target = target;
+                    for n in 0..self.next as usize {
+                        if !self.answered.get(n).copied().unwrap_or(false) {
+                            let frame = self.chat_frame_of(n as u64, self.sent_at[n]);
+                            if ws.send(Message::text(frame)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    return Some(ws);
+                }
+                // Refused (`draining`), or nobody listening: the next instance, after a breath
+                // once every one has been tried.
+                _ if attempt.is_multiple_of(n) => tokio::time::sleep(Duration::from_millis(100)).await,
+                _ => {}
+            }
+        }
+        self.ctx.counters.error(format!("no instance took a reconnect within {RECONNECT_TIMEOUT:?}"));
+        None
+    }
+
     fn connect_failed(mut self, error: String) -> ConnStats {
         self.ctx.counters.error(format!("connect failed: {error}"));
         self.ctx.counters.connect_failed.fetch_add(1, Ordering::Relaxed);
@@ -300,6 +421,9 @@ impl Conn<'_> {
     /// The connection is gone: whatever the coordinator waits for from it will not come.
     fn closed(&mut self) {
         self.stats.closed_early = true;
+        if self.closed_at.take().is_some() {
+            self.ctx.counters.reconnecting.fetch_sub(1, Ordering::Relaxed);
+        }
         self.ctx.counters.error("a connection closed during the run".into());
         if !self.join_reported {
             self.join_reported = true;
@@ -321,17 +445,24 @@ impl Conn<'_> {
         more.then(|| (self.start + sender.offset + sender.interval.mul_f64(self.next as f64)).max(Instant::now()))
     }
 
-    /// The next chat event: `42<ns>,<n+1>["chat",{...,"content":"bench:<gid>:<n>:<µs>"}]`.
+    /// The next chat event.
     fn chat_frame(&mut self) -> String {
-        let gid = self.spec.sender.as_ref().map_or(0, |s| s.gid);
         let n = self.next;
         let t = self.ctx.now_us();
         self.sent_at.push(t);
         self.next += 1;
         self.outstanding += 1;
         self.stats.sent += 1;
+        self.chat_frame_of(n, t)
+    }
+
+    /// Message `n`, sent at `t`: `42<ns>,<n+1>["chat",{...,"content":"bench:<gid>:<n>:<t>"}]`,
+    /// with the clientMsgId `b<gid>-<n>` when it may have to be resent (storm).
+    fn chat_frame_of(&self, n: u64, t: u64) -> String {
+        let gid = self.spec.sender.as_ref().map_or(0, |s| s.gid);
+        let client_msg_id = if self.ctx.reconnect { format!(",\"clientMsgId\":\"b{gid}-{n}\"") } else { String::new() };
         format!(
-            "42{}{}[\"chat\",{{\"chatType\":\"new\",\"channelId\":{},\"content\":\"bench:{gid}:{n}:{t}\"}}]",
+            "42{}{}[\"chat\",{{\"chatType\":\"new\",\"channelId\":{},\"content\":\"bench:{gid}:{n}:{t}\"{client_msg_id}}}]",
             self.prefix,
             n + 1,
             self.spec.channel
@@ -362,6 +493,12 @@ impl Conn<'_> {
         let (id, payload) = split_id(rest);
         if payload.starts_with("[\"new-chat\",") {
             self.on_new_chat(payload);
+        } else if payload.starts_with("[\"recovered\",")
+            && let Some(closed_at) = self.closed_at.take()
+        {
+            let latency = closed_at.elapsed().as_micros().min(u32::MAX as u128) as u32;
+            self.stats.reconnect_latency_us.push(latency);
+            self.ctx.counters.reconnecting.fetch_sub(1, Ordering::Relaxed);
         }
         match id {
             Some(id) => Reply::Frame(format!("43{}{id}[]", self.prefix)),
@@ -370,9 +507,23 @@ impl Conn<'_> {
     }
 
     fn on_new_chat(&mut self, payload: &str) {
+        if self.ctx.reconnect {
+            // After a reconnect the server rejoins every room the user remembers, and a receiving
+            // user is shared by several rooms: only this connection's channel counts.
+            if number_after(payload, "\"channelId\":") != Some(self.spec.channel as u64) {
+                return;
+            }
+            if let Some(event_seq) = number_after(payload, "\"eventSeq\":") {
+                self.seen.add(event_seq);
+            }
+        }
         let Some(at) = payload.find(CONTENT_MARK) else { return };
         let mut s = &payload[at + CONTENT_MARK.len()..];
         let (Some(gid), Some(n), Some(t)) = (number(&mut s), number(&mut s), number(&mut s)) else { return };
+        // A replay after a reconnect includes this sender's own messages.
+        if self.stats.gid == Some(gid as u32) {
+            return;
+        }
         let Some(counts) = self.stats.received.get_mut(gid as usize) else { return };
         let n = n as usize;
         if counts.len() <= n {
@@ -396,11 +547,22 @@ impl Conn<'_> {
         }
         let n = (id - 1) as usize;
         let Some(&sent_at) = self.sent_at.get(n) else { return Reply::Nothing };
+        if self.answered.len() <= n {
+            self.answered.resize(n + 1, false);
+        }
+        if std::mem::replace(&mut self.answered[n], true) {
+            return Reply::Nothing;
+        }
         let latency = self.ctx.now_us().saturating_sub(sent_at);
         self.stats.ack_latency_us.push(latency.min(u32::MAX as u64) as u32);
         self.outstanding = self.outstanding.saturating_sub(1);
         let counters = &self.ctx.counters;
         if payload.contains("\"written\":true") {
+            if self.ctx.reconnect
+                && let Some(event_seq) = number_after(payload, "\"eventSeq\":")
+            {
+                self.seen.add(event_seq);
+            }
             if self.stats.written.len() <= n {
                 self.stats.written.resize(n + 1, false);
             }
@@ -461,6 +623,12 @@ fn number(s: &mut &str) -> Option<u64> {
     Some(value)
 }
 
+/// The number right after the first `mark` in `s` (a JSON field read as text).
+fn number_after(s: &str, mark: &str) -> Option<u64> {
+    let mut rest = &s[s.find(mark)? + mark.len()..];
+    number(&mut rest)
+}
+
 /// The `code` of an `{"error": {"code": ...}}` in an ack, read as text.
 fn error_code(payload: &str) -> Option<&str> {
     const MARK: &str = "\"code\":\"";
@@ -468,9 +636,10 @@ fn error_code(payload: &str) -> Option<&str> {
     Some(&rest[..rest.find('"')?])
 }
 
-/// TCP, WebSocket, Engine.IO open, namespace connect with `{token}`, then `rejoined`.
-async fn connect(ctx: &Ctx, token: &str) -> Result<Ws, String> {
-    let target = &ctx.target;
+/// TCP, WebSocket, Engine.IO open, namespace connect with `{token}` (and `since`, a JSON
+/// object, on a reconnect), then `rejoined`.
+async fn connect(ctx: &Ctx, target: usize, token: &str, since: Option<&str>) -> Result<Ws, String> {
+    let target = &ctx.targets[target];
     let tcp = TcpStream::connect((target.host.as_str(), target.port)).await.map_err(|e| e.to_string())?;
     tcp.set_nodelay(true).map_err(|e| e.to_string())?;
     // tungstenite zero-fills its whole read buffer (128 KiB by default) before every read:
@@ -486,6 +655,10 @@ async fn connect(ctx: &Ctx, token: &str) -> Result<Ws, String> {
         }
     }
     let auth = serde_json::json!({ "token": token });
+    let auth = match since {
+        Some(since) => format!("{{\"token\":{},\"since\":{since}}}", auth["token"]),
+        None => auth.to_string(),
+    };
     send(&mut ws, format!("40{},{auth}", target.ns)).await?;
     let connected = format!("40{},", target.ns);
     let refused = format!("44{},", target.ns);

@@ -44,6 +44,11 @@ pub enum Scenario {
     /// One channel per sender; each sender waits for the ack (sent after the commit)
     /// before its next message: acks per second.
     Persist,
+    /// Small rooms as in `rooms`, spread over several instances (`--url` repeated), while one
+    /// instance is drained (`--drain-pid`): its clients reconnect to the others with `since`,
+    /// senders resend what was not acked (same clientMsgId): reconnect-to-recovered latency, and
+    /// nothing lost.
+    Storm,
 }
 
 impl Scenario {
@@ -53,6 +58,7 @@ impl Scenario {
             Scenario::Rooms => "rooms",
             Scenario::Idle => "idle",
             Scenario::Persist => "persist",
+            Scenario::Storm => "storm",
         }
     }
 }
@@ -62,11 +68,14 @@ impl Scenario {
 #[command(next_help_heading = "Benchmark options")]
 pub struct BenchArgs {
     /// Base URL of the server under test (plain http; sockets use WebSocket at /socket.io/).
-    #[arg(long, default_value = "http://127.0.0.1:3000")]
-    pub url: String,
+    /// Repeat for the instances of a cluster: connection i goes to URL i mod n; the REST setup
+    /// goes to the first.
+    #[arg(long = "url", default_value = "http://127.0.0.1:3000")]
+    pub urls: Vec<String>,
 
     /// What to measure: `fanout` (one big room), `rooms` (many small rooms), `idle` (memory per
-    /// idle connection), `persist` (acks per second, each send awaiting its ack).
+    /// idle connection), `persist` (acks per second, each send awaiting its ack), `storm`
+    /// (small rooms over several instances while one drains: reconnects and losses).
     #[arg(long, value_enum, default_value = "fanout")]
     pub scenario: Scenario,
 
@@ -87,9 +96,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub rate: Option<f64>,
 
-    /// Seconds of sending (idle: seconds the connections are held).
-    #[arg(long, default_value_t = 10.0)]
-    pub duration: f64,
+    /// Seconds of sending (idle: seconds the connections are held). Default 10; storm 20.
+    #[arg(long)]
+    pub duration: Option<f64>,
 
     /// Connections per room in the rooms scenario: one sender and room-size - 1 receivers.
     #[arg(long, default_value_t = 5)]
@@ -105,21 +114,32 @@ pub struct BenchArgs {
     /// the server an argon2 hash to register and one to log in, so the pool is kept small.
     #[arg(long, default_value_t = 16)]
     pub receiver_users: usize,
+
+    /// Storm: the instance to drain, sent SIGTERM `--drain-after` seconds into the sending. Give
+    /// it as one of the `--url`s, but not as a `--server-pid` (it exits during the run).
+    #[arg(long = "drain-pid", value_name = "PID")]
+    pub drain_pid: Option<u32>,
+
+    /// Storm: seconds after the start of sending at which `--drain-pid` gets SIGTERM.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain_after: f64,
 }
 
 impl BenchArgs {
     /// Every default, for `url` and `scenario` (for tests and embedding).
     pub fn new(url: impl Into<String>, scenario: Scenario) -> Self {
         Self {
-            url: url.into(),
+            urls: vec![url.into()],
             scenario,
             clients: None,
             senders: None,
             rate: None,
-            duration: 10.0,
+            duration: None,
             room_size: 5,
             server_pid: Vec::new(),
             receiver_users: 16,
+            drain_pid: None,
+            drain_after: 5.0,
         }
     }
 }
@@ -148,11 +168,48 @@ struct Plan {
     closed_loop: bool,
     duration: Duration,
     receiver_users: usize,
+    /// Storm: the instance to send SIGTERM, and when (after the start of sending). Connections
+    /// reconnect when their transport closes only in a storm.
+    drain: Option<(u32, Duration)>,
+}
+
+/// `clients` in full rooms of `size`, one sender each; the remainder, if any, makes one smaller
+/// room (a lone client joins the last full room rather than sending to nobody).
+fn small_rooms(clients: usize, size: usize) -> anyhow::Result<Vec<Room>> {
+    anyhow::ensure!(size >= 2, "--room-size must be >= 2");
+    anyhow::ensure!(clients >= size, "--clients must be >= --room-size");
+    let mut rooms = vec![Room { members: size, senders: 1 }; clients / size];
+    match clients % size {
+        0 => {}
+        1 => rooms.last_mut().expect("clients >= size").members += 1,
+        rest => rooms.push(Room { members: rest, senders: 1 }),
+    }
+    Ok(rooms)
 }
 
 impl Plan {
     fn new(args: &BenchArgs) -> anyhow::Result<Plan> {
-        anyhow::ensure!(args.duration > 0.0 && args.duration.is_finite(), "--duration must be a positive number");
+        let storm = args.scenario == Scenario::Storm;
+        let duration = args.duration.unwrap_or(if storm { 20.0 } else { 10.0 });
+        anyhow::ensure!(duration > 0.0 && duration.is_finite(), "--duration must be a positive number");
+        anyhow::ensure!(!args.urls.is_empty(), "--url is needed");
+        let drain = match (storm, args.drain_pid) {
+            (true, Some(pid)) => {
+                anyhow::ensure!(
+                    args.urls.len() >= 2,
+                    "storm needs two --url or more: the drained instance's and another"
+                );
+                anyhow::ensure!(
+                    args.drain_after >= 0.0 && args.drain_after < duration,
+                    "--drain-after must be within --duration"
+                );
+                anyhow::ensure!(!args.server_pid.contains(&pid), "--drain-pid must not also be a --server-pid");
+                Some((pid, Duration::from_secs_f64(args.drain_after)))
+            }
+            (true, None) => bail!("storm needs --drain-pid: the instance to drain"),
+            (false, Some(_)) => bail!("--drain-pid is for the storm scenario only"),
+            (false, None) => None,
+        };
         let default_rate = if args.scenario == Scenario::Persist { 0.0 } else { 5.0 };
         let rate = args.rate.unwrap_or(default_rate);
         anyhow::ensure!(rate >= 0.0 && rate.is_finite(), "--rate must be a number >= 0");
@@ -165,24 +222,12 @@ impl Plan {
                 anyhow::ensure!(rate > 0.0, "fanout needs --rate > 0");
                 vec![Room { members: clients, senders }]
             }
-            Scenario::Rooms => {
-                let clients = args.clients.unwrap_or(200);
-                let size = args.room_size;
-                anyhow::ensure!(size >= 2, "rooms needs --room-size >= 2");
-                anyhow::ensure!(clients >= size, "rooms needs --clients >= --room-size");
-                anyhow::ensure!(rate > 0.0, "rooms needs --rate > 0");
+            Scenario::Rooms | Scenario::Storm => {
+                anyhow::ensure!(rate > 0.0, "{} needs --rate > 0", args.scenario.as_str());
                 if args.senders.is_some() {
-                    eprintln!("bench: rooms has one sender per room; --senders is ignored");
+                    eprintln!("bench: {} has one sender per room; --senders is ignored", args.scenario.as_str());
                 }
-                // Full rooms; the remainder, if any, makes one smaller room (a lone client
-                // joins the last full room rather than sending to nobody).
-                let mut rooms = vec![Room { members: size, senders: 1 }; clients / size];
-                match clients % size {
-                    0 => {}
-                    1 => rooms.last_mut().expect("clients >= size").members += 1,
-                    rest => rooms.push(Room { members: rest, senders: 1 }),
-                }
-                rooms
+                small_rooms(args.clients.unwrap_or(200), args.room_size)?
             }
             Scenario::Idle => {
                 let clients = args.clients.unwrap_or(1000);
@@ -212,8 +257,9 @@ impl Plan {
             senders,
             rate: if args.scenario == Scenario::Idle { 0.0 } else { rate },
             closed_loop: args.scenario == Scenario::Persist,
-            duration: Duration::from_secs_f64(args.duration),
+            duration: Duration::from_secs_f64(duration),
             receiver_users: args.receiver_users.max(1),
+            drain,
         })
     }
 
@@ -236,14 +282,20 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         plan.rate,
         if plan.closed_loop { " (each send awaits its ack)" } else { "" },
         plan.duration,
-        args.url
+        args.urls.join(" ")
     );
 
-    let prepared = setup::prepare(&args.url, &plan.rooms, plan.receiver_users).await.context("setting up over REST")?;
-    let target = conn::Target::new(&args.url, prepared.community).context("--url")?;
+    let prepared =
+        setup::prepare(&args.urls[0], &plan.rooms, plan.receiver_users).await.context("setting up over REST")?;
+    let targets = args
+        .urls
+        .iter()
+        .map(|url| conn::Target::new(url, prepared.community).with_context(|| format!("--url {url}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let base = Instant::now();
     let ctx = Arc::new(Ctx {
-        target,
+        targets,
+        reconnect: plan.drain.is_some(),
         base,
         counters: Counters::default(),
         connect_gate: tokio::sync::Semaphore::new(CONNECT_CONCURRENCY),
@@ -271,6 +323,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
                 spec
             });
             let spec = Spec {
+                target: tasks.len() % args.urls.len(),
                 room: room_index,
                 token: prepared.tokens[room_index][member].clone(),
                 channel: prepared.channels[room_index],
@@ -300,8 +353,18 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     }
     let report = stats::report(scenario, &plan.rooms, plan.rate, &conns, &measured);
     eprintln!(
-        "bench: done: sent {} acked {} delivered {}/{} lost {} duplicated {}",
-        report.sent, report.acked, report.delivered, report.expected, report.lost, report.duplicated
+        "bench: done: sent {} acked {} delivered {}/{} lost {} duplicated {}{}",
+        report.sent,
+        report.acked,
+        report.delivered,
+        report.expected,
+        report.lost,
+        report.duplicated,
+        if plan.drain.is_some() {
+            format!(" reconnects {}/{}", report.recovered, report.reconnects)
+        } else {
+            String::new()
+        }
     );
     Ok(report)
 }
@@ -360,6 +423,16 @@ async fn drive(
     let own_start = procfs::snapshot(&[std::process::id()]);
     eprintln!("bench: all joined; running for {:?}", plan.duration);
     let _ = phase.send(Phase::Go { start, end });
+    if let Some((pid, after)) = plan.drain {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(start + after).await;
+            eprintln!("bench: draining: SIGTERM to {pid}");
+            // SAFETY: kill(2) with a pid and a signal number has no memory-safety preconditions.
+            if unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } != 0 {
+                eprintln!("bench: kill {pid}: {}", std::io::Error::last_os_error());
+            }
+        });
+    }
     tokio::time::sleep_until(end).await;
 
     let senders = plan.senders;
@@ -372,7 +445,11 @@ async fn drive(
         eprintln!("bench: some acks did not come back within {GRACE:?}");
     }
     let deadline = Instant::now() + GRACE;
-    while c.delivered.load(Ordering::Relaxed) < c.expected.load(Ordering::Relaxed) && Instant::now() < deadline {
+    let settled = || {
+        c.delivered.load(Ordering::Relaxed) >= c.expected.load(Ordering::Relaxed)
+            && c.reconnecting.load(Ordering::Relaxed) == 0
+    };
+    while !settled() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let duration = start.elapsed();

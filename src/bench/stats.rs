@@ -65,8 +65,15 @@ pub struct Report {
     pub duration_s: f64,
     /// Acked messages per second of the sending phase.
     pub acks_per_s: f64,
-    /// Connections that closed before the end.
+    /// Connections that closed before the end (and, in a storm, found no instance to go on with).
     pub closed_early: usize,
+    /// Storm: transports that closed under a connection, and the reconnects that got `recovered`
+    /// on another instance; from the close to `recovered`.
+    pub reconnects: u64,
+    pub recovered: u64,
+    pub reconnect_p50_ms: Option<f64>,
+    pub reconnect_p99_ms: Option<f64>,
+    pub reconnect_max_ms: Option<f64>,
     /// Server CPU seconds (utime + stime, summed over `--server-pid`) during the run.
     pub server_cpu_s: Option<f64>,
     /// The bench process's own CPU seconds over the same time: if it nears the cores it may
@@ -110,6 +117,7 @@ pub(super) fn report(scenario: &'static str, rooms: &[Room], rate: f64, conns: &
 
     let delivery = percentiles(conns.iter().flat_map(|c| c.delivery_latency_us.iter().copied()).collect());
     let ack = percentiles(conns.iter().flat_map(|c| c.ack_latency_us.iter().copied()).collect());
+    let reconnect = percentiles(conns.iter().flat_map(|c| c.reconnect_latency_us.iter().copied()).collect());
     let clients = conns.len();
     let cpu_s = m.cpu_ticks.map(|t| t as f64 / CLK_TCK);
     let per_1000 = |n: u64| cpu_s.filter(|_| n > 0).map(|s| round(s * 1000.0 / (n as f64 / 1000.0)));
@@ -144,6 +152,11 @@ pub(super) fn report(scenario: &'static str, rooms: &[Room], rate: f64, conns: &
         duration_s: round(m.duration.as_secs_f64()),
         acks_per_s: if send_s > 0.0 { round(acked as f64 / send_s) } else { 0.0 },
         closed_early: conns.iter().filter(|c| c.closed_early).count(),
+        reconnects: sum(|c| c.reconnects),
+        recovered: conns.iter().map(|c| c.reconnect_latency_us.len() as u64).sum(),
+        reconnect_p50_ms: reconnect.map(|p| p.0),
+        reconnect_p99_ms: reconnect.map(|p| p.1),
+        reconnect_max_ms: reconnect.map(|p| p.2),
         server_cpu_s: cpu_s.map(round),
         bench_cpu_s: m.bench_cpu_ticks.map(|t| round(t as f64 / CLK_TCK)),
         server_rss_kib_before: m.rss_before,

@@ -11,7 +11,7 @@ async fn bench_fanout_counts_every_message_delivered_exactly_once() {
     let mut args = BenchArgs::new(app.base.clone(), Scenario::Fanout);
     args.clients = Some(20);
     args.senders = Some(2);
-    args.duration = 2.0;
+    args.duration = Some(2.0);
     args.receiver_users = 4;
 
     let report = run(&args).await.expect("the bench runs");

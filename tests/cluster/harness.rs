@@ -101,6 +101,10 @@ impl Instance {
     pub fn rest(&self) -> Rest {
         Rest::new(self.base.clone())
     }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the instance is running")
+    }
 }
 
 pub struct Cluster {

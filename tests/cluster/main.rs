@@ -476,6 +476,35 @@ async fn a_drain_moves_clients_to_the_survivors_without_loss_or_presence_flappin
     );
 }
 
+/// `baton bench --scenario storm` against a real 3-instance cluster: the bench's own
+/// bookkeeping across a drain (reconnect, `since`, resend by clientMsgId), never timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_storm_moves_a_drained_instances_clients_and_counts_every_message() {
+    use baton::bench::{BenchArgs, Scenario, run};
+
+    let mut cluster = Cluster::start(3).await;
+    let mut args = BenchArgs::new(cluster.base(0), Scenario::Storm);
+    args.urls = (0..3).map(|i| cluster.base(i).to_owned()).collect();
+    args.clients = Some(30);
+    args.duration = Some(5.0);
+    args.drain_after = 1.0;
+    args.drain_pid = Some(cluster.instances[1].pid());
+    args.receiver_users = 4;
+
+    let report = run(&args).await.expect("the bench runs");
+    eprintln!("storm figures: {}", serde_json::to_string(&report).unwrap());
+
+    assert_eq!((report.clients, report.senders, report.rooms), (30, 6, 6), "{report:?}");
+    assert_eq!(report.reconnects, 10, "a third of the connections were on the drained instance: {report:?}");
+    assert_eq!(report.recovered, report.reconnects, "{report:?}");
+    assert_eq!(report.sent, 6 * 25, "6 senders x 5/s x 5 s: {report:?}");
+    assert_eq!(report.acked, report.sent, "unacked sends were resent and written once: {report:?}");
+    assert_eq!((report.ack_errors, report.unanswered, report.closed_early), (0, 0, 0), "{report:?}");
+    assert_eq!(report.expected, report.acked * 4, "{report:?}");
+    assert_eq!((report.delivered, report.lost), (report.expected, 0), "{report:?}");
+    assert!(cluster.instances[1].exited(WAIT).await.success(), "the drained instance exits 0");
+}
+
 #[tokio::test]
 async fn a_cluster_instance_refuses_to_start_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();

@@ -36,3 +36,53 @@ ensure_rust() {
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt
     . "$HOME/.cargo/env"
 }
+
+ensure_redis() {
+    if ! command -v redis-server >/dev/null; then
+        step "installing Redis"
+        apt_install redis-server
+    fi
+}
+
+ensure_node() {
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        step "installing Node.js and npm"
+        apt_install nodejs npm
+    fi
+}
+
+# Finds a PostgreSQL server the tests can create databases on, installing and
+# starting one if there is none, and prints its admin URL.
+ensure_postgres() {
+    if [ -n "${BATON_TEST_POSTGRES:-}" ]; then
+        echo "$BATON_TEST_POSTGRES"
+        return
+    fi
+    if ! command -v pg_ctlcluster >/dev/null; then
+        step "installing PostgreSQL" >&2
+        apt_install postgresql
+    fi
+    if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+        step "starting PostgreSQL" >&2
+        local version
+        version=$(ls /etc/postgresql | sort -V | tail -n 1)
+        pg_ctlcluster --skip-systemctl-redirect "$version" main start
+        for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+        pg_isready -q -h 127.0.0.1 -p 5432 || die "PostgreSQL did not start"
+    fi
+    # A trust-auth server (CI, this repository's machines) takes the postgres role as is.
+    if psql -w -Atq "postgres://postgres@127.0.0.1:5432/postgres" -c 'select 1' >/dev/null 2>&1; then
+        echo "postgres://postgres@127.0.0.1:5432/postgres"
+        return
+    fi
+    # A stock Debian server asks for a password over TCP: give the tests a role of their own.
+    step "creating the PostgreSQL role baton_test" >&2
+    su postgres -c "psql -q -v ON_ERROR_STOP=1" >/dev/null <<'SQL'
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'baton_test') THEN
+    CREATE ROLE baton_test LOGIN CREATEDB PASSWORD 'baton_test';
+  END IF;
+END $$;
+SQL
+    echo "postgres://baton_test:baton_test@127.0.0.1:5432/postgres"
+}

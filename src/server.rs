@@ -97,6 +97,7 @@ async fn assemble<A: ChatAdapter>(
     let drained = app.clone();
     let router = http::router(app.clone())
         .layer(layer)
+        .layer(axum::middleware::map_request(adapter::detach_from_read_buffer))
         .layer(axum::middleware::from_fn(move |req, next| drain::drain_gate(drained.clone(), req, next)))
         .layer(origins.cors())
         .layer(axum::middleware::from_fn(move |req, next| http::check_origin(origins.clone(), req, next)))

@@ -21,6 +21,11 @@ use crate::config::Config;
 /// buffer only allocates what it holds.
 const SOCKET_BUFFER_PACKETS: usize = 1024;
 
+/// The WebSocket read buffer each connection keeps (engineioxide's default: 4 KiB).
+/// Chat packets fit in 1 KiB; a larger frame grows the buffer to its size, read at
+/// most this much per read. 3 KiB less per idle connection.
+const WS_READ_BUFFER: usize = 1024;
+
 /// Applies baton's limits to a Socket.IO builder.
 ///
 /// socketioxide bounds long-polling bodies with `max_payload` only; a WebSocket
@@ -31,6 +36,7 @@ pub fn with_limits<A: Adapter>(builder: SocketIoBuilder<A>, config: &Config) -> 
         .ws_max_message_size(config.max_message)
         .ws_max_frame_size(config.max_message)
         .max_buffer_size(SOCKET_BUFFER_PACKETS)
+        .ws_read_buffer_size(WS_READ_BUFFER)
 }
 
 /// Middleware in front of the Socket.IO layer: gives the request its own copy of

@@ -138,7 +138,7 @@ impl<A: ChatAdapter> Server<A> {
             background.push(tokio::spawn(cluster_tasks(app.clone(), registry)));
         }
         let closing = app.clone();
-        axum::serve(listener, router.into_make_service_with_connect_info::<Connection>())
+        axum::serve(drain::Listener(listener), router.into_make_service_with_connect_info::<Connection>())
             .with_graceful_shutdown(async move {
                 tokio::select! {
                     () = shutdown => tracing::info!("shutdown signal: draining"),

@@ -5,8 +5,8 @@
 //! public way to close one socket's transport: `socket.disconnect()` sends a
 //! DISCONNECT, `SocketIo::close()` closes every transport at once (the thundering
 //! herd a drain exists to avoid). So the transport is closed from below:
-//! - WebSocket: every accepted TCP connection carries a [`Connection`] handle (a
-//!   duplicate of its file descriptor, in the request's extensions); `shutdown(2)`
+//! - WebSocket: every accepted TCP connection carries a [`Connection`] handle (its
+//!   file descriptor while it is open, in the request's extensions); `shutdown(2)`
 //!   on it ends the WebSocket, engine.io sees the transport close, and the client
 //!   reconnects — through the load balancer, to another instance.
 //! - HTTP long-polling: a session's requests may share keep-alive connections with
@@ -20,9 +20,12 @@
 //! offline and online (see `server::leave_cluster`).
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsFd, OwnedFd};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::Request;
@@ -34,34 +37,105 @@ use axum::serve::IncomingStream;
 use serde::Serialize;
 use socketioxide::TransportType;
 use socketioxide::extract::SocketRef;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
 use crate::adapter::ChatAdapter;
 use crate::app::App;
 
-/// A handle on one accepted TCP connection, able to shut it down from anywhere.
-#[derive(Clone, Debug)]
-pub struct Connection(Option<Arc<OwnedFd>>);
+/// The listener baton serves on: a TCP listener whose connections carry a
+/// [`Connection`] handle.
+pub struct Listener(pub TcpListener);
 
-impl Connected<IncomingStream<'_, TcpListener>> for Connection {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
-        let tcp = stream.io();
+/// An accepted TCP connection, tracked so that a [`Connection`] can shut it down
+/// while it is open.
+pub struct TrackedStream {
+    stream: TcpStream,
+    fd: Arc<Mutex<Option<RawFd>>>,
+}
+
+impl axum::serve::Listener for Listener {
+    type Io = TrackedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        // axum's own accept loop (it retries, and backs off on errors such as EMFILE).
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
         // Chat packets are small and latency-bound: no Nagle delay.
-        let _ = tcp.set_nodelay(true);
-        // A duplicate descriptor: shutting it down ends the connection for every
-        // holder, and it cannot be recycled for another connection while we hold it.
-        Connection(tcp.as_fd().try_clone_to_owned().ok().map(Arc::new))
+        let _ = stream.set_nodelay(true);
+        let fd = Arc::new(Mutex::new(Some(stream.as_raw_fd())));
+        (TrackedStream { stream, fd }, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+impl Drop for TrackedStream {
+    /// Forgets the descriptor before `stream` closes it (fields drop after this), so
+    /// that a later `shut_down` cannot reach a descriptor reused by another file.
+    fn drop(&mut self) {
+        *self.fd.lock().unwrap() = None;
+    }
+}
+
+impl AsyncRead for TrackedStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TrackedStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// A handle on one accepted TCP connection, able to shut it down from anywhere
+/// while it is open. It used to hold a duplicate of the descriptor, which doubled
+/// the descriptors an instance needs per connection (10,000 idle WebSockets went
+/// past a 20,000 open-files limit); it now shares the connection's own, which the
+/// connection forgets before closing it.
+#[derive(Clone, Debug)]
+pub struct Connection(Arc<Mutex<Option<RawFd>>>);
+
+impl Connected<IncomingStream<'_, Listener>> for Connection {
+    fn connect_info(stream: IncomingStream<'_, Listener>) -> Self {
+        Connection(stream.io().fd.clone())
     }
 }
 
 impl Connection {
-    /// Ends the connection: both directions, the peer sees FIN.
+    /// Ends the connection: both directions, the peer sees FIN. `false` if it is
+    /// already closed.
     pub fn shut_down(&self) -> bool {
-        match &self.0 {
-            Some(fd) => socket2::SockRef::from(fd.as_ref()).shutdown(std::net::Shutdown::Both).is_ok(),
-            None => false,
-        }
+        let fd = self.0.lock().unwrap();
+        let Some(fd) = *fd else { return false };
+        // SAFETY: the descriptor is open while it is in the mutex, which we hold.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Both).is_ok()
     }
 }
 

@@ -97,6 +97,7 @@ async fn assemble<A: ChatAdapter>(
     let drained = app.clone();
     let router = http::router(app.clone())
         .layer(layer)
+        .layer(axum::middleware::map_request(adapter::detach_from_read_buffer))
         .layer(axum::middleware::from_fn(move |req, next| drain::drain_gate(drained.clone(), req, next)))
         .layer(origins.cors())
         .layer(axum::middleware::from_fn(move |req, next| http::check_origin(origins.clone(), req, next)))
@@ -137,7 +138,7 @@ impl<A: ChatAdapter> Server<A> {
             background.push(tokio::spawn(cluster_tasks(app.clone(), registry)));
         }
         let closing = app.clone();
-        axum::serve(listener, router.into_make_service_with_connect_info::<Connection>())
+        axum::serve(drain::Listener(listener), router.into_make_service_with_connect_info::<Connection>())
             .with_graceful_shutdown(async move {
                 tokio::select! {
                     () = shutdown => tracing::info!("shutdown signal: draining"),

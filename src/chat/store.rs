@@ -11,12 +11,15 @@
 //! gap-free and in commit order (PostgreSQL's row lock on the channel, SQLite's single
 //! writer).
 
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
+use super::batch::{BatchError, MessageWriter, NewMessage};
 use super::{
     Channel, ChannelId, ChannelUnread, Community, CommunityId, CommunityMember, Message, MessageId, Role, User, UserId,
 };
@@ -25,6 +28,9 @@ use super::{
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// Where new messages go to be written in groups; `None` in the writers' own
+    /// store, which writes them directly.
+    message_writer: Option<MessageWriter>,
 }
 
 #[derive(Clone)]
@@ -136,6 +142,13 @@ pub enum Slice {
     Changes { since: i64 },
 }
 
+/// PostgreSQL connections per instance.
+const PG_CONNECTIONS: u32 = 16;
+
+/// Batches of new messages written at once per instance on PostgreSQL: one can be
+/// collected and written while another commits.
+const PG_MESSAGE_WRITERS: usize = 2;
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     e.as_database_error().is_some_and(|d| d.is_unique_violation())
 }
@@ -159,16 +172,27 @@ impl Store {
             }
             let write = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
             let read = SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?;
-            Ok(Store { backend: Backend::Sqlite { read, write } })
+            // One writer: there is one write connection.
+            Ok(Store::with_message_writers(Backend::Sqlite { read, write }, 1))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            let pool =
-                PgPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(10)).connect(url).await?;
-            Ok(Store { backend: Backend::Postgres(pool) })
+            let pool = PgPoolOptions::new()
+                .max_connections(PG_CONNECTIONS)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await?;
+            Ok(Store::with_message_writers(Backend::Postgres(pool), PG_MESSAGE_WRITERS))
         } else {
             Err(sqlx::Error::Configuration(
                 format!("unsupported database URL {url:?}: use sqlite://PATH or postgres://...").into(),
             ))
         }
+    }
+
+    /// The store over `backend`, with `writers` tasks writing new messages in groups.
+    fn with_message_writers(backend: Backend, writers: usize) -> Store {
+        let direct = Store { backend, message_writer: None };
+        let message_writer = Some(MessageWriter::spawn(direct.clone(), writers));
+        Store { message_writer, ..direct }
     }
 
     /// Applies the migrations of this database's dialect.
@@ -545,7 +569,9 @@ impl Store {
     }
 
     /// Writes a new message with the channel's next event sequence, or returns the
-    /// one this sender already wrote with the same clientMsgId.
+    /// one this sender already wrote with the same clientMsgId. Returns once the
+    /// message is committed, in a group with whatever other messages were sent
+    /// meanwhile (see `batch.rs`).
     pub async fn insert_message(
         &self,
         channel: ChannelId,
@@ -559,6 +585,25 @@ impl Store {
                 return Ok(Inserted::Existing(existing));
             }
         }
+        match &self.message_writer {
+            Some(writer) => {
+                let client_msg_id = client_msg_id.map(str::to_owned);
+                writer.write(NewMessage { channel, sender, content: content.to_owned(), client_msg_id, now }).await
+            }
+            None => self.insert_message_alone(channel, sender, content, client_msg_id, now).await,
+        }
+    }
+
+    /// Writes one new message in a transaction of its own; if a concurrent send with
+    /// the same clientMsgId won, returns that one.
+    pub(super) async fn insert_message_alone(
+        &self,
+        channel: ChannelId,
+        sender: UserId,
+        content: &str,
+        client_msg_id: Option<&str>,
+        now: i64,
+    ) -> Result<Inserted, sqlx::Error> {
         let res: Result<Message, sqlx::Error> = on_writer!(self, "insert_message", |pool| {
             async {
                 let mut tx = pool.begin().await?;
@@ -608,6 +653,99 @@ impl Store {
             }
             (Err(e), _) => Err(e),
         }
+    }
+
+    /// Writes new messages in one transaction: per channel, in channel-id order, one
+    /// `UPDATE channels` takes as many sequence numbers as the channel has messages
+    /// here (given in the order of `messages`), then one multi-row INSERT writes them
+    /// all. Returns them in the order of `messages` once committed. The caller keeps
+    /// clientMsgIds unique within `messages`.
+    pub(super) async fn insert_messages(&self, messages: &[NewMessage]) -> Result<Vec<Message>, BatchError> {
+        // Per channel: how many, and the latest time among them.
+        let mut channels: BTreeMap<ChannelId, (i64, i64)> = BTreeMap::new();
+        for m in messages {
+            let (count, latest) = channels.entry(m.channel).or_insert((0, m.now));
+            *count += 1;
+            *latest = (*latest).max(m.now);
+        }
+        let mut sql = String::from(
+            "INSERT INTO messages (channel_id, seq, event_seq, sender_id, content, client_msg_id, created_at, deleted) \
+             VALUES ",
+        );
+        for i in 0..messages.len() {
+            let sep = if i == 0 { "" } else { ", " };
+            let n = |k: usize| 6 * i + k;
+            // channel_id, seq, event_seq (= seq), sender_id, content, client_msg_id, created_at
+            let _ = write!(sql, "{sep}(${}, ${}, ${1}, ${}, ${}, ${}, ${}, FALSE)", n(1), n(2), n(3), n(4), n(5), n(6));
+        }
+        sql.push_str(" RETURNING id, channel_id, seq");
+        on_writer!(self, "insert_messages", |pool| {
+            async {
+                let before = BatchError::before_commit;
+                let mut tx = pool.begin().await.map_err(before)?;
+                // channel -> (its next sequence number here, its community)
+                let mut next: HashMap<ChannelId, (i64, i64)> = HashMap::with_capacity(channels.len());
+                for (&channel, &(count, latest)) in &channels {
+                    let (last_seq, community_id): (i64, i64) = sqlx::query_as(
+                        "UPDATE channels SET last_seq = last_seq + $2, last_event_at = $3 WHERE id = $1 \
+                         RETURNING last_seq, community_id",
+                    )
+                    .bind(channel)
+                    .bind(count)
+                    .bind(latest)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(before)?;
+                    next.insert(channel, (last_seq - count + 1, community_id));
+                }
+                let mut written: Vec<Message> = messages
+                    .iter()
+                    .map(|m| {
+                        let (seq, community_id) = next.get_mut(&m.channel).expect("every channel was numbered");
+                        *seq += 1;
+                        Message {
+                            id: 0,
+                            channel_id: m.channel,
+                            community_id: *community_id,
+                            seq: *seq - 1,
+                            event_seq: *seq - 1,
+                            sender_id: m.sender,
+                            content: m.content.clone(),
+                            client_msg_id: m.client_msg_id.clone(),
+                            created_at: m.now,
+                            edited_at: None,
+                            deleted: false,
+                        }
+                    })
+                    .collect();
+                let mut insert = sqlx::query_as::<_, (MessageId, ChannelId, i64)>(&sql);
+                for m in &written {
+                    insert = insert
+                        .bind(m.channel_id)
+                        .bind(m.seq)
+                        .bind(m.sender_id)
+                        .bind(&m.content)
+                        .bind(&m.client_msg_id)
+                        .bind(m.created_at);
+                }
+                // RETURNING's row order is not promised: match ids by (channel, seq).
+                let ids: HashMap<(ChannelId, i64), MessageId> = insert
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(before)?
+                    .into_iter()
+                    .map(|(id, channel, seq)| ((channel, seq), id))
+                    .collect();
+                for m in &mut written {
+                    m.id = *ids.get(&(m.channel_id, m.seq)).ok_or_else(|| {
+                        BatchError::before_commit(sqlx::Error::Protocol("INSERT ... RETURNING left out a row".into()))
+                    })?;
+                }
+                tx.commit().await.map_err(BatchError::Commit)?;
+                Ok(written)
+            }
+            .await
+        })
     }
 
     /// Applies a modify (`Some(content)`) or a delete (`None`) to a live message,

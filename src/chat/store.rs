@@ -655,20 +655,39 @@ impl Store {
         }
     }
 
-    /// Writes new messages in one transaction: per channel, in channel-id order, one
-    /// `UPDATE channels` takes as many sequence numbers as the channel has messages
-    /// here (given in the order of `messages`), then one multi-row INSERT writes them
-    /// all. Returns them in the order of `messages` once committed. The caller keeps
-    /// clientMsgIds unique within `messages`.
+    /// Writes new messages in one transaction: one `UPDATE channels` takes as many
+    /// sequence numbers in each channel as it has messages here (numbered in the order
+    /// of `messages`), then one multi-row INSERT writes them all. Returns them in the
+    /// order of `messages` once committed. The caller keeps clientMsgIds unique within
+    /// `messages`.
     pub(super) async fn insert_messages(&self, messages: &[NewMessage]) -> Result<Vec<Message>, BatchError> {
-        // Per channel: how many, and the latest time among them.
+        // Per channel: how many, and the latest time among them; in channel-id order.
         let mut channels: BTreeMap<ChannelId, (i64, i64)> = BTreeMap::new();
         for m in messages {
             let (count, latest) = channels.entry(m.channel).or_insert((0, m.now));
             *count += 1;
             *latest = (*latest).max(m.now);
         }
-        let mut sql = String::from(
+        // PostgreSQL: an UPDATE locks the rows it joins in whatever order its plan
+        // takes, so with several channels they are locked first, in id order, so that
+        // two batches (of this instance or another) cannot deadlock. Ids are integers,
+        // inlined as such. SQLite has one writer and no row locks.
+        let lock_in_order = (!self.is_sqlite() && channels.len() > 1).then(|| {
+            let ids = channels.keys().map(i64::to_string).collect::<Vec<_>>().join(",");
+            format!("SELECT id FROM channels WHERE id IN ({ids}) ORDER BY id FOR UPDATE")
+        });
+        // One row (id, count, time) per channel, as a derived table both dialects read.
+        let mut take_seqs =
+            String::from("UPDATE channels SET last_seq = channels.last_seq + v.k, last_event_at = v.t FROM (");
+        for i in 0..channels.len() {
+            let n = |k: usize| 3 * i + k;
+            let select = if i == 0 { "SELECT" } else { " UNION ALL SELECT" };
+            let _ = write!(take_seqs, "{select} ${} AS id, ${} AS k, ${} AS t", n(1), n(2), n(3));
+        }
+        take_seqs.push_str(
+            ") AS v WHERE channels.id = v.id RETURNING channels.id, channels.last_seq, channels.community_id",
+        );
+        let mut insert = String::from(
             "INSERT INTO messages (channel_id, seq, event_seq, sender_id, content, client_msg_id, created_at, deleted) \
              VALUES ",
         );
@@ -676,27 +695,34 @@ impl Store {
             let sep = if i == 0 { "" } else { ", " };
             let n = |k: usize| 6 * i + k;
             // channel_id, seq, event_seq (= seq), sender_id, content, client_msg_id, created_at
-            let _ = write!(sql, "{sep}(${}, ${}, ${1}, ${}, ${}, ${}, ${}, FALSE)", n(1), n(2), n(3), n(4), n(5), n(6));
+            let _ =
+                write!(insert, "{sep}(${}, ${}, ${1}, ${}, ${}, ${}, ${}, FALSE)", n(1), n(2), n(3), n(4), n(5), n(6));
         }
-        sql.push_str(" RETURNING id, channel_id, seq");
+        insert.push_str(" RETURNING id, channel_id, seq");
         on_writer!(self, "insert_messages", |pool| {
             async {
                 let before = BatchError::before_commit;
                 let mut tx = pool.begin().await.map_err(before)?;
-                // channel -> (its next sequence number here, its community)
-                let mut next: HashMap<ChannelId, (i64, i64)> = HashMap::with_capacity(channels.len());
+                if let Some(lock) = &lock_in_order {
+                    sqlx::query(lock).execute(&mut *tx).await.map_err(before)?;
+                }
+                let mut numbering = sqlx::query_as::<_, (ChannelId, i64, i64)>(&take_seqs);
                 for (&channel, &(count, latest)) in &channels {
-                    let (last_seq, community_id): (i64, i64) = sqlx::query_as(
-                        "UPDATE channels SET last_seq = last_seq + $2, last_event_at = $3 WHERE id = $1 \
-                         RETURNING last_seq, community_id",
-                    )
-                    .bind(channel)
-                    .bind(count)
-                    .bind(latest)
-                    .fetch_one(&mut *tx)
+                    numbering = numbering.bind(channel).bind(count).bind(latest);
+                }
+                // channel -> (its next sequence number here, its community)
+                let mut next: HashMap<ChannelId, (i64, i64)> = numbering
+                    .fetch_all(&mut *tx)
                     .await
-                    .map_err(before)?;
-                    next.insert(channel, (last_seq - count + 1, community_id));
+                    .map_err(before)?
+                    .into_iter()
+                    .map(|(channel, last_seq, community_id)| {
+                        (channel, (last_seq - channels[&channel].0 + 1, community_id))
+                    })
+                    .collect();
+                if next.len() < channels.len() {
+                    // A channel that does not exist (any more): its rows fail, alone.
+                    return Err(before(sqlx::Error::RowNotFound));
                 }
                 let mut written: Vec<Message> = messages
                     .iter()
@@ -718,9 +744,9 @@ impl Store {
                         }
                     })
                     .collect();
-                let mut insert = sqlx::query_as::<_, (MessageId, ChannelId, i64)>(&sql);
+                let mut rows = sqlx::query_as::<_, (MessageId, ChannelId, i64)>(&insert);
                 for m in &written {
-                    insert = insert
+                    rows = rows
                         .bind(m.channel_id)
                         .bind(m.seq)
                         .bind(m.sender_id)
@@ -729,7 +755,7 @@ impl Store {
                         .bind(m.created_at);
                 }
                 // RETURNING's row order is not promised: match ids by (channel, seq).
-                let ids: HashMap<(ChannelId, i64), MessageId> = insert
+                let ids: HashMap<(ChannelId, i64), MessageId> = rows
                     .fetch_all(&mut *tx)
                     .await
                     .map_err(before)?

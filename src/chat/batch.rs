@@ -18,9 +18,10 @@
 //!   ([`Store::insert_message_alone`]), so a bad row fails only itself;
 //! - two requests of one batch with the same (channel, sender, clientMsgId) write one
 //!   message: the later ones answer with it as found ([`Inserted::Existing`]);
-//! - sequences are taken channel by channel in channel-id order, so writers on
-//!   PostgreSQL (several per instance, several instances) lock channel rows in one order
-//!   and cannot deadlock.
+//! - a batch's channel rows are locked in channel-id order (PostgreSQL), so writers
+//!   of several instances sharing the database cannot deadlock, and each channel's
+//!   sequence numbers are taken in the transaction that writes them, so they stay
+//!   gap-free and in commit order.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -83,12 +84,14 @@ struct Request {
 #[derive(Clone)]
 pub struct MessageWriter {
     queue: mpsc::Sender<Request>,
+    /// What the writers write with.
+    store: Arc<Store>,
 }
 
 impl MessageWriter {
     /// Starts `writers` writer tasks on `store` (which must write directly, not through
-    /// another `MessageWriter`). More than one lets a batch be written while another
-    /// commits; that only helps a database with several write connections.
+    /// another `MessageWriter`). More than one lets a batch be collected and written
+    /// while another commits, which needs as many write connections.
     pub fn spawn(store: Store, writers: usize) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
@@ -106,7 +109,12 @@ impl MessageWriter {
                 }
             });
         }
-        Self { queue }
+        Self { queue, store: Arc::new(store) }
+    }
+
+    /// The store the writers write with.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Queues a new message and waits for the commit that holds it.

@@ -145,9 +145,12 @@ pub enum Slice {
 /// PostgreSQL connections per instance.
 const PG_CONNECTIONS: u32 = 16;
 
-/// Batches of new messages written at once per instance on PostgreSQL: one can be
-/// collected and written while another commits.
-const PG_MESSAGE_WRITERS: usize = 2;
+/// Writers of new messages per instance on PostgreSQL, each with a connection of
+/// its own out of [`PG_CONNECTIONS`], so that batches do not queue behind reads for
+/// a connection. One: measured on two cores, a second writer (one batch collected
+/// and written while another commits) made batches smaller and acks/s lower, the
+/// CPU being the limit there, not the commit's round trips (docs/benchmarks.md).
+const PG_MESSAGE_WRITERS: usize = 1;
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     e.as_database_error().is_some_and(|d| d.is_unique_violation())
@@ -172,15 +175,17 @@ impl Store {
             }
             let write = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
             let read = SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?;
-            // One writer: there is one write connection.
-            Ok(Store::with_message_writers(Backend::Sqlite { read, write }, 1))
+            // One writer, on the one write connection.
+            let backend = Backend::Sqlite { read, write };
+            Ok(Store::with_message_writers(backend.clone(), backend, 1))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            let pool = PgPoolOptions::new()
-                .max_connections(PG_CONNECTIONS)
-                .acquire_timeout(Duration::from_secs(10))
-                .connect(url)
-                .await?;
-            Ok(Store::with_message_writers(Backend::Postgres(pool), PG_MESSAGE_WRITERS))
+            let writers = PG_MESSAGE_WRITERS;
+            let pool = |connections: usize| {
+                PgPoolOptions::new().max_connections(connections as u32).acquire_timeout(Duration::from_secs(10))
+            };
+            let general = pool(PG_CONNECTIONS as usize - writers).connect(url).await?;
+            let messages = pool(writers).connect(url).await?;
+            Ok(Store::with_message_writers(Backend::Postgres(general), Backend::Postgres(messages), writers))
         } else {
             Err(sqlx::Error::Configuration(
                 format!("unsupported database URL {url:?}: use sqlite://PATH or postgres://...").into(),
@@ -188,11 +193,11 @@ impl Store {
         }
     }
 
-    /// The store over `backend`, with `writers` tasks writing new messages in groups.
-    fn with_message_writers(backend: Backend, writers: usize) -> Store {
-        let direct = Store { backend, message_writer: None };
-        let message_writer = Some(MessageWriter::spawn(direct.clone(), writers));
-        Store { message_writer, ..direct }
+    /// The store over `backend`, with `writers` tasks writing new messages in groups
+    /// over `writers_backend`.
+    fn with_message_writers(backend: Backend, writers_backend: Backend, writers: usize) -> Store {
+        let direct = Store { backend: writers_backend, message_writer: None };
+        Store { backend, message_writer: Some(MessageWriter::spawn(direct, writers)) }
     }
 
     /// Applies the migrations of this database's dialect.
@@ -213,6 +218,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(writer) = &self.message_writer {
+            Box::pin(writer.store().close()).await;
+        }
         match &self.backend {
             Backend::Sqlite { read, write } => {
                 read.close().await;

@@ -29,6 +29,11 @@ pub const LOCAL_FALLBACKS: &str = "baton_broadcast_local_fallbacks_total";
 pub const SERVER_ERRORS: &str = "baton_server_errors_total";
 /// Database query time, by `query` (seconds).
 pub const DB_SECONDS: &str = "baton_db_query_seconds";
+/// New messages written per transaction by the group commit (rows).
+pub const DB_BATCH_ROWS: &str = "baton_db_batch_rows";
+/// Batches of new messages that a row made fail before their commit, so that each of
+/// their messages was then written alone.
+pub const DB_BATCH_RETRIES: &str = "baton_db_batch_retries_total";
 /// 1 while Redis answers, 0 while it does not (only in a cluster).
 pub const REDIS_UP: &str = "baton_redis_up";
 /// Times the Redis connections came back after a failure.
@@ -39,6 +44,8 @@ pub const REDIS_ERRORS: &str = "baton_redis_errors_total";
 pub const PUBSUB_DROPPED: &str = "baton_pubsub_dropped_total";
 
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+/// Up to the group commit's largest batch (`chat/batch.rs`, 256).
+const BATCH_ROWS_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -49,6 +56,8 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .expect("the buckets are not empty")
+                .set_buckets_for_metric(Matcher::Full(DB_BATCH_ROWS.into()), BATCH_ROWS_BUCKETS)
                 .expect("the buckets are not empty")
                 .install_recorder()
                 .expect("no other metrics recorder is installed");

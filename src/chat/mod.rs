@@ -3,6 +3,7 @@
 //! way by the REST API and the gateway, so "durable before broadcast" and every
 //! permission check live in one place, testable against a real database.
 
+mod batch;
 mod input;
 mod service;
 pub mod store;

@@ -11,12 +11,15 @@
 //! gap-free and in commit order (PostgreSQL's row lock on the channel, SQLite's single
 //! writer).
 
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
+use super::batch::{BatchError, MessageWriter, NewMessage};
 use super::{
     Channel, ChannelId, ChannelUnread, Community, CommunityId, CommunityMember, Message, MessageId, Role, User, UserId,
 };
@@ -25,6 +28,9 @@ use super::{
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// Where new messages go to be written in groups; `None` in the writers' own
+    /// store, which writes them directly.
+    message_writer: Option<MessageWriter>,
 }
 
 #[derive(Clone)]
@@ -136,6 +142,16 @@ pub enum Slice {
     Changes { since: i64 },
 }
 
+/// PostgreSQL connections per instance.
+const PG_CONNECTIONS: u32 = 16;
+
+/// Writers of new messages per instance on PostgreSQL, each with a connection of
+/// its own out of [`PG_CONNECTIONS`], so that batches do not queue behind reads for
+/// a connection. One: measured on two cores, a second writer (one batch collected
+/// and written while another commits) made batches smaller and acks/s lower, the
+/// CPU being the limit there, not the commit's round trips (docs/benchmarks.md).
+const PG_MESSAGE_WRITERS: usize = 1;
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     e.as_database_error().is_some_and(|d| d.is_unique_violation())
 }
@@ -159,16 +175,29 @@ impl Store {
             }
             let write = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
             let read = SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?;
-            Ok(Store { backend: Backend::Sqlite { read, write } })
+            // One writer, on the one write connection.
+            let backend = Backend::Sqlite { read, write };
+            Ok(Store::with_message_writers(backend.clone(), backend, 1))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            let pool =
-                PgPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(10)).connect(url).await?;
-            Ok(Store { backend: Backend::Postgres(pool) })
+            let writers = PG_MESSAGE_WRITERS;
+            let pool = |connections: usize| {
+                PgPoolOptions::new().max_connections(connections as u32).acquire_timeout(Duration::from_secs(10))
+            };
+            let general = pool(PG_CONNECTIONS as usize - writers).connect(url).await?;
+            let messages = pool(writers).connect(url).await?;
+            Ok(Store::with_message_writers(Backend::Postgres(general), Backend::Postgres(messages), writers))
         } else {
             Err(sqlx::Error::Configuration(
                 format!("unsupported database URL {url:?}: use sqlite://PATH or postgres://...").into(),
             ))
         }
+    }
+
+    /// The store over `backend`, with `writers` tasks writing new messages in groups
+    /// over `writers_backend`.
+    fn with_message_writers(backend: Backend, writers_backend: Backend, writers: usize) -> Store {
+        let direct = Store { backend: writers_backend, message_writer: None };
+        Store { backend, message_writer: Some(MessageWriter::spawn(direct, writers)) }
     }
 
     /// Applies the migrations of this database's dialect.
@@ -189,6 +218,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(writer) = &self.message_writer {
+            Box::pin(writer.store().close()).await;
+        }
         match &self.backend {
             Backend::Sqlite { read, write } => {
                 read.close().await;
@@ -545,7 +577,9 @@ impl Store {
     }
 
     /// Writes a new message with the channel's next event sequence, or returns the
-    /// one this sender already wrote with the same clientMsgId.
+    /// one this sender already wrote with the same clientMsgId. Returns once the
+    /// message is committed, in a group with whatever other messages were sent
+    /// meanwhile (see `batch.rs`).
     pub async fn insert_message(
         &self,
         channel: ChannelId,
@@ -559,6 +593,25 @@ impl Store {
                 return Ok(Inserted::Existing(existing));
             }
         }
+        match &self.message_writer {
+            Some(writer) => {
+                let client_msg_id = client_msg_id.map(str::to_owned);
+                writer.write(NewMessage { channel, sender, content: content.to_owned(), client_msg_id, now }).await
+            }
+            None => self.insert_message_alone(channel, sender, content, client_msg_id, now).await,
+        }
+    }
+
+    /// Writes one new message in a transaction of its own; if a concurrent send with
+    /// the same clientMsgId won, returns that one.
+    pub(super) async fn insert_message_alone(
+        &self,
+        channel: ChannelId,
+        sender: UserId,
+        content: &str,
+        client_msg_id: Option<&str>,
+        now: i64,
+    ) -> Result<Inserted, sqlx::Error> {
         let res: Result<Message, sqlx::Error> = on_writer!(self, "insert_message", |pool| {
             async {
                 let mut tx = pool.begin().await?;
@@ -608,6 +661,125 @@ impl Store {
             }
             (Err(e), _) => Err(e),
         }
+    }
+
+    /// Writes new messages in one transaction: one `UPDATE channels` takes as many
+    /// sequence numbers in each channel as it has messages here (numbered in the order
+    /// of `messages`), then one multi-row INSERT writes them all. Returns them in the
+    /// order of `messages` once committed. The caller keeps clientMsgIds unique within
+    /// `messages`.
+    pub(super) async fn insert_messages(&self, messages: &[NewMessage]) -> Result<Vec<Message>, BatchError> {
+        // Per channel: how many, and the latest time among them; in channel-id order.
+        let mut channels: BTreeMap<ChannelId, (i64, i64)> = BTreeMap::new();
+        for m in messages {
+            let (count, latest) = channels.entry(m.channel).or_insert((0, m.now));
+            *count += 1;
+            *latest = (*latest).max(m.now);
+        }
+        // PostgreSQL: an UPDATE locks the rows it joins in whatever order its plan
+        // takes, so with several channels they are locked first, in id order, so that
+        // two batches (of this instance or another) cannot deadlock. Ids are integers,
+        // inlined as such. SQLite has one writer and no row locks.
+        let lock_in_order = (!self.is_sqlite() && channels.len() > 1).then(|| {
+            let ids = channels.keys().map(i64::to_string).collect::<Vec<_>>().join(",");
+            format!("SELECT id FROM channels WHERE id IN ({ids}) ORDER BY id FOR UPDATE")
+        });
+        // One row (id, count, time) per channel, as a derived table both dialects read.
+        let mut take_seqs =
+            String::from("UPDATE channels SET last_seq = channels.last_seq + v.k, last_event_at = v.t FROM (");
+        for i in 0..channels.len() {
+            let n = |k: usize| 3 * i + k;
+            let select = if i == 0 { "SELECT" } else { " UNION ALL SELECT" };
+            let _ = write!(take_seqs, "{select} ${} AS id, ${} AS k, ${} AS t", n(1), n(2), n(3));
+        }
+        take_seqs.push_str(
+            ") AS v WHERE channels.id = v.id RETURNING channels.id, channels.last_seq, channels.community_id",
+        );
+        let mut insert = String::from(
+            "INSERT INTO messages (channel_id, seq, event_seq, sender_id, content, client_msg_id, created_at, deleted) \
+             VALUES ",
+        );
+        for i in 0..messages.len() {
+            let sep = if i == 0 { "" } else { ", " };
+            let n = |k: usize| 6 * i + k;
+            // channel_id, seq, event_seq (= seq), sender_id, content, client_msg_id, created_at
+            let _ =
+                write!(insert, "{sep}(${}, ${}, ${1}, ${}, ${}, ${}, ${}, FALSE)", n(1), n(2), n(3), n(4), n(5), n(6));
+        }
+        insert.push_str(" RETURNING id, channel_id, seq");
+        on_writer!(self, "insert_messages", |pool| {
+            async {
+                let before = BatchError::before_commit;
+                let mut tx = pool.begin().await.map_err(before)?;
+                if let Some(lock) = &lock_in_order {
+                    sqlx::query(lock).execute(&mut *tx).await.map_err(before)?;
+                }
+                let mut numbering = sqlx::query_as::<_, (ChannelId, i64, i64)>(&take_seqs);
+                for (&channel, &(count, latest)) in &channels {
+                    numbering = numbering.bind(channel).bind(count).bind(latest);
+                }
+                // channel -> (its next sequence number here, its community)
+                let mut next: HashMap<ChannelId, (i64, i64)> = numbering
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(before)?
+                    .into_iter()
+                    .map(|(channel, last_seq, community_id)| {
+                        (channel, (last_seq - channels[&channel].0 + 1, community_id))
+                    })
+                    .collect();
+                if next.len() < channels.len() {
+                    // A channel that does not exist (any more): its rows fail, alone.
+                    return Err(before(sqlx::Error::RowNotFound));
+                }
+                let mut written: Vec<Message> = messages
+                    .iter()
+                    .map(|m| {
+                        let (seq, community_id) = next.get_mut(&m.channel).expect("every channel was numbered");
+                        *seq += 1;
+                        Message {
+                            id: 0,
+                            channel_id: m.channel,
+                            community_id: *community_id,
+                            seq: *seq - 1,
+                            event_seq: *seq - 1,
+                            sender_id: m.sender,
+                            content: m.content.clone(),
+                            client_msg_id: m.client_msg_id.clone(),
+                            created_at: m.now,
+                            edited_at: None,
+                            deleted: false,
+                        }
+                    })
+                    .collect();
+                let mut rows = sqlx::query_as::<_, (MessageId, ChannelId, i64)>(&insert);
+                for m in &written {
+                    rows = rows
+                        .bind(m.channel_id)
+                        .bind(m.seq)
+                        .bind(m.sender_id)
+                        .bind(&m.content)
+                        .bind(&m.client_msg_id)
+                        .bind(m.created_at);
+                }
+                // RETURNING's row order is not promised: match ids by (channel, seq).
+                let ids: HashMap<(ChannelId, i64), MessageId> = rows
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(before)?
+                    .into_iter()
+                    .map(|(id, channel, seq)| ((channel, seq), id))
+                    .collect();
+                for m in &mut written {
+                    m.id = *ids.get(&(m.channel_id, m.seq)).ok_or_else(|| {
+                        BatchError::before_commit(sqlx::Error::Protocol("INSERT ... RETURNING left out a row".into()))
+                    })?;
+                }
+                tx.commit().await.map_err(BatchError::Commit)?;
+                Ok(written)
+            }
+            .await
+        })
     }
 
     /// Applies a modify (`Some(content)`) or a delete (`None`) to a live message,

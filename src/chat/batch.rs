@@ -1,6 +1,10 @@
 //! Group commit for new messages: sends that arrive while a write is in flight are
 //! written together, in one transaction (one fsync), instead of one each.
 //!
+//! The batch also checks its senders' membership: it reads its channels' members once,
+//! in its transaction, which replaces a membership query per message and gives the
+//! `notify` its recipients.
+//!
 //! A [`MessageWriter`] is a queue in front of one or more writer tasks. A writer takes
 //! whatever is queued (up to [`MAX_BATCH`]) and writes it with
 //! [`Store::insert_messages`], then answers every request. There is no timer: the next
@@ -28,8 +32,8 @@ use std::sync::Arc;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::store::{Inserted, Store};
-use super::{ChannelId, Message, UserId};
+use super::store::{Inserted, Store, Written};
+use super::{ChannelId, CommunityId, UserId};
 use crate::metrics as m;
 
 /// The most requests one transaction writes.
@@ -47,6 +51,9 @@ pub struct NewMessage {
     pub content: String,
     pub client_msg_id: Option<String>,
     pub now: i64,
+    /// The community the sender acts in (a socket's namespace), if any: a channel of
+    /// another one is refused as one that does not exist.
+    pub community: Option<CommunityId>,
 }
 
 impl NewMessage {
@@ -76,7 +83,8 @@ impl BatchError {
 
 struct Request {
     message: NewMessage,
-    reply: oneshot::Sender<Result<Inserted, sqlx::Error>>,
+    /// `None`: refused (see [`Store::insert_message`]).
+    reply: oneshot::Sender<Result<Option<Written>, sqlx::Error>>,
 }
 
 /// The queue in front of the writer tasks. Cheap to clone; the writers stop when the
@@ -118,7 +126,7 @@ impl MessageWriter {
     }
 
     /// Queues a new message and waits for the commit that holds it.
-    pub async fn write(&self, message: NewMessage) -> Result<Inserted, sqlx::Error> {
+    pub async fn write(&self, message: NewMessage) -> Result<Option<Written>, sqlx::Error> {
         let (reply, answer) = oneshot::channel();
         self.queue.send(Request { message, reply }).await.map_err(|_| sqlx::Error::PoolClosed)?;
         // A writer that went away (the runtime shutting down) answers nothing.
@@ -148,20 +156,20 @@ async fn write_batch(store: &Store, requests: Vec<Request>) {
     drop(first_with_key);
 
     match store.insert_messages(&writes).await {
-        Ok(messages) => {
+        Ok(written) => {
             for (r, (index, fresh)) in requests.into_iter().zip(plan) {
-                let message: Message = messages[index].clone();
-                let _ = r.reply.send(Ok(if fresh { Inserted::Fresh(message) } else { Inserted::Existing(message) }));
+                let answer = written.messages[index].clone().map(|message| Written {
+                    inserted: if fresh { Inserted::Fresh(message) } else { Inserted::Existing(message) },
+                    members: written.members.get(&r.message.channel).cloned(),
+                });
+                let _ = r.reply.send(Ok(answer));
             }
         }
         Err(BatchError::Rolledback { error, by_row: true }) => {
             metrics::counter!(m::DB_BATCH_RETRIES).increment(1);
             tracing::warn!(rows = requests.len(), error = %error, "batch of new messages refused; writing each alone");
             for r in requests {
-                let m = &r.message;
-                let result = store
-                    .insert_message_alone(m.channel, m.sender, &m.content, m.client_msg_id.as_deref(), m.now)
-                    .await;
+                let result = store.insert_message_alone(&r.message).await;
                 let _ = r.reply.send(result);
             }
         }

@@ -8,6 +8,7 @@ mod input;
 mod service;
 pub mod store;
 
+pub use batch::NewMessage;
 pub use input::{ChannelName, ClientMsgId, CommunityName, Content, DisplayName, Password, Username};
 pub use service::{Chat, Created, HistoryQuery, Page};
 pub use store::Store;

@@ -6,7 +6,10 @@
 
 use serde::Serialize;
 
-use super::store::{ChannelAccess, Inserted, Slice};
+use std::sync::Arc;
+
+use super::batch::NewMessage;
+use super::store::{ChannelAccess, Inserted, Slice, Written};
 use super::{
     Change, Channel, ChannelId, ChannelName, ClientMsgId, Community, CommunityId, CommunityMember, CommunityName,
     CommunityUnread, Content, DisplayName, Message, MessageId, Password, Role, Store, Unread, User, UserId, Username,
@@ -29,6 +32,9 @@ pub struct Created {
     /// False when nothing new was written (a repeated clientMsgId, a repeated delete):
     /// such a result is acked but not broadcast again.
     pub fresh: bool,
+    /// A new message's channel members as the write read them, if it did: who gets the
+    /// `notify` (else they are read when it is sent).
+    pub members: Option<Arc<[UserId]>>,
 }
 
 /// `history` parameters, as REST query or socket payload.
@@ -258,24 +264,60 @@ impl Chat {
 
     // ---- messages ----
 
+    /// Writes a new message as `user`; `community`: the one the user acts in (a socket's
+    /// namespace), if any, where a channel of another community does not exist. The
+    /// membership is checked by the write itself (in its transaction).
     pub async fn post(
         &self,
         user: UserId,
         channel: ChannelId,
         content: &str,
         client_msg_id: Option<&str>,
+        community: Option<CommunityId>,
     ) -> Result<Created> {
         let content = Content::parse(content)?;
         let client_msg_id = client_msg_id.map(ClientMsgId::parse).transpose()?;
-        self.member_channel(user, channel).await?;
-        let inserted = self
-            .store
-            .insert_message(channel, user, content.as_str(), client_msg_id.as_ref().map(ClientMsgId::as_str), now_ms())
-            .await?;
-        Ok(match inserted {
-            Inserted::Fresh(message) => Created { message, change: Change::New, fresh: true },
-            Inserted::Existing(message) => Created { message, change: Change::New, fresh: false },
-        })
+        // A refusal is told apart (no such channel, not a member, ...) by the same
+        // checks read on their own; a membership granted in between gets one more try.
+        for _ in 0..2 {
+            let message = NewMessage {
+                channel,
+                sender: user,
+                content: content.as_str().to_owned(),
+                client_msg_id: client_msg_id.as_ref().map(|c| c.as_str().to_owned()),
+                now: now_ms(),
+                community,
+            };
+            match self.store.insert_message(message).await? {
+                Some(Written { inserted: Inserted::Fresh(message), members }) => {
+                    return Ok(Created { message, change: Change::New, fresh: true, members });
+                }
+                Some(Written { inserted: Inserted::Existing(message), .. }) => {
+                    // Found by its clientMsgId before any check: the sender must still be a member.
+                    self.member_channel_in(user, channel, community).await?;
+                    return Ok(Created { message, change: Change::New, fresh: false, members: None });
+                }
+                None => {
+                    self.member_channel_in(user, channel, community).await?;
+                }
+            }
+        }
+        Err(Error::conflict("the channel's membership changed while writing; send again"))
+    }
+
+    /// The channel, if `user` is a member of it and it is in `community` (when given);
+    /// else the error that says why not.
+    pub async fn member_channel_in(
+        &self,
+        user: UserId,
+        channel: ChannelId,
+        community: Option<CommunityId>,
+    ) -> Result<Channel> {
+        let found = self.member_channel(user, channel).await?;
+        if community.is_some_and(|c| c != found.community_id) {
+            return Err(Error::not_found("no such channel in this community"));
+        }
+        Ok(found)
     }
 
     /// The author's own live message in this channel.
@@ -300,7 +342,7 @@ impl Chat {
             return Err(Error::conflict("the message was deleted"));
         }
         match self.store.change_message(&message, Some(content.as_str()), now_ms()).await? {
-            Some(message) => Ok(Created { message, change: Change::Modify, fresh: true }),
+            Some(message) => Ok(Created { message, change: Change::Modify, fresh: true, members: None }),
             None => Err(Error::conflict("the message was deleted")),
         }
     }
@@ -310,11 +352,11 @@ impl Chat {
         let message = self.own_message(user, channel, id).await?;
         if !message.deleted {
             if let Some(message) = self.store.change_message(&message, None, now_ms()).await? {
-                return Ok(Created { message, change: Change::Delete, fresh: true });
+                return Ok(Created { message, change: Change::Delete, fresh: true, members: None });
             }
         }
         let current = self.store.message(id).await?.ok_or_else(|| Error::not_found("no such message"))?;
-        Ok(Created { message: current, change: Change::Delete, fresh: false })
+        Ok(Created { message: current, change: Change::Delete, fresh: false, members: None })
     }
 
     pub async fn history(&self, user: UserId, channel: ChannelId, query: &HistoryQuery) -> Result<Page> {

@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -131,6 +132,22 @@ pub enum Inserted {
     Existing(Message),
 }
 
+/// What [`Store::insert_messages`] wrote: in the order of its input, each message, or
+/// `None` where it was refused; and the members of every channel of the batch.
+pub struct BatchWritten {
+    pub messages: Vec<Option<Message>>,
+    pub members: HashMap<ChannelId, Arc<[UserId]>>,
+}
+
+/// A new message's write, when it was not refused.
+pub struct Written {
+    pub inserted: Inserted,
+    /// The channel's members, read in the transaction that wrote the message when it
+    /// was written in a group (they are read there to check the senders' membership):
+    /// who gets the `notify`, without another query.
+    pub members: Option<Arc<[UserId]>>,
+}
+
 /// Which slice of a channel's messages to read.
 #[derive(Debug, Clone, Copy)]
 pub enum Slice {
@@ -151,6 +168,42 @@ const PG_CONNECTIONS: u32 = 16;
 /// and written while another commits) made batches smaller and acks/s lower, the
 /// CPU being the limit there, not the commit's round trips (docs/benchmarks.md).
 const PG_MESSAGE_WRITERS: usize = 1;
+
+/// The statements of a group write of `messages` (see [`Store::insert_messages`]): per
+/// channel, in id order, how many messages and the latest time; the UPDATE that numbers
+/// them; the INSERT that writes them.
+fn group_write_sql(messages: &[&NewMessage]) -> (BTreeMap<ChannelId, (i64, i64)>, String, String) {
+    // Per channel: how many, and the latest time among them; in channel-id order.
+    let mut channels: BTreeMap<ChannelId, (i64, i64)> = BTreeMap::new();
+    for m in messages {
+        let (count, latest) = channels.entry(m.channel).or_insert((0, m.now));
+        *count += 1;
+        *latest = (*latest).max(m.now);
+    }
+    // One row (id, count, time) per channel, as a derived table both dialects read.
+    let mut take_seqs =
+        String::from("UPDATE channels SET last_seq = channels.last_seq + v.k, last_event_at = v.t FROM (");
+    for i in 0..channels.len() {
+        let n = |k: usize| 3 * i + k;
+        let select = if i == 0 { "SELECT" } else { " UNION ALL SELECT" };
+        let _ = write!(take_seqs, "{select} ${} AS id, ${} AS k, ${} AS t", n(1), n(2), n(3));
+    }
+    take_seqs
+        .push_str(") AS v WHERE channels.id = v.id RETURNING channels.id, channels.last_seq, channels.community_id");
+    let mut insert = String::from(
+        "INSERT INTO messages (channel_id, seq, event_seq, sender_id, content, client_msg_id, created_at, deleted) \
+             VALUES ",
+    );
+    for i in 0..messages.len() {
+        let sep = if i == 0 { "" } else { ", " };
+        let n = |k: usize| 6 * i + k;
+        // channel_id, seq, event_seq (= seq), sender_id, content, client_msg_id, created_at
+        let _ = write!(insert, "{sep}(${}, ${}, ${1}, ${}, ${}, ${}, ${}, FALSE)", n(1), n(2), n(3), n(4), n(5), n(6));
+    }
+    insert.push_str(" RETURNING id, channel_id, seq");
+
+    (channels, take_seqs, insert)
+}
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     e.as_database_error().is_some_and(|d| d.is_unique_violation())
@@ -577,41 +630,33 @@ impl Store {
     }
 
     /// Writes a new message with the channel's next event sequence, or returns the
-    /// one this sender already wrote with the same clientMsgId. Returns once the
-    /// message is committed, in a group with whatever other messages were sent
-    /// meanwhile (see `batch.rs`).
-    pub async fn insert_message(
-        &self,
-        channel: ChannelId,
-        sender: UserId,
-        content: &str,
-        client_msg_id: Option<&str>,
-        now: i64,
-    ) -> Result<Inserted, sqlx::Error> {
-        if let Some(cmid) = client_msg_id {
-            if let Some(existing) = self.message_by_client_id(channel, sender, cmid).await? {
-                return Ok(Inserted::Existing(existing));
+    /// one this sender already wrote with the same clientMsgId (whose sender's
+    /// membership the caller checks). Returns once the message is committed, in a group
+    /// with whatever other messages were sent meanwhile (see `batch.rs`). `None`: refused,
+    /// nothing written, because the channel does not exist, is not in `community` (the
+    /// one the sender acts in, if any) or the sender is not a member of it; the check is
+    /// made in the transaction that writes.
+    pub async fn insert_message(&self, message: NewMessage) -> Result<Option<Written>, sqlx::Error> {
+        if let Some(cmid) = &message.client_msg_id {
+            if let Some(existing) = self.message_by_client_id(message.channel, message.sender, cmid).await? {
+                return Ok(Some(Written { inserted: Inserted::Existing(existing), members: None }));
             }
         }
         match &self.message_writer {
-            Some(writer) => {
-                let client_msg_id = client_msg_id.map(str::to_owned);
-                writer.write(NewMessage { channel, sender, content: content.to_owned(), client_msg_id, now }).await
-            }
-            None => self.insert_message_alone(channel, sender, content, client_msg_id, now).await,
+            Some(writer) => writer.write(message).await,
+            None => self.insert_message_alone(&message).await,
         }
     }
 
-    /// Writes one new message in a transaction of its own; if a concurrent send with
-    /// the same clientMsgId won, returns that one.
-    pub(super) async fn insert_message_alone(
-        &self,
-        channel: ChannelId,
-        sender: UserId,
-        content: &str,
-        client_msg_id: Option<&str>,
-        now: i64,
-    ) -> Result<Inserted, sqlx::Error> {
+    /// Writes one new message in a transaction of its own, after checking the sender's
+    /// membership; if a concurrent send with the same clientMsgId won, returns that one.
+    pub(super) async fn insert_message_alone(&self, message: &NewMessage) -> Result<Option<Written>, sqlx::Error> {
+        let NewMessage { channel, sender, ref content, ref client_msg_id, now, community } = *message;
+        let client_msg_id = client_msg_id.as_deref();
+        let access = self.channel_access(channel, sender).await?;
+        if !access.is_some_and(|a| a.channel_member && community.is_none_or(|c| c == a.channel.community_id)) {
+            return Ok(None);
+        }
         let res: Result<Message, sqlx::Error> = on_writer!(self, "insert_message", |pool| {
             async {
                 let mut tx = pool.begin().await?;
@@ -652,68 +697,67 @@ impl Store {
             }
             .await
         });
-        match (res, client_msg_id) {
-            (Ok(message), _) => Ok(Inserted::Fresh(message)),
+        let inserted = match (res, client_msg_id) {
+            (Ok(message), _) => Inserted::Fresh(message),
             // A concurrent send with the same clientMsgId won the race; ours rolled
             // back (sequence included), so return theirs.
             (Err(e), Some(cmid)) if is_unique_violation(&e) => {
-                self.message_by_client_id(channel, sender, cmid).await?.map(Inserted::Existing).ok_or(e)
+                self.message_by_client_id(channel, sender, cmid).await?.map(Inserted::Existing).ok_or(e)?
             }
-            (Err(e), _) => Err(e),
-        }
+            (Err(e), _) => return Err(e),
+        };
+        Ok(Some(Written { inserted, members: None }))
     }
 
-    /// Writes new messages in one transaction: one `UPDATE channels` takes as many
-    /// sequence numbers in each channel as it has messages here (numbered in the order
-    /// of `messages`), then one multi-row INSERT writes them all. Returns them in the
-    /// order of `messages` once committed. The caller keeps clientMsgIds unique within
-    /// `messages`.
-    pub(super) async fn insert_messages(&self, messages: &[NewMessage]) -> Result<Vec<Message>, BatchError> {
-        // Per channel: how many, and the latest time among them; in channel-id order.
-        let mut channels: BTreeMap<ChannelId, (i64, i64)> = BTreeMap::new();
-        for m in messages {
-            let (count, latest) = channels.entry(m.channel).or_insert((0, m.now));
-            *count += 1;
-            *latest = (*latest).max(m.now);
-        }
-        // PostgreSQL: an UPDATE locks the rows it joins in whatever order its plan
-        // takes, so with several channels they are locked first, in id order, so that
-        // two batches (of this instance or another) cannot deadlock. Ids are integers,
-        // inlined as such. SQLite has one writer and no row locks.
-        let lock_in_order = (!self.is_sqlite() && channels.len() > 1).then(|| {
-            let ids = channels.keys().map(i64::to_string).collect::<Vec<_>>().join(",");
-            format!("SELECT id FROM channels WHERE id IN ({ids}) ORDER BY id FOR UPDATE")
-        });
-        // One row (id, count, time) per channel, as a derived table both dialects read.
-        let mut take_seqs =
-            String::from("UPDATE channels SET last_seq = channels.last_seq + v.k, last_event_at = v.t FROM (");
-        for i in 0..channels.len() {
-            let n = |k: usize| 3 * i + k;
-            let select = if i == 0 { "SELECT" } else { " UNION ALL SELECT" };
-            let _ = write!(take_seqs, "{select} ${} AS id, ${} AS k, ${} AS t", n(1), n(2), n(3));
-        }
-        take_seqs.push_str(
-            ") AS v WHERE channels.id = v.id RETURNING channels.id, channels.last_seq, channels.community_id",
+    /// Writes new messages in one transaction. First one query reads the batch's
+    /// channels with their members (on PostgreSQL locking the channel rows, in id
+    /// order, so that two batches of this instance or another cannot deadlock): a
+    /// message whose channel is missing, in another community than its sender acts in,
+    /// or whose sender is not a member, is refused (`None` in its place) and takes no
+    /// sequence number. Then one `UPDATE channels` takes as many sequence numbers in
+    /// each channel as it has messages here (numbered in the order of `messages`), and
+    /// one multi-row INSERT writes them all. Returns them in the order of `messages`
+    /// once committed, with the members of each channel (who gets the `notify`). The
+    /// caller keeps clientMsgIds unique within `messages`.
+    pub(super) async fn insert_messages(&self, messages: &[NewMessage]) -> Result<BatchWritten, BatchError> {
+        let ids = messages.iter().map(|m| m.channel).collect::<std::collections::BTreeSet<_>>();
+        let ids = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        // Ids are integers, inlined as such. SQLite has one writer and no row locks.
+        let lock = if self.is_sqlite() { "" } else { " FOR UPDATE OF c" };
+        let read_members = format!(
+            "SELECT c.id, c.community_id, cm.user_id FROM channels c \
+             LEFT JOIN channel_members cm ON cm.channel_id = c.id WHERE c.id IN ({ids}) ORDER BY c.id{lock}"
         );
-        let mut insert = String::from(
-            "INSERT INTO messages (channel_id, seq, event_seq, sender_id, content, client_msg_id, created_at, deleted) \
-             VALUES ",
-        );
-        for i in 0..messages.len() {
-            let sep = if i == 0 { "" } else { ", " };
-            let n = |k: usize| 6 * i + k;
-            // channel_id, seq, event_seq (= seq), sender_id, content, client_msg_id, created_at
-            let _ =
-                write!(insert, "{sep}(${}, ${}, ${1}, ${}, ${}, ${}, ${}, FALSE)", n(1), n(2), n(3), n(4), n(5), n(6));
-        }
-        insert.push_str(" RETURNING id, channel_id, seq");
         on_writer!(self, "insert_messages", |pool| {
             async {
                 let before = BatchError::before_commit;
                 let mut tx = pool.begin().await.map_err(before)?;
-                if let Some(lock) = &lock_in_order {
-                    sqlx::query(lock).execute(&mut *tx).await.map_err(before)?;
+                let rows: Vec<(ChannelId, CommunityId, Option<UserId>)> =
+                    sqlx::query_as(&read_members).fetch_all(&mut *tx).await.map_err(before)?;
+                // channel -> (community, members)
+                let mut found: HashMap<ChannelId, (CommunityId, Vec<UserId>)> = HashMap::new();
+                for (channel, community, user) in rows {
+                    let entry = found.entry(channel).or_insert_with(|| (community, Vec::new()));
+                    entry.1.extend(user);
                 }
+                let accepted: Vec<bool> = messages
+                    .iter()
+                    .map(|m| {
+                        found.get(&m.channel).is_some_and(|(community, members)| {
+                            m.community.is_none_or(|c| c == *community) && members.contains(&m.sender)
+                        })
+                    })
+                    .collect();
+                let members: HashMap<ChannelId, Arc<[UserId]>> =
+                    found.into_iter().map(|(channel, (_, members))| (channel, members.into())).collect();
+                let to_write: Vec<&NewMessage> =
+                    messages.iter().zip(&accepted).filter(|(_, ok)| **ok).map(|(m, _)| m).collect();
+                if to_write.is_empty() {
+                    tx.rollback().await.map_err(before)?;
+                    return Ok(BatchWritten { messages: vec![None; messages.len()], members });
+                }
+                let (channels, take_seqs, insert) = group_write_sql(&to_write);
+                let messages_in = &to_write;
                 let mut numbering = sqlx::query_as::<_, (ChannelId, i64, i64)>(&take_seqs);
                 for (&channel, &(count, latest)) in &channels {
                     numbering = numbering.bind(channel).bind(count).bind(latest);
@@ -732,7 +776,7 @@ impl Store {
                     // A channel that does not exist (any more): its rows fail, alone.
                     return Err(before(sqlx::Error::RowNotFound));
                 }
-                let mut written: Vec<Message> = messages
+                let mut written: Vec<Message> = messages_in
                     .iter()
                     .map(|m| {
                         let (seq, community_id) = next.get_mut(&m.channel).expect("every channel was numbered");
@@ -758,8 +802,8 @@ impl Store {
                         .bind(m.channel_id)
                         .bind(m.seq)
                         .bind(m.sender_id)
-                        .bind(&m.content)
-                        .bind(&m.client_msg_id)
+                        .bind(m.content.as_str())
+                        .bind(m.client_msg_id.as_deref())
                         .bind(m.created_at);
                 }
                 // RETURNING's row order is not promised: match ids by (channel, seq).
@@ -775,8 +819,10 @@ impl Store {
                         BatchError::before_commit(sqlx::Error::Protocol("INSERT ... RETURNING left out a row".into()))
                     })?;
                 }
+                let mut written = written.into_iter();
                 tx.commit().await.map_err(BatchError::Commit)?;
-                Ok(written)
+                let messages = accepted.iter().map(|ok| if *ok { written.next() } else { None }).collect();
+                Ok(BatchWritten { messages, members })
             }
             .await
         })

@@ -397,8 +397,11 @@ async fn on_leave<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>, payload: 
 async fn on_chat<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>, payload: Payload) -> Result<Created> {
     let (user, community) = session_of(socket)?;
     let command: ChatCommand = payload.parse()?;
-    in_community(app, user, community, command.channel_id()).await?;
-    app.write_chat(user, command).await
+    // A new message's write checks the membership itself, in its transaction.
+    if !matches!(command, ChatCommand::New { .. }) {
+        in_community(app, user, community, command.channel_id()).await?;
+    }
+    app.write_chat(user, command, Some(community)).await
 }
 
 async fn on_read<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>, payload: Payload) -> Result<serde_json::Value> {
@@ -444,11 +447,7 @@ async fn in_community<A: ChatAdapter>(
     community: CommunityId,
     channel: ChannelId,
 ) -> Result<()> {
-    let found = app.chat.member_channel(user, channel).await?;
-    if found.community_id != community {
-        return Err(Error::not_found("no such channel in this community"));
-    }
-    Ok(())
+    app.chat.member_channel_in(user, channel, Some(community)).await.map(drop)
 }
 
 async fn on_disconnect<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>) {

@@ -73,13 +73,19 @@ fn preview(content: &str) -> &str {
 }
 
 impl<A: ChatAdapter> App<A> {
-    /// Applies a chat command for `user`: rate limit, then write. The change is
-    /// durable when this returns; the caller acks it, then [`App::publish`]es it.
-    pub async fn write_chat(&self, user: UserId, command: ChatCommand) -> Result<Created> {
+    /// Applies a chat command for `user`, acting in `community` if given (a socket's
+    /// namespace): rate limit, then write. The change is durable when this returns; the
+    /// caller acks it, then [`App::publish`]es it.
+    pub async fn write_chat(
+        &self,
+        user: UserId,
+        command: ChatCommand,
+        community: Option<CommunityId>,
+    ) -> Result<Created> {
         self.check_chat_rate(user)?;
         match command {
             ChatCommand::New { channel_id, content, client_msg_id } => {
-                self.chat.post(user, channel_id, &content, client_msg_id.as_deref()).await
+                self.chat.post(user, channel_id, &content, client_msg_id.as_deref(), community).await
             }
             ChatCommand::Modify { channel_id, message_id, content } => {
                 self.chat.modify(user, channel_id, message_id, &content).await
@@ -106,7 +112,7 @@ impl<A: ChatAdapter> App<A> {
             self.emit(to_room, created.change.event(), message).await;
         }
         if created.change == Change::New {
-            self.notify(message).await;
+            self.notify(message, created.members.as_deref()).await;
         }
     }
 
@@ -154,16 +160,24 @@ impl<A: ChatAdapter> App<A> {
         }
     }
 
-    /// `notify` on `/` to every member of the channel but the sender.
-    async fn notify(&self, message: &Message) {
-        let members = match self.chat.channel_member_ids(message.channel_id).await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(channel = message.channel_id, error = %e, "could not list members to notify");
-                return;
-            }
+    /// `notify` on `/` to every member of the channel but the sender: `members` if the
+    /// write read them, else read now.
+    async fn notify(&self, message: &Message, members: Option<&[UserId]>) {
+        let read;
+        let members = match members {
+            Some(members) => members,
+            None => match self.chat.channel_member_ids(message.channel_id).await {
+                Ok(m) => {
+                    read = m;
+                    &read[..]
+                }
+                Err(e) => {
+                    tracing::warn!(channel = message.channel_id, error = %e, "could not list members to notify");
+                    return;
+                }
+            },
         };
-        let rooms: Vec<String> = members.into_iter().filter(|&u| u != message.sender_id).map(user_room).collect();
+        let rooms: Vec<String> = members.iter().copied().filter(|&u| u != message.sender_id).map(user_room).collect();
         if rooms.is_empty() {
             return;
         }

@@ -79,7 +79,7 @@ async fn post_message<A: ChatAdapter>(
     Json(body): Json<NewMessage>,
 ) -> Result<impl IntoResponse> {
     let command = ChatCommand::New { channel_id: chid, content: body.content, client_msg_id: body.client_msg_id };
-    let created = app.write_chat(user, command).await?;
+    let created = app.write_chat(user, command, None).await?;
     app.publish(&created, None).await;
     let status = created_or_ok(created.fresh);
     Ok((status, axum::Json(serde_json::json!({ "written": true, "chatInfo": created.message }))))

@@ -244,3 +244,45 @@ async fn a_message_the_database_refuses_fails_alone_not_its_batch_mates() {
         assert_eq!(history, seqs, "channel {ch}: history equals the acks");
     }
 }
+
+/// The group write checks membership itself: sends from a user who is not a member of
+/// the channel, mixed into a burst of members' sends, are refused with `forbidden`
+/// and take no sequence number, and the members' messages are written gap-free.
+#[tokio::test]
+async fn a_non_members_sends_in_a_burst_are_refused_alone_and_take_no_sequence_number() {
+    const EACH: usize = 15;
+    let app = spawn_app().await;
+    let (owner, users, cid, chs) = crowd(&app, 4, 1).await;
+    let outsider = app.register("outsider").await;
+    app.post(&format!("/api/communities/{cid}/members"), &owner.token, json!({ "username": "outsider" })).await;
+    let ch = chs[0];
+    let mut members = Vec::new();
+    for u in &users {
+        members.push(app.joined(cid, u, &chs).await);
+    }
+    let outside = app.connect(&format!("/socket/commu-{cid}"), &outsider).await;
+
+    let mut pending = Vec::new();
+    for n in 0..EACH {
+        for (i, s) in members.iter().enumerate() {
+            let p = json!({ "chatType": "new", "channelId": ch, "content": format!("{i}:{n}") });
+            pending.push((true, s.emit_with_ack_deferred("chat", p).await.unwrap()));
+        }
+        let p = json!({ "chatType": "new", "channelId": ch, "content": format!("outsider:{n}") });
+        pending.push((false, outside.emit_with_ack_deferred("chat", p).await.unwrap()));
+    }
+    for (member, p) in pending {
+        let ack = p.wait(WAIT).await.unwrap();
+        if member {
+            assert_eq!(ack["written"], true, "{ack}");
+        } else {
+            assert_eq!(
+                (ack["written"].clone(), ack["error"]["code"].clone()),
+                (json!(false), json!("forbidden")),
+                "{ack}"
+            );
+        }
+    }
+    let seqs: Vec<i64> = changes(&app, ch, &owner).await.iter().map(|m| m["eventSeq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=(4 * EACH) as i64).collect::<Vec<_>>());
+}

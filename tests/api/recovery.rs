@@ -114,7 +114,7 @@ async fn a_replay_over_1000_messages_is_marked_incomplete() {
     let cid = app.community(&alice, &[]).await;
     let ch = app.channel(cid, &alice, "big", false, &[]).await;
     for i in 0..1005 {
-        app.app.chat.post(alice.id, ch, &format!("m{i}"), None).await.unwrap();
+        app.app.chat.post(alice.id, ch, &format!("m{i}"), None, None).await.unwrap();
     }
     let mut s = app
         .connect_with(&format!("/socket/commu-{cid}"), json!({ "token": alice.token, "since": { ch.to_string(): 0 } }))

@@ -2,9 +2,12 @@
 //! processes given with `--server-pid`.
 
 /// Clock ticks per second of `utime` and `stime` in `/proc/<pid>/stat` (`getconf CLK_TCK`).
-/// libc is not a dependency of baton, so `sysconf(_SC_CLK_TCK)` is not called: 100 is
-/// assumed, which is what Linux reports on every common architecture.
-pub(super) const CLK_TCK: f64 = 100.0;
+pub(super) fn clk_tck() -> f64 {
+    // SAFETY: sysconf has no preconditions; it returns -1 for an unknown name.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    // 100 is what Linux reports on every common architecture.
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}
 
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Snapshot {

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::Room;
 use super::conn::ConnStats;
-use super::procfs::CLK_TCK;
+use super::procfs::clk_tck;
 
 /// What the coordinator measured around the run.
 pub(super) struct Measured {
@@ -119,7 +119,7 @@ pub(super) fn report(scenario: &'static str, rooms: &[Room], rate: f64, conns: &
     let ack = percentiles(conns.iter().flat_map(|c| c.ack_latency_us.iter().copied()).collect());
     let reconnect = percentiles(conns.iter().flat_map(|c| c.reconnect_latency_us.iter().copied()).collect());
     let clients = conns.len();
-    let cpu_s = m.cpu_ticks.map(|t| t as f64 / CLK_TCK);
+    let cpu_s = m.cpu_ticks.map(|t| t as f64 / clk_tck());
     let per_1000 = |n: u64| cpu_s.filter(|_| n > 0).map(|s| round(s * 1000.0 / (n as f64 / 1000.0)));
     let kib_per_idle_connection = match (scenario, m.rss_before, m.rss_after) {
         ("idle", Some(before), Some(after)) if clients > 0 => {
@@ -158,7 +158,7 @@ pub(super) fn report(scenario: &'static str, rooms: &[Room], rate: f64, conns: &
         reconnect_p99_ms: reconnect.map(|p| p.1),
         reconnect_max_ms: reconnect.map(|p| p.2),
         server_cpu_s: cpu_s.map(round),
-        bench_cpu_s: m.bench_cpu_ticks.map(|t| round(t as f64 / CLK_TCK)),
+        bench_cpu_s: m.bench_cpu_ticks.map(|t| round(t as f64 / clk_tck())),
         server_rss_kib_before: m.rss_before,
         server_rss_kib_after: m.rss_after,
         cpu_ms_per_1000_delivered: per_1000(delivered),

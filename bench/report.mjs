@@ -5,7 +5,7 @@
 //   node bench/report.mjs RESULTS.jsonl                  prints the table
 //   node bench/report.mjs RESULTS.jsonl DOC.md CHART.svg also rewrites DOC.md between
 //                                                        its bench markers, and CHART.svg
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 
 const [resultsPath, docPath, chartPath] = process.argv.slice(2);
 if (!resultsPath) {
@@ -92,7 +92,8 @@ if (!docPath) process.exit();
 
 const BEGIN = '<!-- bench:begin (written by scripts/bench; edit outside the markers) -->';
 const END = '<!-- bench:end -->';
-const when = new Date().toISOString().slice(0, 16).replace('T', ' ');
+// When the runs ended: the results file's last write.
+const when = statSync(resultsPath).mtime.toISOString().slice(0, 16).replace('T', ' ');
 const systems = ['baton', 'peer'];
 const section = [
   BEGIN,
@@ -131,7 +132,7 @@ console.log(`\nwrote ${docPath} and ${chartPath}`);
 // A horizontal bar per figure: how many times better baton is than the peer, on a log
 // scale from 0.1x to 100x, with the target as a mark.
 function chart(rows) {
-  const W = 760, rowH = 46, left = 330, right = 30, top = 50;
+  const W = 760, rowH = 46, left = 330, right = 30, top = 60;
   const H = top + rows.length * rowH + 40;
   const span = W - left - right;
   const x = (v) => left + ((Math.log10(Math.min(Math.max(v, 0.1), 100)) + 1) / 3) * span;
@@ -153,7 +154,9 @@ function chart(rows) {
       const x0 = x(1), x1 = x(a);
       const colour = r.met ? '#2e7d32' : '#c62828';
       parts.push(`<rect x="${Math.min(x0, x1)}" y="${y + 6}" width="${Math.max(Math.abs(x1 - x0), 1)}" height="20" fill="${colour}"/>`);
-      parts.push(`<text x="${Math.max(x0, x1) + 6}" y="${y + 21}" fill="${colour}">${a.toFixed(a < 10 ? 2 : 1)}x</text>`);
+      // The label right of the bar and of the target mark, so that neither hides it.
+      const labelX = Math.max(x0, x1, x(r.goal)) + 6;
+      parts.push(`<text x="${labelX}" y="${y + 21}" fill="${colour}">${a.toFixed(a < 10 ? 2 : 1)}x</text>`);
     } else {
       parts.push(`<text x="${x(1) + 6}" y="${y + 21}" fill="#555">n/a</text>`);
     }

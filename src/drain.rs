@@ -48,6 +48,14 @@ use crate::app::App;
 /// [`Connection`] handle.
 pub struct Listener(pub TcpListener);
 
+/// Connections accepted since start, by every [`Listener`] of the process.
+static ACCEPTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many connections the process has accepted since it started.
+pub fn accepted() -> u64 {
+    ACCEPTED.load(Ordering::Relaxed)
+}
+
 /// An accepted TCP connection, tracked so that a [`Connection`] can shut it down
 /// while it is open.
 pub struct TrackedStream {
@@ -62,6 +70,7 @@ impl axum::serve::Listener for Listener {
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         // axum's own accept loop (it retries, and backs off on errors such as EMFILE).
         let (stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        ACCEPTED.fetch_add(1, Ordering::Relaxed);
         // Chat packets are small and latency-bound: no Nagle delay.
         let _ = stream.set_nodelay(true);
         let fd = Arc::new(Mutex::new(Some(stream.as_raw_fd())));

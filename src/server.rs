@@ -133,7 +133,8 @@ impl<A: ChatAdapter> Server<A> {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let Server { listener, router, app, registry } = self;
         tracing::info!(addr = %listener.local_addr()?, database = if app.chat.store().is_sqlite() { "sqlite" } else { "postgres" }, "baton is serving");
-        let mut background = vec![tokio::spawn(background_tasks(app.clone()))];
+        let mut background =
+            vec![tokio::spawn(background_tasks(app.clone())), tokio::spawn(trim_after_connection_bursts())];
         if let Some(registry) = registry.clone() {
             background.push(tokio::spawn(cluster_tasks(app.clone(), registry)));
         }
@@ -175,6 +176,39 @@ async fn background_tasks<A: ChatAdapter>(app: Arc<App<A>>) {
             tracing::warn!(error = %e, "position emit failed");
         }
         app.chat_limiter.retain_recent();
+    }
+}
+
+/// Gives the memory that connection handshakes freed back to the system once a burst
+/// of new connections has settled (a second with no accept, or every 10 s while they
+/// keep coming). Each handshake's 16 KiB HTTP read buffer is freed after the upgrade,
+/// between the connection's long-lived blocks, and glibc keeps those holes: about 10
+/// KiB of resident memory per idle connection (docs/benchmarks.md). `malloc_trim`
+/// returns their pages; it runs on the blocking pool and costs nothing while no
+/// connection arrives.
+async fn trim_after_connection_bursts() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut seen, mut untrimmed_ticks) = (crate::drain::accepted(), 0u32);
+        loop {
+            tick.tick().await;
+            let accepted = crate::drain::accepted();
+            let settled = accepted == seen;
+            seen = accepted;
+            if untrimmed_ticks == 0 && settled {
+                continue; // nothing new since the last trim
+            }
+            untrimmed_ticks += 1;
+            if settled || untrimmed_ticks >= 10 {
+                untrimmed_ticks = 0;
+                let started = std::time::Instant::now();
+                // SAFETY: malloc_trim only walks the allocator's arenas, under their locks.
+                let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+                tracing::debug!(took = ?started.elapsed(), "returned freed memory to the system");
+            }
+        }
     }
 }
 

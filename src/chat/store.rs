@@ -757,7 +757,6 @@ impl Store {
                     return Ok(BatchWritten { messages: vec![None; messages.len()], members });
                 }
                 let (channels, take_seqs, insert) = group_write_sql(&to_write);
-                let messages_in = &to_write;
                 let mut numbering = sqlx::query_as::<_, (ChannelId, i64, i64)>(&take_seqs);
                 for (&channel, &(count, latest)) in &channels {
                     numbering = numbering.bind(channel).bind(count).bind(latest);
@@ -776,7 +775,7 @@ impl Store {
                     // A channel that does not exist (any more): its rows fail, alone.
                     return Err(before(sqlx::Error::RowNotFound));
                 }
-                let mut written: Vec<Message> = messages_in
+                let mut written: Vec<Message> = to_write
                     .iter()
                     .map(|m| {
                         let (seq, community_id) = next.get_mut(&m.channel).expect("every channel was numbered");

@@ -33,8 +33,15 @@ const ladderBest = (system, round) => {
 };
 
 const rounds = (system) => [...new Set(runs.filter((r) => r.system === system).map((r) => r.round))];
+// A figure of each run (a field, or a function of the run) and its median over the rounds.
 const figure = (system, step, key) =>
-  median(runs.filter((r) => r.system === system && r.step === step).map((r) => r[key]));
+  median(runs.filter((r) => r.system === system && r.step === step).map((r) => (typeof key === 'function' ? key(r) : r[key])));
+// Server CPU per 1000 delivered split into the kernel's part (stime: system calls, and on
+// loopback the TCP path into the receiving process) and the process's own (utime).
+const perThousand = (seconds) => (r) =>
+  r.delivered > 0 && typeof seconds(r) === 'number' ? (seconds(r) * 1e6) / r.delivered : null;
+const kernelPart = perThousand((r) => r.server_kernel_cpu_s);
+const userPart = perThousand((r) => (typeof r.server_kernel_cpu_s === 'number' ? r.server_cpu_s - r.server_kernel_cpu_s : null));
 
 // What is compared, how, and the target for baton / peer.
 const metrics = [
@@ -46,6 +53,10 @@ const metrics = [
   { name: 'persisted messages per second (ack after commit)', step: 'persist', key: 'acks_per_s', unit: 'acks/s', better: 'higher', target: 10 },
 ];
 const info = [
+  { name: 'big room: kernel part of the CPU per 1000 delivered', step: 'fanout', key: kernelPart, unit: 'CPU-ms' },
+  { name: 'big room: user-space part', step: 'fanout', key: userPart, unit: 'CPU-ms' },
+  { name: 'small rooms: kernel part of the CPU per 1000 delivered', step: 'rooms', key: kernelPart, unit: 'CPU-ms' },
+  { name: 'small rooms: user-space part', step: 'rooms', key: userPart, unit: 'CPU-ms' },
   { name: 'big room delivery p50', step: 'fanout', key: 'delivery_p50_ms', unit: 'ms' },
   { name: 'big room delivery p99', step: 'fanout', key: 'delivery_p99_ms', unit: 'ms' },
   { name: 'persist ack p50', step: 'persist', key: 'ack_p50_ms', unit: 'ms' },

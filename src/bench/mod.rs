@@ -464,11 +464,16 @@ async fn drive(
         duration,
         rss_before: before.map(|s| s.rss_kib),
         rss_after: after.map(|s| s.rss_kib),
-        cpu_ticks: ticks_between(cpu_start, after),
-        bench_cpu_ticks: ticks_between(own_start, own_after),
+        cpu_ticks: ticks_between(cpu_start, after, |s| s.cpu_ticks),
+        kernel_ticks: ticks_between(cpu_start, after, |s| s.kernel_ticks),
+        bench_cpu_ticks: ticks_between(own_start, own_after, |s| s.cpu_ticks),
     })
 }
 
-fn ticks_between(a: Option<procfs::Snapshot>, b: Option<procfs::Snapshot>) -> Option<u64> {
-    Some(b?.cpu_ticks.saturating_sub(a?.cpu_ticks))
+fn ticks_between(
+    a: Option<procfs::Snapshot>,
+    b: Option<procfs::Snapshot>,
+    ticks: fn(&procfs::Snapshot) -> u64,
+) -> Option<u64> {
+    Some(ticks(&b?).saturating_sub(ticks(&a?)))
 }

@@ -19,6 +19,8 @@ pub(super) struct Measured {
     pub rss_after: Option<u64>,
     /// Server CPU clock ticks (utime + stime) from the start of sending to the end.
     pub cpu_ticks: Option<u64>,
+    /// The part of `cpu_ticks` spent in the kernel (stime).
+    pub kernel_ticks: Option<u64>,
     /// The bench's own CPU clock ticks over the same time.
     pub bench_cpu_ticks: Option<u64>,
 }
@@ -76,6 +78,9 @@ pub struct Report {
     pub reconnect_max_ms: Option<f64>,
     /// Server CPU seconds (utime + stime, summed over `--server-pid`) during the run.
     pub server_cpu_s: Option<f64>,
+    /// The part of `server_cpu_s` spent in the kernel (stime): system calls, and on loopback the
+    /// TCP path into the receiving process too.
+    pub server_kernel_cpu_s: Option<f64>,
     /// The bench process's own CPU seconds over the same time: if it nears the cores it may
     /// use, the bench, not the server, is the limit.
     pub bench_cpu_s: Option<f64>,
@@ -158,6 +163,7 @@ pub(super) fn report(scenario: &'static str, rooms: &[Room], rate: f64, conns: &
         reconnect_p99_ms: reconnect.map(|p| p.1),
         reconnect_max_ms: reconnect.map(|p| p.2),
         server_cpu_s: cpu_s.map(round),
+        server_kernel_cpu_s: m.kernel_ticks.map(|t| round(t as f64 / clk_tck())),
         bench_cpu_s: m.bench_cpu_ticks.map(|t| round(t as f64 / clk_tck())),
         server_rss_kib_before: m.rss_before,
         server_rss_kib_after: m.rss_after,

@@ -288,9 +288,6 @@ where
     Ok(())
 }
 
-/// Forwards all packets waiting to be sent to the websocket
-///
-/// The websocket stream is flushed only when the internal channel is drained
 /// Waits for the next value of a volatile channel; hands the receiver back with the result,
 /// so that the wait can be kept across the writer's loop (see [`forward_to_socket`]).
 async fn next_change<T>(
@@ -303,6 +300,9 @@ async fn next_change<T>(
     (rx, changed)
 }
 
+/// Forwards all packets waiting to be sent to the websocket
+///
+/// The websocket stream is flushed only when the internal channel is drained
 async fn forward_to_socket<H: EngineIoHandler, S>(
     socket: Arc<Socket<H::Data>>,
     mut tx: SplitSink<WebSocketStream<S>, Message>,

@@ -1,7 +1,7 @@
 # Shared by scripts/bench and scripts/profile: a cluster of baton or of its Node.js
 # peer (bench/peer) on this machine, with a redis-server of its own and a fresh
 # PostgreSQL database. Expects BIN (the baton binary), PG (admin URL of PostgreSQL) and
-# LOGS (a directory for the logs); fills PIDS and URLS.
+# LOGS (a directory for the logs); fills PIDS and URLS, and runs the bench against them.
 
 CLUSTER_SIZE=2
 # Servers on the last core, the load generator on the first (taskset is util-linux's).
@@ -93,4 +93,15 @@ stop_cluster() {
         psql -w -q "$PG" -c "drop database if exists $DB with (force)" >/dev/null || true
         DB=
     fi
+}
+
+# Runs `baton bench` against the current cluster (every instance's URL, every pid
+# measured) with ARGS after those, on the load generator's cores; its progress is
+# appended to the file STDERR_LOG, its JSON line goes to stdout.
+cluster_bench() {
+    local stderr_log=$1 url pid args=()
+    shift
+    for url in "${URLS[@]}"; do args+=(--url "$url"); done
+    for pid in "${PIDS[@]}"; do args+=(--server-pid "$pid"); done
+    $BENCH_CPUS "$BIN" bench "${args[@]}" "$@" 2>>"$stderr_log"
 }

@@ -12,14 +12,8 @@ async fn many_concurrent_senders_produce_a_gap_free_duplicate_free_sequence() {
     const SENDERS: usize = 8;
     const EACH: usize = 30;
     let app = spawn_app().await;
-    let owner = app.register("owner").await;
-    let mut users = Vec::new();
-    for i in 0..SENDERS {
-        users.push(app.register(&format!("sender{i}")).await);
-    }
-    let refs: Vec<&TestUser> = users.iter().collect();
-    let cid = app.community(&owner, &refs).await;
-    let ch = app.channel(cid, &owner, "busy", false, &refs).await;
+    let Community { owner, users, cid, channels } = app.populated_community(SENDERS, 1).await;
+    let ch = channels[0];
     let mut listener = app.joined(cid, &owner, &[ch]).await;
     let mut sockets = Vec::new();
     for u in &users {

@@ -22,30 +22,13 @@ async fn changes(app: &TestApp, channel: i64, user: &TestUser) -> Vec<Value> {
     }
 }
 
-/// `owner` and `senders` users in one community, with `channels` public channels all
-/// of them are members of. `(owner, senders, community, channels)`.
-async fn crowd(app: &TestApp, senders: usize, channels: usize) -> (TestUser, Vec<TestUser>, i64, Vec<i64>) {
-    let owner = app.register("owner").await;
-    let mut users = Vec::new();
-    for i in 0..senders {
-        users.push(app.register(&format!("sender{i}")).await);
-    }
-    let refs: Vec<&TestUser> = users.iter().collect();
-    let cid = app.community(&owner, &refs).await;
-    let mut chs = Vec::new();
-    for c in 0..channels {
-        chs.push(app.channel(cid, &owner, &format!("room{c}"), false, &refs).await);
-    }
-    (owner, users, cid, chs)
-}
-
 #[tokio::test]
 async fn concurrent_senders_on_several_channels_get_gap_free_sequences_matching_history() {
     const SENDERS: usize = 24;
     const CHANNELS: usize = 4;
     const EACH: usize = 20;
     let app = spawn_app().await;
-    let (owner, users, cid, chs) = crowd(&app, SENDERS, CHANNELS).await;
+    let Community { owner, users, cid, channels: chs } = app.populated_community(SENDERS, CHANNELS).await;
     let mut sockets = Vec::new();
     for u in &users {
         sockets.push(app.joined(cid, u, &chs).await);
@@ -108,7 +91,7 @@ async fn one_client_msg_id_sent_at_once_from_many_sockets_writes_one_message() {
         c.chat_burst = 1000;
     })
     .await;
-    let (owner, users, cid, chs) = crowd(&app, OTHERS + 1, 1).await;
+    let Community { owner, users, cid, channels: chs } = app.populated_community(OTHERS + 1, 1).await;
     let ch = chs[0];
     let (twin, others) = users.split_first().unwrap();
     // One user with many sockets, each sending every clientMsgId, while others send too.
@@ -200,7 +183,7 @@ async fn a_message_the_database_refuses_fails_alone_not_its_batch_mates() {
     const SENDERS: usize = 12;
     const EACH: usize = 10;
     let app = spawn_app().await;
-    let (owner, users, cid, chs) = crowd(&app, SENDERS, 2).await;
+    let Community { owner, users, cid, channels: chs } = app.populated_community(SENDERS, 2).await;
     refuse_poison(&app.app.config.database_url()).await;
     let mut sockets = Vec::new();
     for u in &users {
@@ -252,7 +235,7 @@ async fn a_message_the_database_refuses_fails_alone_not_its_batch_mates() {
 async fn a_non_members_sends_in_a_burst_are_refused_alone_and_take_no_sequence_number() {
     const EACH: usize = 15;
     let app = spawn_app().await;
-    let (owner, users, cid, chs) = crowd(&app, 4, 1).await;
+    let Community { owner, users, cid, channels: chs } = app.populated_community(4, 1).await;
     let outsider = app.register("outsider").await;
     app.post(&format!("/api/communities/{cid}/members"), &owner.token, json!({ "username": "outsider" })).await;
     let ch = chs[0];

@@ -13,32 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use common::{Rest, TestUser, WAIT};
+use common::{Community, Rest, WAIT};
 use harness::Cluster;
 use member::Member;
-
-struct Community {
-    owner: TestUser,
-    users: Vec<TestUser>,
-    cid: i64,
-    channels: Vec<i64>,
-}
-
-/// An owner and `n` users, all in every one of `channels` public channels.
-async fn community(rest: &Rest, n: usize, channels: usize) -> Community {
-    let owner = rest.register("owner").await;
-    let mut users = Vec::new();
-    for i in 0..n {
-        users.push(rest.register(&format!("member{i}")).await);
-    }
-    let refs: Vec<&TestUser> = users.iter().collect();
-    let cid = rest.community(&owner, &refs).await;
-    let mut ids = Vec::new();
-    for c in 0..channels {
-        ids.push(rest.channel(cid, &owner, &format!("channel-{c}"), false, &refs).await);
-    }
-    Community { owner, users, cid, channels: ids }
-}
 
 /// Each channel's lastSeq, from the database.
 async fn last_seqs(rest: &Rest, c: &Community) -> BTreeMap<i64, i64> {
@@ -70,7 +47,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn every_acked_message_reaches_every_member_on_every_instance_exactly_once() {
     let cluster = Cluster::start(3).await;
     let rest = cluster.rest(0);
-    let c = community(&rest, 6, 2).await;
+    let c = rest.populated_community(6, 2).await;
     // Members on instances 1 and 2 only: instance 0 has no socket of the community,
     // and what is posted to it over REST must still reach them.
     let mut members = Vec::new();
@@ -125,7 +102,7 @@ async fn a_burst_of_first_connects_to_a_community_on_an_instance_shares_one_name
     const SOCKETS: usize = 60;
     let cluster = Cluster::start(2).await;
     let rest = cluster.rest(0);
-    let c = community(&rest, 3, 1).await;
+    let c = rest.populated_community(3, 1).await;
     let channel = c.channels[0];
     let path = format!("/socket/commu-{}", c.cid);
     let connects = (0..SOCKETS).map(|i| {
@@ -167,7 +144,7 @@ async fn a_burst_of_first_connects_to_a_community_on_an_instance_shares_one_name
 async fn clients_of_a_killed_instance_recover_on_the_survivors_without_losing_a_message() {
     let mut cluster = Cluster::start(3).await;
     let rest = cluster.rest(1);
-    let c = community(&rest, 6, 2).await;
+    let c = rest.populated_community(6, 2).await;
     let mut members = Vec::new();
     for (i, user) in c.users.iter().enumerate() {
         members.push(Member::join(cluster.base(i % 3), c.cid, user.clone(), &c.channels).await);
@@ -234,7 +211,7 @@ async fn clients_of_a_killed_instance_recover_on_the_survivors_without_losing_a_
 async fn a_redis_restart_under_traffic_loses_nothing_once_clients_recover() {
     let mut cluster = Cluster::start(2).await;
     let rest = cluster.rest(0);
-    let c = community(&rest, 4, 2).await;
+    let c = rest.populated_community(4, 2).await;
     let mut members = Vec::new();
     for (i, user) in c.users.iter().enumerate() {
         members.push(Member::join(cluster.base(i % 2), c.cid, user.clone(), &c.channels).await);
@@ -305,7 +282,7 @@ async fn a_redis_restart_under_traffic_loses_nothing_once_clients_recover() {
 async fn a_killed_instances_users_go_offline_within_30_seconds() {
     let mut cluster = Cluster::start(2).await;
     let rest = cluster.rest(1);
-    let c = community(&rest, 2, 1).await;
+    let c = rest.populated_community(2, 1).await;
     let channel = c.channels[0];
     let _doomed = cluster.rest(0).joined(c.cid, &c.users[0], &[channel]).await;
     let mut observer = cluster.rest(1).joined(c.cid, &c.users[1], &[channel]).await;
@@ -330,7 +307,7 @@ async fn a_killed_instances_users_go_offline_within_30_seconds() {
 async fn a_user_removed_while_away_is_not_rejoined_on_another_instance() {
     let cluster = Cluster::start(2).await;
     let rest = cluster.rest(0);
-    let c = community(&rest, 1, 2).await;
+    let c = rest.populated_community(1, 2).await;
     let user = &c.users[0];
     let s = cluster.rest(0).joined(c.cid, user, &c.channels).await;
     s.close().await;
@@ -351,7 +328,7 @@ async fn a_user_removed_while_away_is_not_rejoined_on_another_instance() {
 async fn with_redis_down_instances_still_admit_and_serve_their_own_clients() {
     let mut cluster = Cluster::start(2).await;
     let rest = cluster.rest(0);
-    let c = community(&rest, 2, 1).await;
+    let c = rest.populated_community(2, 1).await;
     let channel = c.channels[0];
     cluster.redis.kill().await;
     common::eventually("instance 1 notices Redis is down", Duration::from_secs(5), async || {
@@ -376,7 +353,7 @@ async fn with_redis_down_instances_still_admit_and_serve_their_own_clients() {
 async fn a_drain_moves_clients_to_the_survivors_without_loss_or_presence_flapping() {
     let mut cluster = Cluster::start(2).await;
     let rest = cluster.rest(1);
-    let c = community(&rest, 5, 2).await;
+    let c = rest.populated_community(5, 2).await;
     let admin = harness::ADMIN_TOKEN;
     // members 0..4 chat; 0 and 2 are on the instance that drains. The observer
     // (member 4, on the survivor) watches presence; member 3 on the drained

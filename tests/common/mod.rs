@@ -20,6 +20,14 @@ pub struct TestUser {
     pub token: String,
 }
 
+/// A community set up by [`Rest::populated_community`].
+pub struct Community {
+    pub owner: TestUser,
+    pub users: Vec<TestUser>,
+    pub cid: i64,
+    pub channels: Vec<i64>,
+}
+
 /// The REST API of one baton, at `base` (`http://127.0.0.1:port`).
 pub struct Rest {
     pub base: String,
@@ -112,7 +120,23 @@ impl Rest {
         cid
     }
 
-    /// A channel created by `creator` with `members` added; returns its id.
+    /// An owner and `n` users (`member0`...), all in every one of `channels` public
+    /// channels of one community.
+    pub async fn populated_community(&self, n: usize, channels: usize) -> Community {
+        let owner = self.register("owner").await;
+        let mut users = Vec::new();
+        for i in 0..n {
+            users.push(self.register(&format!("member{i}")).await);
+        }
+        let refs: Vec<&TestUser> = users.iter().collect();
+        let cid = self.community(&owner, &refs).await;
+        let mut ids = Vec::new();
+        for c in 0..channels {
+            ids.push(self.channel(cid, &owner, &format!("channel-{c}"), false, &refs).await);
+        }
+        Community { owner, users, cid, channels: ids }
+    }
+
     /// The setting most tests start from: alice and bob in one community (alice owns
     /// it) and in its public channel "general". `(alice, bob, community, channel)`.
     pub async fn alice_and_bob_in_general(&self) -> (TestUser, TestUser, i64, i64) {
@@ -123,6 +147,7 @@ impl Rest {
         (alice, bob, cid, ch)
     }
 
+    /// A channel created by `creator` with `members` added; returns its id.
     pub async fn channel(&self, cid: i64, creator: &TestUser, name: &str, private: bool, members: &[&TestUser]) -> i64 {
         let (status, ch) = self
             .post(

@@ -1,4 +1,4 @@
-// Turns scripts/bench's results (one JSON line per `baton bench` run, tagged with
+// Turns scripts/bench's results (one JSON line per `baton-bench` run, tagged with
 // system, round and step) into the comparison: each system's median over its rounds,
 // baton's ratio to the peer, and whether the issue's target is met.
 //

@@ -1,4 +1,4 @@
-// baton's wire contract (/work/shared/PROTOCOL.md) on Node.js: Socket.IO 4.8 with the
+// baton's wire contract (PROTOCOL.md v1.1, as docs/protocol.md states it) on Node.js: Socket.IO 4.8 with the
 // Redis adapter, PostgreSQL. The comparison peer of baton's benchmark; see README.md.
 
 import crypto from 'node:crypto';

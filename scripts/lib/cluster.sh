@@ -1,7 +1,8 @@
 # Shared by scripts/bench and scripts/profile: a cluster of baton or of its Node.js
 # peer (bench/peer) on this machine, with a redis-server of its own and a fresh
 # PostgreSQL database. Expects BIN (the baton binary), PG (admin URL of PostgreSQL) and
-# LOGS (a directory for the logs); fills PIDS and URLS, and runs the bench against them.
+# LOGS (a directory for the logs), and BENCH_BIN (the load generator, baton-bench) for
+# cluster_bench; fills PIDS and URLS, and runs the bench against them.
 
 CLUSTER_SIZE=2
 # Servers on the last core, the load generator on the first (taskset is util-linux's).
@@ -95,7 +96,7 @@ stop_cluster() {
     fi
 }
 
-# Runs `baton bench` against the current cluster (every instance's URL, every pid
+# Runs `baton-bench` against the current cluster (every instance's URL, every pid
 # measured) with ARGS after those, on the load generator's cores; its progress is
 # appended to the file STDERR_LOG, its JSON line goes to stdout.
 cluster_bench() {
@@ -103,5 +104,5 @@ cluster_bench() {
     shift
     for url in "${URLS[@]}"; do args+=(--url "$url"); done
     for pid in "${PIDS[@]}"; do args+=(--server-pid "$pid"); done
-    $BENCH_CPUS "$BIN" bench "${args[@]}" "$@" 2>>"$stderr_log"
+    $BENCH_CPUS "$BENCH_BIN" "${args[@]}" "$@" 2>>"$stderr_log"
 }

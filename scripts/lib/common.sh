@@ -3,6 +3,8 @@
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; exit 1; }
+# Prints the calling script's header comment (its --help).
+print_header() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
 apt_updated=
 apt_install() {

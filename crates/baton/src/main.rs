@@ -8,8 +8,7 @@ use baton::server::{Server, open_store, shutdown_signal};
 async fn main() -> anyhow::Result<()> {
     return_large_frees_to_the_system();
     let cli = Cli::parse();
-    // `baton bench` keeps stdout for its one JSON line.
-    init_tracing(cli.config.log_format, matches!(cli.command, Some(Command::Bench(_))));
+    init_tracing(cli.config.log_format);
     match cli.command.unwrap_or(Command::Serve) {
         // One config value decides: with REDIS_URL, an instance of a cluster.
         Command::Serve if cli.config.redis_url.is_some() => {
@@ -24,11 +23,6 @@ async fn main() -> anyhow::Result<()> {
             );
             baton::drain::drain_remote(&url, token).await
         }
-        Command::Bench(args) => {
-            let report = baton::bench::run(&args).await?;
-            println!("{}", serde_json::to_string(&report)?);
-            Ok(())
-        }
         Command::Migrate => {
             let store = open_store(&cli.config).await?;
             store.close().await;
@@ -38,14 +32,12 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-fn init_tracing(format: LogFormat, to_stderr: bool) {
+fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match (format, to_stderr) {
-        (LogFormat::Human, false) => builder.init(),
-        (LogFormat::Json, false) => builder.json().init(),
-        (LogFormat::Human, true) => builder.with_writer(std::io::stderr).init(),
-        (LogFormat::Json, true) => builder.json().with_writer(std::io::stderr).init(),
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
     }
 }
 

@@ -12,16 +12,12 @@
 //! - [`adapter`]: the Socket.IO adapter (local or Redis) and transport limits.
 //! - [`drain`]: taking an instance out of service, clients moved a few at a time.
 //! - [`auth`]: password hashes and session tokens.
-//! - [`client`]: a small Socket.IO client (WebSocket), for tests and load tools.
-//! - [`bench`]: `baton bench`, the load generator (REST set-up, lean WebSocket clients).
 //! - [`error`]: the protocol's error codes.
 
 pub mod adapter;
 pub mod app;
 pub mod auth;
-pub mod bench;
 pub mod chat;
-pub mod client;
 pub mod config;
 pub mod drain;
 pub mod error;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use baton::client::{ClientError, Socket};
+use baton_client::{ClientError, Socket};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

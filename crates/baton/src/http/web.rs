@@ -1,5 +1,6 @@
 //! The web client, served by baton itself: every asset is embedded in the binary
-//! (no CDN, nothing fetched at run time), at `/` and under `/web/`.
+//! (no CDN, nothing fetched at run time), at `/` and under `/web/`. The sources are
+//! the repository's `web/`, beside the crates: the same files the JS tests import.
 
 use axum::Router;
 use axum::extract::Path;
@@ -11,19 +12,22 @@ use super::AppState;
 use crate::adapter::ChatAdapter;
 use crate::error::Error;
 
+/// The bytes of a file of the repository's `web/`.
+macro_rules! web_file {
+    ($name:literal) => {
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../web/", $name))
+    };
+}
+
 /// (path under /web/, content type, bytes)
 const ASSETS: &[(&str, &str, &[u8])] = &[
-    ("app.js", "text/javascript; charset=utf-8", include_bytes!("../../web/app.js")),
-    ("baton-client.js", "text/javascript; charset=utf-8", include_bytes!("../../web/baton-client.js")),
-    ("style.css", "text/css; charset=utf-8", include_bytes!("../../web/style.css")),
-    (
-        "vendor/socket.io.esm.min.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("../../web/vendor/socket.io.esm.min.js"),
-    ),
+    ("app.js", "text/javascript; charset=utf-8", web_file!("app.js")),
+    ("baton-client.js", "text/javascript; charset=utf-8", web_file!("baton-client.js")),
+    ("style.css", "text/css; charset=utf-8", web_file!("style.css")),
+    ("vendor/socket.io.esm.min.js", "text/javascript; charset=utf-8", web_file!("vendor/socket.io.esm.min.js")),
 ];
 
-const INDEX: &[u8] = include_bytes!("../../web/index.html");
+const INDEX: &[u8] = web_file!("index.html");
 
 /// Scripts and styles from this origin only, sockets to this origin: message
 /// content is rendered as text, and this keeps any slip from running code.

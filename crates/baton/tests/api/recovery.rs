@@ -3,12 +3,12 @@
 
 use serde_json::{Value, json};
 
-use baton::client::Incoming;
+use baton_client::Incoming;
 
 use crate::helpers::*;
 
 /// Events until `recovered`, as (event, payload).
-async fn until_recovered(s: &mut baton::client::Socket) -> Vec<(String, Value)> {
+async fn until_recovered(s: &mut baton_client::Socket) -> Vec<(String, Value)> {
     let mut out = Vec::new();
     loop {
         match s.next(WAIT).await.expect("events until recovered") {

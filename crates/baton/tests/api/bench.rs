@@ -1,7 +1,7 @@
-//! `baton bench`'s load generator, run in-process against a real baton: correctness of its
+//! `baton-bench`'s load generator, run in-process against a real baton: correctness of its
 //! bookkeeping only (every message acked, delivered once to every other client), never timing.
 
-use baton::bench::{BenchArgs, Scenario, run};
+use baton_bench::{BenchArgs, Scenario, run};
 
 use crate::helpers::spawn_app;
 

@@ -1,8 +1,16 @@
-//! `baton bench`: a load generator for any server that implements the wire contract
-//! (PROTOCOL.md). It registers users and builds a community with its channels over REST,
-//! connects WebSockets to `/socket/commu-{id}`, joins, sends chat events at a fixed rate
-//! and measures, in one process, what came back: acks, deliveries, losses, duplicates,
-//! latencies, and (given `--server-pid`) the server's CPU time and memory.
+//! `baton-bench`: a load generator for any server that implements the wire contract
+//! (PROTOCOL.md, as docs/protocol.md states it). It registers users and builds a community
+//! with its channels over REST, connects WebSockets to `/socket/commu-{id}`, joins, sends
+//! chat events at a fixed rate and measures, in one process, what came back: acks,
+//! deliveries, losses, duplicates, latencies, and (given `--server-pid`) the server's CPU
+//! time and memory.
+//!
+//! Deliberately lean, and built on no other crate of the workspace: not on `baton` (it
+//! measures baton and its Node.js peer alike, through the wire contract only) and not on
+//! `baton-client`. That client gives every connection a reader task, a writer task and a
+//! queue, and parses every frame into JSON; with thousands of connections on the one core
+//! the load generator gets, that would make the bench, not the server, the bottleneck.
+//! [`conn`] runs each connection as one task that parses only the fields it measures.
 //!
 //! - [`setup`]: the REST calls that prepare a run (bounded concurrency: each registration
 //!   costs the server an argon2 hash).
@@ -63,7 +71,7 @@ impl Scenario {
     }
 }
 
-/// `baton bench`'s flags. Progress goes to stderr; stdout gets exactly one JSON line.
+/// `baton-bench`'s flags. Progress goes to stderr; stdout gets exactly one JSON line.
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Benchmark options")]
 pub struct BenchArgs {
@@ -270,7 +278,7 @@ impl Plan {
 }
 
 /// Runs one benchmark against the server at `args.url` and returns its report
-/// (`baton bench` prints it as one JSON line). Progress goes to stderr.
+/// (`baton-bench` prints it as one JSON line). Progress goes to stderr.
 pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let plan = Plan::new(args)?;
     let scenario = args.scenario.as_str();

@@ -107,7 +107,7 @@ async fn a_burst_of_first_connects_to_a_community_on_an_instance_shares_one_name
     let path = format!("/socket/commu-{}", c.cid);
     let connects = (0..SOCKETS).map(|i| {
         let auth = json!({ "token": c.users[i % c.users.len()].token });
-        baton::client::Socket::connect(cluster.base(1), &path, auth)
+        baton_client::Socket::connect(cluster.base(1), &path, auth)
     });
     let mut sockets: Vec<_> = futures::future::join_all(connects).await.into_iter().map(|s| s.unwrap()).collect();
     let joins = sockets.iter().map(|s| s.emit_with_ack("join", json!({ "channels": [channel] }), WAIT));
@@ -125,7 +125,7 @@ async fn a_burst_of_first_connects_to_a_community_on_an_instance_shares_one_name
     for (i, socket) in sockets.iter_mut().enumerate() {
         loop {
             let got = socket.drain().into_iter().any(|item| {
-                matches!(&item, baton::client::Incoming::Event { name, args }
+                matches!(&item, baton_client::Incoming::Event { name, args }
                     if name == "new-chat" && args[0]["content"] == "all of you")
             });
             if got {
@@ -377,7 +377,7 @@ async fn a_drain_moves_clients_to_the_survivors_without_loss_or_presence_flappin
             .await;
             let refused = cluster.rest(0).connect_with("/", json!({ "token": c.owner.token })).await.err();
             assert!(
-                matches!(refused, Some(baton::client::ClientError::Handshake { status: Some(503), .. })),
+                matches!(refused, Some(baton_client::ClientError::Handshake { status: Some(503), .. })),
                 "{refused:?}"
             );
         }
@@ -427,8 +427,8 @@ async fn a_drain_moves_clients_to_the_survivors_without_loss_or_presence_flappin
     // from reconnecting).
     loop {
         match gone.next(WAIT).await {
-            Ok(baton::client::Incoming::Closed) | Err(baton::client::ClientError::Closed) => break,
-            Ok(baton::client::Incoming::Disconnect) => panic!("the drain sent a DISCONNECT"),
+            Ok(baton_client::Incoming::Closed) | Err(baton_client::ClientError::Closed) => break,
+            Ok(baton_client::Incoming::Disconnect) => panic!("the drain sent a DISCONNECT"),
             Ok(_) => continue,
             Err(e) => panic!("the drained transport did not close: {e}"),
         }
@@ -453,11 +453,11 @@ async fn a_drain_moves_clients_to_the_survivors_without_loss_or_presence_flappin
     );
 }
 
-/// `baton bench --scenario storm` against a real 3-instance cluster: the bench's own
+/// `baton-bench --scenario storm` against a real 3-instance cluster: the bench's own
 /// bookkeeping across a drain (reconnect, `since`, resend by clientMsgId), never timing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_storm_moves_a_drained_instances_clients_and_counts_every_message() {
-    use baton::bench::{BenchArgs, Scenario, run};
+    use baton_bench::{BenchArgs, Scenario, run};
 
     let mut cluster = Cluster::start(3).await;
     let mut args = BenchArgs::new(cluster.base(0), Scenario::Storm);

@@ -25,7 +25,7 @@ pub(super) struct Measured {
     pub bench_cpu_ticks: Option<u64>,
 }
 
-/// One run's figures, printed by `baton bench` as one JSON line (field order kept).
+/// One run's figures, printed by `baton-bench` as one JSON line (field order kept).
 /// Latencies are in milliseconds; `null` where there is nothing to measure.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use baton::client::{ClientError, Incoming, Socket};
+use baton_client::{ClientError, Incoming, Socket};
 use serde_json::{Value, json};
 
 use crate::common::{TestUser, WAIT};

@@ -29,12 +29,6 @@ pub enum Command {
         #[arg(long, default_value = "http://127.0.0.1:3000")]
         url: String,
     },
-    /// Load generator: drive a server that implements the wire contract over REST and
-    /// Socket.IO (WebSocket) and print one JSON line of figures on stdout.
-    ///
-    /// Scenarios, flags and output fields: docs/benchmarks.md. Only the benchmark options
-    /// apply; the server options under "Options" are ignored by bench.
-    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

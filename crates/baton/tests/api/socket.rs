@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use baton::client::{ClientError, Incoming};
+use baton_client::{ClientError, Incoming};
 use reqwest::Method;
 use serde_json::json;
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use baton::client::Socket;
+use baton_client::Socket;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -369,13 +369,13 @@ async fn every_bad_rest_request_gets_its_error() {
 #[tokio::test]
 async fn a_disallowed_browser_origin_is_refused_before_the_socket_opens() {
     let w = world().await;
-    let opts = baton::client::ClientOptions {
+    let opts = baton_client::ClientOptions {
         headers: vec![("Origin".into(), "https://evil.example".into())],
         ..Default::default()
     };
     let refused = Socket::connect_with(&w.app.base, "/", json!({ "token": w.alice.token }), opts).await.err();
-    assert!(matches!(refused, Some(baton::client::ClientError::Handshake { status: Some(403), .. })), "{refused:?}");
+    assert!(matches!(refused, Some(baton_client::ClientError::Handshake { status: Some(403), .. })), "{refused:?}");
     let same =
-        baton::client::ClientOptions { headers: vec![("Origin".into(), w.app.base.clone())], ..Default::default() };
+        baton_client::ClientOptions { headers: vec![("Origin".into(), w.app.base.clone())], ..Default::default() };
     assert!(Socket::connect_with(&w.app.base, "/", json!({ "token": w.alice.token }), same).await.is_ok());
 }

@@ -1,5 +1,6 @@
-//! A small Socket.IO v5 / Engine.IO v4 client, used by the integration tests and the load
-//! generator to talk to the server over the real wire protocol.
+//! `baton-client`: a small Socket.IO v5 / Engine.IO v4 client, with which baton's
+//! integration tests talk to a real server over the real wire protocol. The server does
+//! not use it; the load generator (`baton-bench`) has its own leaner connection.
 //!
 //! Limits, on purpose:
 //! - WebSocket transport only (no long-polling, no upgrade), plain `ws://` only (no TLS); the

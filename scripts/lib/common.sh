@@ -29,14 +29,24 @@ ensure_rust() {
     fi
     if command -v rustup >/dev/null; then
         step "updating Rust (found ${have:-none}, need $MIN_RUST)"
-        rustup toolchain install stable --profile minimal -c rustfmt && rustup default stable
+        rustup toolchain install stable --profile minimal -c rustfmt -c clippy && rustup default stable
         return
     fi
     step "installing Rust with rustup (found ${have:-none}, need $MIN_RUST)"
     command -v curl >/dev/null || apt_install curl ca-certificates
     command -v cc >/dev/null || apt_install build-essential
-    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt -c clippy
     . "$HOME/.cargo/env"
+}
+
+# rustfmt and clippy, which the test command runs: added to a rustup toolchain that
+# lacks them.
+ensure_rust_checks() {
+    ensure_rust
+    cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1 && return
+    command -v rustup >/dev/null || die "cargo fmt and cargo clippy are needed: install rustfmt and clippy"
+    step "adding rustfmt and clippy to the Rust toolchain"
+    rustup component add rustfmt clippy
 }
 
 ensure_redis() {

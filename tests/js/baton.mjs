@@ -59,11 +59,21 @@ export async function localCluster(name, extra = {}) {
   };
 }
 
+/**
+ * This process's environment without baton's own settings (BATON_*, REDIS_URL,
+ * RUST_LOG): a developer's BATON_SECRET or BATON_CHAT_RATE must not change what a
+ * test sees. DATABASE_URL, this file's documented input, is kept.
+ */
+function environmentWithoutBatonSettings() {
+  const baton = (name) => name.startsWith("BATON_") || name === "REDIS_URL" || name === "RUST_LOG";
+  return Object.fromEntries(Object.entries(process.env).filter(([name]) => !baton(name)));
+}
+
 export async function startBaton(extraEnv = {}) {
   const dataDir = mkdtempSync(join(tmpdir(), "baton-js-"));
   const child = spawn(batonBinary, ["serve"], {
     env: {
-      ...process.env,
+      ...environmentWithoutBatonSettings(),
       BATON_LISTEN: "127.0.0.1:0",
       BATON_DATA_DIR: dataDir,
       BATON_LOG_FORMAT: "json",

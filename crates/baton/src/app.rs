@@ -46,6 +46,7 @@ pub struct App<A: ChatAdapter> {
 }
 
 impl<A: ChatAdapter> App<A> {
+    #[expect(clippy::too_many_arguments, reason = "the one place an instance's parts are put together")]
     pub fn new(
         config: Config,
         chat: Chat,

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(name = "baton", version, about = "A Socket.IO chat server: REST API, Socket.IO gateway, persistence.")]
@@ -37,7 +37,10 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Args)]
+/// Every setting of an instance. Its `Debug` shows the URLs without their passwords
+/// and the secret and admin token as set or not, never their values (a config is
+/// logged or printed in error reports).
+#[derive(Clone, Args)]
 pub struct Config {
     /// Address to listen on (REST, Socket.IO, /healthz, /readyz, /metrics).
     #[arg(long, env = "BATON_LISTEN", default_value = "127.0.0.1:3000", global = true)]
@@ -144,10 +147,65 @@ impl Config {
     }
 
     /// A configuration for tests and embedding: every default, the given database.
+    /// The environment is not read (a developer's `BATON_CHAT_RATE` must not change
+    /// what a test sees): the defaults are those `baton --help` shows.
     pub fn for_database(database_url: impl Into<String>) -> Self {
-        let mut cli = Cli::parse_from(["baton"]);
+        let command = Cli::command().mut_args(|arg| arg.env(None::<&'static str>));
+        let matches = command.get_matches_from(["baton"]);
+        let mut cli = Cli::from_arg_matches(&matches).expect("the defaults parse");
         cli.config.database_url = Some(database_url.into());
         cli.config
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |secret: &Option<String>| if secret.is_some() { "<set>" } else { "<unset>" };
+        // Every field by name, so a new one cannot be left out unnoticed.
+        let Config {
+            listen,
+            database_url,
+            data_dir,
+            secret,
+            token_ttl,
+            allowed_origins,
+            max_http_body,
+            max_message,
+            chat_rate,
+            chat_burst,
+            position_interval,
+            redis_url,
+            redis_prefix,
+            redis_timeout,
+            instance_id,
+            drain_window,
+            drain_lb_delay,
+            presence_grace,
+            admin_token,
+            log_format,
+        } = self;
+        f.debug_struct("Config")
+            .field("listen", listen)
+            .field("database_url", &database_url.as_deref().map(redact_url))
+            .field("data_dir", data_dir)
+            .field("secret", &set(secret))
+            .field("token_ttl", token_ttl)
+            .field("allowed_origins", allowed_origins)
+            .field("max_http_body", max_http_body)
+            .field("max_message", max_message)
+            .field("chat_rate", chat_rate)
+            .field("chat_burst", chat_burst)
+            .field("position_interval", position_interval)
+            .field("redis_url", &redis_url.as_deref().map(redact_url))
+            .field("redis_prefix", redis_prefix)
+            .field("redis_timeout", redis_timeout)
+            .field("instance_id", instance_id)
+            .field("drain_window", drain_window)
+            .field("drain_lb_delay", drain_lb_delay)
+            .field("presence_grace", presence_grace)
+            .field("admin_token", &set(admin_token))
+            .field("log_format", log_format)
+            .finish()
     }
 }
 
@@ -159,5 +217,32 @@ pub fn redact_url(url: &str) -> String {
             u.to_string()
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_secrets() {
+        let mut config = Config::for_database("postgres://baton:hunter2@db.example/baton");
+        config.secret = Some("s".repeat(40));
+        config.admin_token = Some("admin-token-value".into());
+        config.redis_url = Some("redis://:redispass@cache.example:6379".into());
+        let shown = format!("{config:?}");
+        for secret in ["hunter2", &"s".repeat(40), "admin-token-value", "redispass"] {
+            assert!(!shown.contains(secret), "{secret:?} shown in {shown}");
+        }
+        assert!(shown.contains("db.example") && shown.contains("<set>"), "{shown}");
+    }
+
+    #[test]
+    fn test_config_ignores_the_environment() {
+        // SAFETY: no other test of this crate reads or writes the environment.
+        unsafe { std::env::set_var("BATON_CHAT_RATE", "3") };
+        let config = Config::for_database("sqlite::memory:");
+        unsafe { std::env::remove_var("BATON_CHAT_RATE") };
+        assert_eq!(config.chat_rate, 20);
     }
 }

@@ -229,11 +229,9 @@ async fn cluster_tasks<A: ChatAdapter>(app: Arc<App<A>>, registry: Registry) {
     loop {
         tick.tick().await;
         ticks += 1;
-        if ticks % 4 == 0 || !link.health.is_up() {
-            if link.check().await == Some(true) {
-                gateway::resync(&app).await;
-                next_beat = tokio::time::Instant::now();
-            }
+        if (ticks.is_multiple_of(4) || !link.health.is_up()) && link.check().await == Some(true) {
+            gateway::resync(&app).await;
+            next_beat = tokio::time::Instant::now();
         }
         if tokio::time::Instant::now() >= next_beat && link.health.is_up() {
             next_beat = tokio::time::Instant::now() + BEAT;

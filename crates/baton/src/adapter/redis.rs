@@ -255,11 +255,11 @@ async fn route_messages(mut rx: broadcast::Receiver<Message>, inner: std::sync::
                 let chan = msg.channel.to_string();
                 let Some(data) = msg.value.into_owned_bytes() else { continue };
                 let handlers = inner.handlers.read().unwrap();
-                if let Some(tx) = handlers.get(&chan) {
-                    if tx.try_send((chan, data)).is_err() {
-                        metrics::counter!(m::PUBSUB_DROPPED).increment(1);
-                        tracing::warn!("a pub/sub message was dropped: the adapter's queue is full");
-                    }
+                if let Some(tx) = handlers.get(&chan)
+                    && tx.try_send((chan, data)).is_err()
+                {
+                    metrics::counter!(m::PUBSUB_DROPPED).increment(1);
+                    tracing::warn!("a pub/sub message was dropped: the adapter's queue is full");
                 }
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -284,10 +284,10 @@ impl Driver for ResilientDriver {
     async fn subscribe(&self, chan: String, size: usize) -> Result<MessageStream<ChanItem>, Self::Error> {
         let (tx, rx) = mpsc::channel(size);
         self.inner.handlers.write().unwrap().insert(chan.clone(), tx);
-        if self.inner.health.is_up() {
-            if let Err(e) = self.bounded(self.inner.subscriber.ssubscribe(chan.as_str())).await {
-                tracing::warn!(chan, error = %e, "subscribe failed; retried when redis answers");
-            }
+        if self.inner.health.is_up()
+            && let Err(e) = self.bounded(self.inner.subscriber.ssubscribe(chan.as_str())).await
+        {
+            tracing::warn!(chan, error = %e, "subscribe failed; retried when redis answers");
         }
         Ok(MessageStream::new(rx))
     }

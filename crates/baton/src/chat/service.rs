@@ -350,10 +350,10 @@ impl Chat {
     /// Deletes a message; deleting it again answers with it as it is, unbroadcast.
     pub async fn delete(&self, user: UserId, channel: ChannelId, id: MessageId) -> Result<Created> {
         let message = self.own_message(user, channel, id).await?;
-        if !message.deleted {
-            if let Some(message) = self.store.change_message(&message, None, now_ms()).await? {
-                return Ok(Created { message, change: Change::Delete, fresh: true, members: None });
-            }
+        if !message.deleted
+            && let Some(message) = self.store.change_message(&message, None, now_ms()).await?
+        {
+            return Ok(Created { message, change: Change::Delete, fresh: true, members: None });
         }
         let current = self.store.message(id).await?.ok_or_else(|| Error::not_found("no such message"))?;
         Ok(Created { message: current, change: Change::Delete, fresh: false, members: None })

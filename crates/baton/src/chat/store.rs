@@ -221,10 +221,10 @@ impl Store {
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
-            if let Some(dir) = options.get_filename().parent() {
-                if !dir.as_os_str().is_empty() {
-                    std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
-                }
+            if let Some(dir) = options.get_filename().parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
             }
             let write = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
             let read = SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?;
@@ -637,10 +637,10 @@ impl Store {
     /// one the sender acts in, if any) or the sender is not a member of it; the check is
     /// made in the transaction that writes.
     pub async fn insert_message(&self, message: NewMessage) -> Result<Option<Written>, sqlx::Error> {
-        if let Some(cmid) = &message.client_msg_id {
-            if let Some(existing) = self.message_by_client_id(message.channel, message.sender, cmid).await? {
-                return Ok(Some(Written { inserted: Inserted::Existing(existing), members: None }));
-            }
+        if let Some(cmid) = &message.client_msg_id
+            && let Some(existing) = self.message_by_client_id(message.channel, message.sender, cmid).await?
+        {
+            return Ok(Some(Written { inserted: Inserted::Existing(existing), members: None }));
         }
         match &self.message_writer {
             Some(writer) => writer.write(message).await,

@@ -30,13 +30,16 @@ fn local_entries<A: ChatAdapter>(app: &App<A>) -> Vec<(Entry, SocketRef<A>)> {
     entries
 }
 
+/// An instance's socket entries, grouped by user and community.
+type EntriesByUser<A> = BTreeMap<(UserId, CommunityId), Vec<(Entry, SocketRef<A>)>>;
+
 /// Redis is back after an outage, during which enters, leaves, joins, and the
 /// cluster-wide room leaves of removals may have been lost: take this instance's
 /// sockets out of channels their users were removed from meanwhile, then re-file
 /// presence and joins from the sockets, and announce the presence changes.
 pub async fn resync<A: ChatAdapter>(app: &Arc<App<A>>) {
     let mut kept = Vec::new();
-    let mut by_user: BTreeMap<(UserId, CommunityId), Vec<(Entry, SocketRef<A>)>> = BTreeMap::new();
+    let mut by_user: EntriesByUser<A> = BTreeMap::new();
     for (entry, socket) in local_entries(app) {
         by_user.entry((entry.user, entry.community)).or_default().push((entry, socket));
     }

@@ -42,12 +42,12 @@ pub async fn replay<A: Adapter>(
         let mut position = since;
         let mut whole = !has_more;
         for message in &messages {
-            if let Some(change) = Change::for_replay(message, since) {
-                if !emit_patiently(socket, change.event(), message).await {
-                    // The client stopped reading: report where it really is.
-                    whole = false;
-                    break;
-                }
+            if let Some(change) = Change::for_replay(message, since)
+                && !emit_patiently(socket, change.event(), message).await
+            {
+                // The client stopped reading: report where it really is.
+                whole = false;
+                break;
             }
             position = message.event_seq;
         }

@@ -20,6 +20,20 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The baton binary, with none of baton's settings inherited from the developer's
+/// environment (a `BATON_SECRET` or `DATABASE_URL` there must not change what a test
+/// sees): the test sets every one it needs.
+pub fn baton_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("BATON_") || ["DATABASE_URL", "REDIS_URL", "RUST_LOG"].contains(&name.as_ref()) {
+            command.env_remove(name.as_ref());
+        }
+    }
+    command
+}
+
 fn output() -> Stdio {
     if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() }
 }
@@ -136,7 +150,7 @@ impl Cluster {
 
     fn spawn(&self, name: &str) -> Instance {
         let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_baton"))
+        let child = baton_command()
             .arg("serve")
             .env("BATON_LISTEN", format!("127.0.0.1:{port}"))
             .env("DATABASE_URL", &self.database_url)

@@ -152,14 +152,13 @@ async fn clients_of_a_killed_instance_recover_on_the_survivors_without_losing_a_
     let mut acked = 0;
     let mut resent = 0;
     for round in 0..20 {
-        for i in 0..members.len() {
+        for (i, m) in members.iter_mut().enumerate() {
             if round == 10 && i == 3 {
                 // Mid-round, while everyone is chatting.
                 cluster.instances[0].kill().await;
             }
             let channel = c.channels[(round + i) % 2];
             let (content, cmid) = (format!("{round}:{i}"), format!("{round}-{i}"));
-            let m = &mut members[i];
             match m.send(channel, &content, &cmid).await {
                 Ok(_) => {}
                 Err(_) => {
@@ -387,10 +386,10 @@ async fn a_drain_moves_clients_to_the_survivors_without_loss_or_presence_flappin
             if !m.drain() {
                 // Its transport was closed by the drain: reconnect through the
                 // "load balancer" (the survivor) and carry on.
-                m.connect_to(&cluster.base(1).to_owned()).await.expect("reconnect to the survivor");
+                m.connect_to(cluster.base(1)).await.expect("reconnect to the survivor");
             }
             if m.send(channel, &content, &cmid).await.is_err() {
-                m.connect_to(&cluster.base(1).to_owned()).await.expect("reconnect to the survivor");
+                m.connect_to(cluster.base(1)).await.expect("reconnect to the survivor");
                 m.send(channel, &content, &cmid).await.expect("resend");
             }
             acked += 1;
@@ -402,7 +401,7 @@ async fn a_drain_moves_clients_to_the_survivors_without_loss_or_presence_flappin
     assert!(status.success(), "the drained instance exits 0: {status:?}");
     for m in members.iter_mut() {
         if !m.drain() || m.base == cluster.base(0) {
-            m.connect_to(&cluster.base(1).to_owned()).await.expect("reconnect to the survivor");
+            m.connect_to(cluster.base(1)).await.expect("reconnect to the survivor");
         }
     }
     let expected = last_seqs(&rest, &c).await;
@@ -417,10 +416,10 @@ async fn a_drain_moves_clients_to_the_survivors_without_loss_or_presence_flappin
     let mut offline = Vec::new();
     while !offline.contains(&c.users[4].id) {
         assert!(Instant::now() < deadline, "the user who left was never reported offline: {offline:?}");
-        if let Ok(p) = observer.next_event("presence", Duration::from_millis(500)).await {
-            if p["online"] == false {
-                offline.push(p["userId"].as_i64().unwrap());
-            }
+        if let Ok(p) = observer.next_event("presence", Duration::from_millis(500)).await
+            && p["online"] == false
+        {
+            offline.push(p["userId"].as_i64().unwrap());
         }
     }
     // Its transport was closed (not a DISCONNECT: that would stop a stock client
@@ -485,12 +484,11 @@ async fn bench_storm_moves_a_drained_instances_clients_and_counts_every_message(
 #[tokio::test]
 async fn a_cluster_instance_refuses_to_start_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+    let out = harness::baton_command()
         .arg("serve")
         .env("REDIS_URL", "redis://127.0.0.1:1")
         .env("BATON_DATA_DIR", dir.path())
         .env("BATON_LISTEN", "127.0.0.1:0")
-        .env_remove("DATABASE_URL")
         .output()
         .await
         .unwrap();

@@ -11,8 +11,8 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::chat::{Store, UserId};
 use crate::error::{Error, Result};
+use crate::store::{Store, UserId};
 
 const SECRET_SETTING: &str = "token_secret";
 

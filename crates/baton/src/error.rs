@@ -109,11 +109,21 @@ impl From<sqlx::Error> for Error {
     }
 }
 
-/// Redis holds state that can be rebuilt (joins, presence): callers usually log its
-/// failures and go on; where one reaches a client it is `unavailable`.
-impl From<crate::adapter::RedisError> for Error {
-    fn from(e: crate::adapter::RedisError) -> Self {
-        Error::new(Code::Unavailable, format!("the cluster state is unavailable: {e}"))
+/// Turns the unique violation a write expects (a taken name) into the caller's error,
+/// at the call site, as realworld-axum-sqlx's `on_constraint`; every other database
+/// error stays one (and becomes `unavailable`).
+pub trait OnConstraint<T> {
+    fn on_constraint(self, constraint: &str, error: impl FnOnce() -> Error) -> Result<T>;
+}
+
+impl<T> OnConstraint<T> for std::result::Result<T, sqlx::Error> {
+    fn on_constraint(self, constraint: &str, error: impl FnOnce() -> Error) -> Result<T> {
+        self.map_err(|e| match e.as_database_error() {
+            // SQLite names the columns, not the constraint: any unique violation of
+            // the statement is the one it can break.
+            Some(d) if d.is_unique_violation() && d.constraint().is_none_or(|c| c == constraint) => error(),
+            _ => Error::from(e),
+        })
     }
 }
 

@@ -3,8 +3,10 @@
 //! A map of the crate:
 //! - [`config`]: the command line and environment (`baton --help`).
 //! - [`server`]: start-up, serving, shut-down.
-//! - [`chat`]: the domain (users, communities, channels, messages), its rules and
-//!   its store (SQLite or PostgreSQL). Knows nothing of HTTP or Socket.IO.
+//! - [`chat`]: the domain (users, communities, channels, messages) and its rules.
+//!   Knows nothing of HTTP or Socket.IO.
+//! - [`store`]: the database (SQLite or PostgreSQL), its queries by aggregate and the
+//!   group commit of new messages.
 //! - [`http`]: the REST API and operations endpoints.
 //! - [`gateway`]: the Socket.IO namespaces and events, and the broadcasts that
 //!   follow every change ([`gateway`]'s fanout is where "durable, then broadcast" is).
@@ -13,6 +15,16 @@
 //! - [`drain`]: taking an instance out of service, clients moved a few at a time.
 //! - [`auth`]: password hashes and session tokens.
 //! - [`error`]: the protocol's error codes.
+//!
+//! Layers, lowest first; a module uses only those below it:
+//! 1. [`config`], [`error`], [`metrics`];
+//! 2. [`store`];
+//! 3. [`auth`] (hashes, tokens; its secret kept in the store);
+//! 4. [`chat`];
+//! 5. [`reconnect`], [`adapter`];
+//! 6. [`gateway`], [`http`], [`drain`], [`app`], which still refer to one another
+//!    through `App` (being taken apart: `App` becomes wiring only);
+//! 7. [`server`].
 
 pub mod adapter;
 pub mod app;
@@ -26,6 +38,7 @@ pub mod http;
 pub mod metrics;
 pub mod reconnect;
 pub mod server;
+pub mod store;
 
 pub use config::Config;
 pub use server::Server;

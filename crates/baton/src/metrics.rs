@@ -44,7 +44,7 @@ pub const REDIS_ERRORS: &str = "baton_redis_errors_total";
 pub const PUBSUB_DROPPED: &str = "baton_pubsub_dropped_total";
 
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
-/// Up to the group commit's largest batch (`chat/batch.rs`, 256).
+/// Up to the group commit's largest batch (`store/group_commit.rs`, 256).
 const BATCH_ROWS_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

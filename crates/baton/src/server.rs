@@ -18,11 +18,12 @@ use tower_http::trace::TraceLayer;
 
 use crate::app::App;
 use crate::auth::Tokens;
-use crate::chat::{Chat, Store, now_ms};
+use crate::chat::{Chat, now_ms};
 use crate::config::Config;
 use crate::drain::{self, Connection};
 use crate::http::{self, Origins};
 use crate::reconnect::{BEAT, Joins, Presence, Registry};
+use crate::store::Store;
 use crate::{adapter, gateway};
 
 /// A bound, wired baton instance, ready to serve.

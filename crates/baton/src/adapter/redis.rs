@@ -47,6 +47,14 @@ pub enum RedisError {
     Command(String),
 }
 
+/// Redis holds state that can be rebuilt (joins, presence): callers usually log its
+/// failures and go on; where one reaches a client it is `unavailable`.
+impl From<RedisError> for crate::error::Error {
+    fn from(e: RedisError) -> Self {
+        crate::error::Error::new(crate::error::Code::Unavailable, format!("the cluster state is unavailable: {e}"))
+    }
+}
+
 impl From<fred::error::Error> for RedisError {
     fn from(e: fred::error::Error) -> Self {
         RedisError::Command(e.to_string())

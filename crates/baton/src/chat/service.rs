@@ -8,15 +8,13 @@ use serde::Serialize;
 
 use std::sync::Arc;
 
-use super::batch::NewMessage;
-use super::store::{ChannelAccess, Inserted, Slice, Written};
 use super::{
     Change, Channel, ChannelId, ChannelName, ClientMsgId, Community, CommunityId, CommunityMember, CommunityName,
-    CommunityUnread, Content, DisplayName, Message, MessageId, Password, Role, Store, Unread, User, UserId, Username,
-    now_ms,
+    CommunityUnread, Content, DisplayName, Message, MessageId, Password, Role, Unread, User, UserId, Username, now_ms,
 };
 use crate::auth;
-use crate::error::{Error, Result};
+use crate::error::{Error, OnConstraint, Result};
+use crate::store::{ChannelAccess, Inserted, NewMessage, Slice, Store, Written};
 
 /// The chat domain's entry point. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -93,8 +91,8 @@ impl Chat {
         let hash = auth::hash_password(password.as_str().to_owned()).await?;
         self.store
             .insert_user(username.as_str(), display_name.as_str(), &hash, now_ms())
-            .await?
-            .ok_or_else(|| Error::conflict("that username is taken"))
+            .await
+            .on_constraint("users_username_key", || Error::conflict("that username is taken"))
     }
 
     /// The user whose credentials these are.
@@ -185,8 +183,10 @@ impl Chat {
         self.community_role(user, community).await?;
         self.store
             .insert_channel(community, user, name.as_str(), private, now_ms())
-            .await?
-            .ok_or_else(|| Error::conflict("a channel with that name exists in this community"))
+            .await
+            .on_constraint("channels_community_name_key", || {
+                Error::conflict("a channel with that name exists in this community")
+            })
     }
 
     /// A channel the user is a member of, or the refusal.
@@ -227,7 +227,7 @@ impl Chat {
     /// A user leaves, or the community's owner removes them.
     pub async fn remove_channel_member(&self, actor: UserId, channel: ChannelId, user: UserId) -> Result<Channel> {
         let access = self.store.channel_access(channel, actor).await?.ok_or_else(no_such_channel)?;
-        let allowed = actor == user || access.community_role.as_deref() == Some("owner");
+        let allowed = actor == user || access.community_role == Some(Role::Owner);
         let visible = access.channel_member || (access.community_role.is_some() && !access.channel.private);
         if !visible {
             return Err(no_such_channel());

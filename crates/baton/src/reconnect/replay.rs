@@ -9,9 +9,9 @@ use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
 use socketioxide::{SendError, SocketError};
 
-use crate::chat::store::Slice;
 use crate::chat::{Change, ChannelId, Chat};
 use crate::error::Result;
+use crate::store::Slice;
 
 /// The most messages replayed per channel (PROTOCOL.md); past it `complete` is false
 /// and the client pages the rest with `history` from the last eventSeq it got.

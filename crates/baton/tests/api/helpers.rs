@@ -31,7 +31,7 @@ pub struct TestApp {
 }
 
 /// A database URL for one test.
-async fn fresh_database(dir: &tempfile::TempDir) -> String {
+pub async fn fresh_database(dir: &tempfile::TempDir) -> String {
     match std::env::var("BATON_TEST_POSTGRES") {
         Ok(admin) if !admin.is_empty() => fresh_postgres_database(&admin).await,
         _ => format!("sqlite://{}", dir.path().join("baton.db").display()),

@@ -10,3 +10,4 @@ mod group_commit;
 mod recovery;
 mod rest;
 mod socket;
+mod store;

@@ -1,0 +1,430 @@
+//! Group commit for new messages: sends that arrive while a write is in flight are
+//! written together, in one transaction (one fsync), instead of one each.
+//!
+//! The batch also checks its senders' membership: it reads its channels' members once,
+//! in its transaction, which replaces a membership query per message and gives the
+//! `notify` its recipients.
+//!
+//! A [`GroupCommit`] is a queue in front of one or more writer tasks, with pools of
+//! their own. A writer takes
+//! whatever is queued (up to [`MAX_BATCH`]) and writes it with
+//! [`insert_messages`], then answers every request. There is no timer: the next
+//! batch is simply what queued while the previous commit ran, so a lone send is
+//! written at once and a crowd of senders shares each commit.
+//!
+//! What a batch keeps of the single-row write:
+//! - a request is answered only after the commit that holds its row; if the commit
+//!   itself fails, every request of the batch fails (its outcome is unknown, so none is
+//!   retried: a retried clientMsgId would be found, a message without one could be
+//!   written twice);
+//! - if a row makes the batch fail before the commit (a statement the database
+//!   refused, such as a clientMsgId another instance has just written), the batch rolls
+//!   back, sequences included, and each request is written alone
+//!   ([`insert_alone`]), so a bad row fails only itself;
+//! - two requests of one batch with the same (channel, sender, clientMsgId) write one
+//!   message: the later ones answer with it as found ([`Inserted::Existing`]);
+//! - a batch's channel rows are locked in channel-id order (PostgreSQL), so writers
+//!   of several instances sharing the database cannot deadlock, and each channel's
+//!   sequence numbers are taken in the transaction that writes them, so they stay
+//!   gap-free and in commit order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::communities::channel_access;
+use super::messages::message_by_client_id;
+use super::{ChannelId, CommunityId, Message, MessageId, Pools, UserId, is_unique_violation, on_pool};
+use crate::metrics as m;
+
+/// The most requests one transaction writes.
+pub const MAX_BATCH: usize = 256;
+
+/// Requests queued beyond this wait to be queued (a send awaits its ack anyway, so
+/// this is only reached with more senders than that).
+const QUEUE: usize = 4 * MAX_BATCH;
+
+/// A new message to write.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub channel: ChannelId,
+    pub sender: UserId,
+    pub content: String,
+    pub client_msg_id: Option<String>,
+    pub now: i64,
+    /// The community the sender acts in (a socket's namespace), if any: a channel of
+    /// another one is refused as one that does not exist.
+    pub community: Option<CommunityId>,
+}
+
+impl NewMessage {
+    /// What the clientMsgId makes unique, if it has one.
+    fn idempotency_key(&self) -> Option<(ChannelId, UserId, &str)> {
+        self.client_msg_id.as_deref().map(|c| (self.channel, self.sender, c))
+    }
+}
+
+/// Why a batch was not written.
+#[derive(Debug)]
+enum BatchError {
+    /// Before the commit: nothing was written. `by_row` tells whether the database
+    /// refused a statement (a constraint, a missing channel: something one row may
+    /// cause) rather than failing as a whole (unreachable, the pool timed out).
+    Rolledback { error: sqlx::Error, by_row: bool },
+    /// The commit failed: whether it took effect is unknown.
+    Commit(sqlx::Error),
+}
+
+impl BatchError {
+    fn before_commit(error: sqlx::Error) -> Self {
+        let by_row = error.as_database_error().is_some() || matches!(error, sqlx::Error::RowNotFound);
+        BatchError::Rolledback { error, by_row }
+    }
+}
+
+struct Request {
+    message: NewMessage,
+    /// `None`: refused (see [`Store::insert_message`](super::Store::insert_message)).
+    reply: oneshot::Sender<Result<Option<Written>, sqlx::Error>>,
+}
+
+/// The queue in front of the writer tasks. Cheap to clone; the writers stop when the
+/// last clone is dropped.
+#[derive(Clone)]
+pub struct GroupCommit {
+    queue: mpsc::Sender<Request>,
+    /// What the writers write with.
+    pools: Pools,
+}
+
+impl GroupCommit {
+    /// Starts `writers` writer tasks on `pools`. More than one lets a batch be
+    /// collected and written while another commits, which needs as many write
+    /// connections.
+    pub(super) fn spawn(pools: Pools, writers: usize) -> Self {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..writers.max(1) {
+            let (pools, rx) = (pools.clone(), rx.clone());
+            tokio::spawn(async move {
+                let mut batch = Vec::with_capacity(MAX_BATCH);
+                loop {
+                    // One writer at a time waits on the queue; it lets go as soon as it
+                    // has its batch, so the next writer collects while this one writes.
+                    if rx.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                        return;
+                    }
+                    write_batch(&pools, std::mem::take(&mut batch)).await;
+                }
+            });
+        }
+        Self { queue, pools }
+    }
+
+    /// Closes the writers' pools.
+    pub(super) async fn close(&self) {
+        self.pools.close().await;
+    }
+
+    /// Queues a new message and waits for the commit that holds it.
+    pub async fn write(&self, message: NewMessage) -> Result<Option<Written>, sqlx::Error> {
+        let (reply, answer) = oneshot::channel();
+        self.queue.send(Request { message, reply }).await.map_err(|_| sqlx::Error::PoolClosed)?;
+        // A writer that went away (the runtime shutting down) answers nothing.
+        answer.await.unwrap_or(Err(sqlx::Error::PoolClosed))
+    }
+}
+
+/// Writes one batch and answers each of its requests.
+async fn write_batch(pools: &Pools, requests: Vec<Request>) {
+    metrics::histogram!(m::DB_BATCH_ROWS).record(requests.len() as f64);
+    // Later requests with an earlier one's clientMsgId are answered with its message:
+    // request i is answered with writes[plan[i].0], fresh if it is the one that wrote it.
+    let mut first_with_key: HashMap<(ChannelId, UserId, &str), usize> = HashMap::new();
+    let mut writes: Vec<NewMessage> = Vec::with_capacity(requests.len());
+    let mut plan: Vec<(usize, bool)> = Vec::with_capacity(requests.len());
+    for r in &requests {
+        let index = match r.message.idempotency_key() {
+            Some(key) => *first_with_key.entry(key).or_insert(writes.len()),
+            None => writes.len(),
+        };
+        let fresh = index == writes.len();
+        if fresh {
+            writes.push(r.message.clone());
+        }
+        plan.push((index, fresh));
+    }
+    drop(first_with_key);
+
+    match insert_messages(pools, &writes).await {
+        Ok(written) => {
+            for (r, (index, fresh)) in requests.into_iter().zip(plan) {
+                let answer = written.messages[index].clone().map(|message| Written {
+                    inserted: if fresh { Inserted::Fresh(message) } else { Inserted::Existing(message) },
+                    members: written.members.get(&r.message.channel).cloned(),
+                });
+                let _ = r.reply.send(Ok(answer));
+            }
+        }
+        Err(BatchError::Rolledback { error, by_row: true }) => {
+            metrics::counter!(m::DB_BATCH_RETRIES).increment(1);
+            tracing::warn!(rows = requests.len(), error = %error, "batch of new messages refused; writing each alone");
+            for r in requests {
+                let result = insert_alone(pools, &r.message).await;
+                let _ = r.reply.send(result);
+            }
+        }
+        Err(BatchError::Rolledback { error, by_row: false } | BatchError::Commit(error)) => {
+            tracing::error!(rows = requests.len(), error = %error, "batch of new messages failed");
+            for r in requests {
+                let _ = r.reply.send(Err(copy_of(&error)));
+            }
+        }
+    }
+}
+
+/// The error of a failed batch, for each of its requests (`sqlx::Error` is not `Clone`).
+fn copy_of(error: &sqlx::Error) -> sqlx::Error {
+    match error {
+        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
+        sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
+        e => sqlx::Error::Io(std::io::Error::other(format!("the batch of new messages failed: {e}"))),
+    }
+}
+
+/// How a `new` message was written: freshly, or found by its clientMsgId.
+pub enum Inserted {
+    Fresh(Message),
+    Existing(Message),
+}
+
+/// What [`insert_messages`] wrote: in the order of its input, each message, or
+/// `None` where it was refused; and the members of every channel of the batch.
+struct BatchWritten {
+    messages: Vec<Option<Message>>,
+    members: HashMap<ChannelId, Arc<[UserId]>>,
+}
+
+/// A new message's write, when it was not refused.
+pub struct Written {
+    pub inserted: Inserted,
+    /// The channel's members, read in the transaction that wrote the message when it
+    /// was written in a group (they are read there to check the senders' membership):
+    /// who gets the `notify`, without another query.
+    pub members: Option<Arc<[UserId]>>,
+}
+
+/// Writes one new message in a transaction of its own, after checking the sender's
+/// membership; if a concurrent send with the same clientMsgId won, returns that one.
+async fn insert_alone(pools: &Pools, message: &NewMessage) -> Result<Option<Written>, sqlx::Error> {
+    let NewMessage { channel, sender, ref content, ref client_msg_id, now, community } = *message;
+    let client_msg_id = client_msg_id.as_deref();
+    let access = channel_access(pools.read(), channel, sender).await?;
+    if !access.is_some_and(|a| a.channel_member && community.is_none_or(|c| c == a.channel.community_id)) {
+        return Ok(None);
+    }
+    let res: Result<Message, sqlx::Error> = on_pool!(pools.write(), "insert_message", |pool| {
+        async {
+            let mut tx = pool.begin().await?;
+            let (seq, community_id): (i64, i64) = sqlx::query_as(
+                "UPDATE channels SET last_seq = last_seq + 1, last_event_at = $2 WHERE id = $1 \
+                 RETURNING last_seq, community_id",
+            )
+            .bind(channel)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO messages (channel_id, seq, event_seq, sender_id, content, client_msg_id, created_at, deleted) \
+                 VALUES ($1, $2, $2, $3, $4, $5, $6, FALSE) RETURNING id",
+            )
+            .bind(channel)
+            .bind(seq)
+            .bind(sender)
+            .bind(content)
+            .bind(client_msg_id)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(Message {
+                id,
+                channel_id: channel,
+                community_id,
+                seq,
+                event_seq: seq,
+                sender_id: sender,
+                content: content.to_owned(),
+                client_msg_id: client_msg_id.map(str::to_owned),
+                created_at: now,
+                edited_at: None,
+                deleted: false,
+            })
+        }
+        .await
+    });
+    let inserted = match (res, client_msg_id) {
+        (Ok(message), _) => Inserted::Fresh(message),
+        // A concurrent send with the same clientMsgId won the race; ours rolled
+        // back (sequence included), so return theirs.
+        (Err(e), Some(cmid)) if is_unique_violation(&e) => {
+            message_by_client_id(pools.read(), channel, sender, cmid).await?.map(Inserted::Existing).ok_or(e)?
+        }
+        (Err(e), _) => return Err(e),
+    };
+    Ok(Some(Written { inserted, members: None }))
+}
+
+/// Writes new messages in one transaction. First one query reads the batch's
+/// channels with their members (on PostgreSQL locking the channel rows, in id
+/// order, so that two batches of this instance or another cannot deadlock): a
+/// message whose channel is missing, in another community than its sender acts in,
+/// or whose sender is not a member, is refused (`None` in its place) and takes no
+/// sequence number. Then one `UPDATE channels` takes as many sequence numbers in
+/// each channel as it has messages here (numbered in the order of `messages`), and
+/// one multi-row INSERT writes them all. Returns them in the order of `messages`
+/// once committed, with the members of each channel (who gets the `notify`). The
+/// caller keeps clientMsgIds unique within `messages`.
+async fn insert_messages(pools: &Pools, messages: &[NewMessage]) -> Result<BatchWritten, BatchError> {
+    let ids = messages.iter().map(|m| m.channel).collect::<std::collections::BTreeSet<_>>();
+    let ids = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    // Ids are integers, inlined as such. SQLite has one writer and no row locks.
+    let lock = if pools.is_sqlite() { "" } else { " FOR UPDATE OF c" };
+    let read_members = format!(
+        "SELECT c.id, c.community_id, cm.user_id FROM channels c \
+         LEFT JOIN channel_members cm ON cm.channel_id = c.id WHERE c.id IN ({ids}) ORDER BY c.id{lock}"
+    );
+    on_pool!(pools.write(), "insert_messages", |pool| {
+        async {
+            let before = BatchError::before_commit;
+            let mut tx = pool.begin().await.map_err(before)?;
+            let rows: Vec<(ChannelId, CommunityId, Option<UserId>)> =
+                sqlx::query_as(&read_members).fetch_all(&mut *tx).await.map_err(before)?;
+            // channel -> (community, members)
+            let mut found: HashMap<ChannelId, (CommunityId, Vec<UserId>)> = HashMap::new();
+            for (channel, community, user) in rows {
+                let entry = found.entry(channel).or_insert_with(|| (community, Vec::new()));
+                entry.1.extend(user);
+            }
+            let accepted: Vec<bool> = messages
+                .iter()
+                .map(|m| {
+                    found.get(&m.channel).is_some_and(|(community, members)| {
+                        m.community.is_none_or(|c| c == *community) && members.contains(&m.sender)
+                    })
+                })
+                .collect();
+            let members: HashMap<ChannelId, Arc<[UserId]>> =
+                found.into_iter().map(|(channel, (_, members))| (channel, members.into())).collect();
+            let to_write: Vec<&NewMessage> =
+                messages.iter().zip(&accepted).filter(|(_, ok)| **ok).map(|(m, _)| m).collect();
+            if to_write.is_empty() {
+                tx.rollback().await.map_err(before)?;
+                return Ok(BatchWritten { messages: vec![None; messages.len()], members });
+            }
+            let (channels, take_seqs, insert) = group_write_sql(&to_write);
+            let mut numbering = sqlx::query_as::<_, (ChannelId, i64, i64)>(&take_seqs);
+            for (&channel, &(count, latest)) in &channels {
+                numbering = numbering.bind(channel).bind(count).bind(latest);
+            }
+            // channel -> (its next sequence number here, its community)
+            let mut next: HashMap<ChannelId, (i64, i64)> = numbering
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(before)?
+                .into_iter()
+                .map(|(channel, last_seq, community_id)| (channel, (last_seq - channels[&channel].0 + 1, community_id)))
+                .collect();
+            if next.len() < channels.len() {
+                // A channel that does not exist (any more): its rows fail, alone.
+                return Err(before(sqlx::Error::RowNotFound));
+            }
+            let mut written: Vec<Message> = to_write
+                .iter()
+                .map(|m| {
+                    let (seq, community_id) = next.get_mut(&m.channel).expect("every channel was numbered");
+                    *seq += 1;
+                    Message {
+                        id: 0,
+                        channel_id: m.channel,
+                        community_id: *community_id,
+                        seq: *seq - 1,
+                        event_seq: *seq - 1,
+                        sender_id: m.sender,
+                        content: m.content.clone(),
+                        client_msg_id: m.client_msg_id.clone(),
+                        created_at: m.now,
+                        edited_at: None,
+                        deleted: false,
+                    }
+                })
+                .collect();
+            let mut rows = sqlx::query_as::<_, (MessageId, ChannelId, i64)>(&insert);
+            for m in &written {
+                rows = rows
+                    .bind(m.channel_id)
+                    .bind(m.seq)
+                    .bind(m.sender_id)
+                    .bind(m.content.as_str())
+                    .bind(m.client_msg_id.as_deref())
+                    .bind(m.created_at);
+            }
+            // RETURNING's row order is not promised: match ids by (channel, seq).
+            let ids: HashMap<(ChannelId, i64), MessageId> = rows
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(before)?
+                .into_iter()
+                .map(|(id, channel, seq)| ((channel, seq), id))
+                .collect();
+            for m in &mut written {
+                m.id = *ids.get(&(m.channel_id, m.seq)).ok_or_else(|| {
+                    BatchError::before_commit(sqlx::Error::Protocol("INSERT ... RETURNING left out a row".into()))
+                })?;
+            }
+            let mut written = written.into_iter();
+            tx.commit().await.map_err(BatchError::Commit)?;
+            let messages = accepted.iter().map(|ok| if *ok { written.next() } else { None }).collect();
+            Ok(BatchWritten { messages, members })
+        }
+        .await
+    })
+}
+
+/// The statements of a group write of `messages` (see [`insert_messages`]): per
+/// channel, in id order, how many messages and the latest time; the UPDATE that numbers
+/// them; the INSERT that writes them.
+fn group_write_sql(messages: &[&NewMessage]) -> (BTreeMap<ChannelId, (i64, i64)>, String, String) {
+    // Per channel: how many, and the latest time among them; in channel-id order.
+    let mut channels: BTreeMap<ChannelId, (i64, i64)> = BTreeMap::new();
+    for m in messages {
+        let (count, latest) = channels.entry(m.channel).or_insert((0, m.now));
+        *count += 1;
+        *latest = (*latest).max(m.now);
+    }
+    // One row (id, count, time) per channel, as a derived table both dialects read.
+    let mut take_seqs =
+        String::from("UPDATE channels SET last_seq = channels.last_seq + v.k, last_event_at = v.t FROM (");
+    for i in 0..channels.len() {
+        let n = |k: usize| 3 * i + k;
+        let select = if i == 0 { "SELECT" } else { " UNION ALL SELECT" };
+        let _ = write!(take_seqs, "{select} ${} AS id, ${} AS k, ${} AS t", n(1), n(2), n(3));
+    }
+    take_seqs
+        .push_str(") AS v WHERE channels.id = v.id RETURNING channels.id, channels.last_seq, channels.community_id");
+    let mut insert = String::from(
+        "INSERT INTO messages (channel_id, seq, event_seq, sender_id, content, client_msg_id, created_at, deleted) \
+             VALUES ",
+    );
+    for i in 0..messages.len() {
+        let sep = if i == 0 { "" } else { ", " };
+        let n = |k: usize| 6 * i + k;
+        // channel_id, seq, event_seq (= seq), sender_id, content, client_msg_id, created_at
+        let _ = write!(insert, "{sep}(${}, ${}, ${1}, ${}, ${}, ${}, ${}, FALSE)", n(1), n(2), n(3), n(4), n(5), n(6));
+    }
+    insert.push_str(" RETURNING id, channel_id, seq");
+
+    (channels, take_seqs, insert)
+}

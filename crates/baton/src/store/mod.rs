@@ -1,0 +1,213 @@
+//! The database: SQLite (the embedded default) or PostgreSQL, behind one [`Store`].
+//!
+//! This file owns the pools of both dialects, the migrations and the one dispatch
+//! macro, [`on_pool!`]: a query is written once, in SQL both dialects read (`$N`
+//! placeholders, which SQLite reads as numbered parameters, `RETURNING`, `ON
+//! CONFLICT`, CASE where their functions differ), and compiled for both pools, so the
+//! test suite running on both databases runs every query on both. The queries are
+//! split by aggregate: [`accounts`] (users, settings), [`communities`] (communities,
+//! channels, membership), [`messages`] (messages, read markers, unread counts), and
+//! [`group_commit`], the writer of new messages.
+//!
+//! Invariant kept here: a channel's event sequence (`channels.last_seq`) moves only
+//! inside the transaction that writes the message change it numbers, so sequences are
+//! gap-free and in commit order (PostgreSQL's row lock on the channel, SQLite's single
+//! writer). Unique violations come back as `sqlx::Error`; the caller turns the one it
+//! expects into its own error (`error::OnConstraint`).
+
+pub mod accounts;
+pub mod communities;
+pub mod group_commit;
+pub mod messages;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+pub use accounts::{Credentials, User};
+pub use communities::{Channel, ChannelAccess, Community, CommunityMember, Role};
+pub use group_commit::{Inserted, NewMessage, Written};
+pub use messages::{ChannelUnread, Message, Slice};
+
+use group_commit::GroupCommit;
+
+pub type UserId = i64;
+pub type CommunityId = i64;
+pub type ChannelId = i64;
+pub type MessageId = i64;
+
+/// Where everything lives. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pools: Pools,
+    /// Where new messages go to be written in groups, over pools of their own.
+    group_commit: GroupCommit,
+}
+
+/// The connections of one database.
+#[derive(Clone)]
+enum Pools {
+    /// SQLite allows one writer at a time; a single-connection write pool makes
+    /// writers queue in-process instead of failing with SQLITE_BUSY, while readers
+    /// use their own pool (WAL mode lets them run beside the writer).
+    Sqlite {
+        read: SqlitePool,
+        write: SqlitePool,
+    },
+    Postgres(PgPool),
+}
+
+/// One pool of either dialect, borrowed for a query.
+#[derive(Clone, Copy)]
+pub(crate) enum Pool<'a> {
+    Sqlite(&'a SqlitePool),
+    Postgres(&'a PgPool),
+}
+
+impl Pools {
+    /// The pool for reads.
+    fn read(&self) -> Pool<'_> {
+        match self {
+            Pools::Sqlite { read, .. } => Pool::Sqlite(read),
+            Pools::Postgres(pg) => Pool::Postgres(pg),
+        }
+    }
+
+    /// The pool for writes.
+    fn write(&self) -> Pool<'_> {
+        match self {
+            Pools::Sqlite { write, .. } => Pool::Sqlite(write),
+            Pools::Postgres(pg) => Pool::Postgres(pg),
+        }
+    }
+
+    fn is_sqlite(&self) -> bool {
+        matches!(self, Pools::Sqlite { .. })
+    }
+
+    async fn close(&self) {
+        match self {
+            Pools::Sqlite { read, write } => {
+                read.close().await;
+                write.close().await;
+            }
+            Pools::Postgres(pg) => pg.close().await,
+        }
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.pools.is_sqlite() { "Store(sqlite)" } else { "Store(postgres)" })
+    }
+}
+
+/// Runs `$body` with `$p` bound to the [`Pool`]'s dialect pool (the body is compiled
+/// once per dialect) and records its time under the query's name.
+macro_rules! on_pool {
+    ($pool:expr, $query:literal, |$p:ident| $body:expr) => {{
+        let started = std::time::Instant::now();
+        let result = match $pool {
+            $crate::store::Pool::Sqlite($p) => $body,
+            $crate::store::Pool::Postgres($p) => $body,
+        };
+        metrics::histogram!($crate::metrics::DB_SECONDS, "query" => $query).record(started.elapsed().as_secs_f64());
+        result
+    }};
+}
+pub(crate) use on_pool;
+
+/// PostgreSQL connections per instance.
+const PG_CONNECTIONS: u32 = 16;
+
+/// Writers of new messages per instance on PostgreSQL, each with a connection of
+/// its own out of [`PG_CONNECTIONS`], so that batches do not queue behind reads for
+/// a connection. One: measured on two cores, a second writer (one batch collected
+/// and written while another commits) made batches smaller and acks/s lower, the
+/// CPU being the limit there, not the commit's round trips (docs/benchmarks.md).
+const PG_MESSAGE_WRITERS: usize = 1;
+
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error().is_some_and(|d| d.is_unique_violation())
+}
+
+impl Store {
+    /// Opens the database named by `url` (`sqlite://...` or `postgres://...`),
+    /// creating a SQLite file and its directory when missing.
+    pub async fn connect(url: &str) -> Result<Store, sqlx::Error> {
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // FULL: an acked message survives a power cut, not only a crash.
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            if let Some(dir) = options.get_filename().parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
+            }
+            let write = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+            let read = SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?;
+            // One writer, on the one write connection.
+            let pools = Pools::Sqlite { read, write };
+            Ok(Store::with_group_commit(pools.clone(), pools, 1))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let writers = PG_MESSAGE_WRITERS;
+            let pool = |connections: usize| {
+                PgPoolOptions::new().max_connections(connections as u32).acquire_timeout(Duration::from_secs(10))
+            };
+            let general = pool(PG_CONNECTIONS as usize - writers).connect(url).await?;
+            let messages = pool(writers).connect(url).await?;
+            Ok(Store::with_group_commit(Pools::Postgres(general), Pools::Postgres(messages), writers))
+        } else {
+            Err(sqlx::Error::Configuration(
+                format!("unsupported database URL {url:?}: use sqlite://PATH or postgres://...").into(),
+            ))
+        }
+    }
+
+    /// The store over `pools`, with `writers` tasks writing new messages in groups
+    /// over `writer_pools`.
+    fn with_group_commit(pools: Pools, writer_pools: Pools, writers: usize) -> Store {
+        Store { pools, group_commit: GroupCommit::spawn(writer_pools, writers) }
+    }
+
+    /// Applies the migrations of this database's dialect.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        match &self.pools {
+            Pools::Sqlite { write, .. } => sqlx::migrate!("./migrations/sqlite").run(write).await,
+            Pools::Postgres(pg) => sqlx::migrate!("./migrations/postgres").run(pg).await,
+        }
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        matches!(self.pools, Pools::Sqlite { .. })
+    }
+
+    /// Whether the database answers a trivial query (for /readyz).
+    pub async fn ping(&self) -> bool {
+        on_pool!(self.pools.read(), "ping", |pool| sqlx::query("SELECT 1").execute(pool).await.is_ok())
+    }
+
+    pub async fn close(&self) {
+        self.group_commit.close().await;
+        self.pools.close().await;
+    }
+
+    /// The setting's value, storing `default` first if it has none. Safe under
+    /// concurrent starts: every instance ends up with the first value written.
+    pub async fn setting_or_insert(&self, key: &str, default: &str) -> Result<String, sqlx::Error> {
+        on_pool!(self.pools.write(), "setting_or_insert", |pool| {
+            sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+                .bind(key)
+                .bind(default)
+                .execute(pool)
+                .await?;
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = $1").bind(key).fetch_one(pool).await
+        })
+    }
+}

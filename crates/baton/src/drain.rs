@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -36,13 +36,12 @@ use axum::response::{IntoResponse, Response};
 use axum::serve::IncomingStream;
 use serde::Serialize;
 use socketioxide::TransportType;
-use socketioxide::extract::SocketRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
-use crate::adapter::ChatAdapter;
 use crate::app::App;
+use crate::gateway::AnySocket;
 
 /// The listener baton serves on: a TCP listener whose connections carry a
 /// [`Connection`] handle.
@@ -172,6 +171,8 @@ pub struct Drain {
     /// Time for the load balancer to notice /readyz failing before closes begin.
     pub lb_delay: Duration,
     requested: Notify,
+    /// Set when the instance stops taking new connections.
+    draining: AtomicBool,
     /// Events being handled (their acks not yet sent).
     in_flight: Arc<AtomicUsize>,
     /// Long-polling sessions the drain has closed.
@@ -190,6 +191,7 @@ impl Drain {
             grace,
             lb_delay,
             requested: Notify::new(),
+            draining: AtomicBool::new(false),
             in_flight: Arc::default(),
             evicted: Mutex::default(),
             evictions: watch::Sender::new(0),
@@ -201,6 +203,16 @@ impl Drain {
     /// Asks the server to drain (POST /admin/drain); SIGTERM does the same.
     pub fn request(&self) {
         self.requested.notify_one();
+    }
+
+    /// Whether the instance has stopped taking new connections.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Stops taking new connections: `/readyz` fails, connects are refused.
+    pub fn start(&self) {
+        self.draining.store(true, Ordering::SeqCst);
     }
 
     /// Resolves when a drain is requested.
@@ -277,10 +289,10 @@ fn engine_params(req: &Request) -> Option<(String, String)> {
 /// through the load balancer, elsewhere; a namespace refusal would stop it for
 /// good); notes which connection carries an upgraded session's WebSocket; and ends
 /// the polls of sessions the drain closed.
-pub async fn drain_gate<A: ChatAdapter>(app: Arc<App<A>>, req: Request, next: Next) -> Response {
+pub async fn drain_gate(app: Arc<App>, req: Request, next: Next) -> Response {
     let is_engine = req.uri().path().starts_with("/socket.io");
     let Some((sid, transport)) = engine_params(&req) else {
-        if is_engine && app.is_draining() {
+        if is_engine && app.drain.is_draining() {
             return crate::error::Error::new(
                 crate::error::Code::Draining,
                 "this instance is draining; connect to another",
@@ -314,19 +326,17 @@ pub async fn drain_gate<A: ChatAdapter>(app: Arc<App<A>>, req: Request, next: Ne
 }
 
 /// One connected client: its engine.io session and how to close its transport.
-struct Client<A: ChatAdapter> {
-    socket: SocketRef<A>,
+struct Client {
+    socket: AnySocket,
 }
 
-impl<A: ChatAdapter> Client<A> {
+impl Client {
     fn close(&self, drain: &Drain) -> bool {
-        let sid = self.socket.id.to_string();
+        let sid = self.socket.id().to_string();
         match self.socket.transport_type() {
             TransportType::Websocket => {
                 let upgraded = drain.upgrades.lock().unwrap().get(&sid).cloned();
-                let conn = upgraded.or_else(|| {
-                    self.socket.req_parts().extensions.get::<ConnectInfo<Connection>>().map(|c| c.0.clone())
-                });
+                let conn = upgraded.or_else(|| self.socket.request_extension::<ConnectInfo<Connection>>().map(|c| c.0));
                 conn.is_some_and(|c| c.shut_down())
             }
             TransportType::Polling => {
@@ -338,14 +348,12 @@ impl<A: ChatAdapter> Client<A> {
 }
 
 /// Every client connected here, once each (a client has one socket per namespace).
-fn connected_clients<A: ChatAdapter>(app: &App<A>) -> Vec<Client<A>> {
+fn connected_clients(app: &App) -> Vec<Client> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    for ns in app.io.nsps() {
-        for socket in ns.sockets() {
-            if seen.insert(socket.id) {
-                out.push(Client { socket });
-            }
+    for socket in app.fanout.io().sockets() {
+        if seen.insert(socket.id()) {
+            out.push(Client { socket });
         }
     }
     out
@@ -354,9 +362,9 @@ fn connected_clients<A: ChatAdapter>(app: &App<A>) -> Vec<Client<A>> {
 /// Runs a drain to its end: out of the load balancer, no new connections, acks in
 /// flight answered, transports closed spread over the window, stragglers closed
 /// at its end. Returns the report (also logged and kept for `/admin/status`).
-pub async fn run<A: ChatAdapter>(app: &App<A>, instance: &str) -> Report {
+pub async fn run(app: &App, instance: &str) -> Report {
     let started = Instant::now();
-    app.start_draining();
+    app.drain.start();
     let acks_in_flight = app.drain.in_flight.load(Ordering::SeqCst);
     // Acks in flight finish first (bounded: a stuck database must not hold the drain).
     let ack_deadline = started + app.drain.window / 4;

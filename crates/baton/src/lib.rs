@@ -3,6 +3,7 @@
 //! A map of the crate:
 //! - [`config`]: the command line and environment (`baton --help`).
 //! - [`server`]: start-up, serving, shut-down.
+//! - [`app`]: the context every handler receives: the parts, wired (no behaviour).
 //! - [`chat`]: the domain (users, communities, channels, messages) and its rules.
 //!   Knows nothing of HTTP or Socket.IO.
 //! - [`store`]: the database (SQLite or PostgreSQL), its queries by aggregate and the
@@ -22,9 +23,11 @@
 //! 3. [`auth`] (hashes, tokens; its secret kept in the store);
 //! 4. [`chat`];
 //! 5. [`reconnect`], [`adapter`];
-//! 6. [`gateway`], [`http`], [`drain`], [`app`], which still refer to one another
-//!    through `App` (being taken apart: `App` becomes wiring only);
-//! 7. [`server`].
+//! 6. [`gateway`]'s `io` and `fanout` (Socket.IO and broadcasting);
+//! 7. the handlers: [`http`], [`gateway`]'s namespaces, [`drain`]. They receive
+//!    [`app::App`], the context type: it holds the parts of the layers below and
+//!    has no behaviour of its own;
+//! 8. [`server`], which builds the `App` and serves.
 
 pub mod adapter;
 pub mod app;

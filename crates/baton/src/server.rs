@@ -7,35 +7,37 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::adapter::{ChatAdapter, ClusterAdapter, RedisLink};
+use std::sync::Weak;
+
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use socketioxide::SocketIo;
-use socketioxide::adapter::LocalAdapter;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
+use crate::adapter::{ChatAdapter, ClusterAdapter, RedisLink};
 use crate::app::App;
 use crate::auth::Tokens;
-use crate::chat::{Chat, now_ms};
+use crate::chat::{Chat, ChatRate, now_ms};
 use crate::config::Config;
-use crate::drain::{self, Connection};
+use crate::drain::{self, Connection, Drain};
+use crate::gateway::{AppRef, Fanout, Io, Namespaces};
 use crate::http::{self, Origins};
 use crate::reconnect::{BEAT, Joins, Presence, Registry};
 use crate::store::Store;
 use crate::{adapter, gateway};
 
 /// A bound, wired baton instance, ready to serve.
-pub struct Server<A: ChatAdapter = LocalAdapter> {
+pub struct Server {
     listener: TcpListener,
     router: Router,
-    app: Arc<App<A>>,
+    app: Arc<App>,
     /// This instance's entry in the cluster's registry (none on a single node).
     registry: Option<Registry>,
 }
 
-impl Server<LocalAdapter> {
+impl Server {
     /// A single node: opens and migrates the database, binds `config.listen` (port
     /// 0 picks a free one), and wires the REST API and the Socket.IO gateway, with
     /// rooms, joins and presence in this process.
@@ -46,9 +48,7 @@ impl Server<LocalAdapter> {
         let instance = config.instance_id.clone().unwrap_or_else(default_instance_id);
         assemble(config, store, io, Joins::local(), Presence::local(), instance, None).await
     }
-}
 
-impl Server<ClusterAdapter> {
     /// One instance of a cluster: as [`Server::build`], with the Socket.IO adapter,
     /// joins and presence in Redis. Refuses SQLite: instances must share a database.
     pub async fn build_cluster(config: Config) -> anyhow::Result<Self> {
@@ -87,12 +87,32 @@ async fn assemble<A: ChatAdapter>(
     presence: Presence,
     instance: String,
     redis: Option<RedisLink>,
-) -> anyhow::Result<Server<A>> {
+) -> anyhow::Result<Server>
+where
+    Io: From<SocketIo<A>>,
+{
     crate::metrics::install();
-    let (layer, io) = io.build_layer();
     let tokens = Tokens::load(config.secret.as_deref(), &store, config.token_ttl).await?;
     let registry = redis.as_ref().map(|link| Registry::new(link.clone(), instance.clone()));
-    let app = App::new(config, Chat::new(store), tokens, io, joins, presence, redis, instance);
+    let chat = Chat::new(store, ChatRate::new(config.chat_rate, config.chat_burst));
+    // The Socket.IO server is built inside the app it belongs to: its state, through
+    // which the handlers reach the app, is the app itself, held weakly.
+    let mut layer = None;
+    let app = Arc::new_cyclic(|me: &Weak<App>| {
+        let (socket_io_layer, io) = io.with_state(AppRef(me.clone())).build_layer();
+        layer = Some(socket_io_layer);
+        App {
+            fanout: Fanout::new(Io::from(io), joins, presence, chat.clone()),
+            chat,
+            tokens,
+            namespaces: Namespaces::default(),
+            redis,
+            instance,
+            drain: Drain::new(config.drain_window, config.presence_grace, config.drain_lb_delay),
+            config,
+        }
+    });
+    let layer = layer.expect("the Socket.IO layer is built with the app");
     gateway::register(&app).await;
     let origins = Arc::new(Origins::new(&app.config.allowed_origins));
     let drained = app.clone();
@@ -120,12 +140,12 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-impl<A: ChatAdapter> Server<A> {
+impl Server {
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    pub fn app(&self) -> &Arc<App<A>> {
+    pub fn app(&self) -> &Arc<App> {
         &self.app
     }
 
@@ -148,7 +168,7 @@ impl<A: ChatAdapter> Server<A> {
                 }
                 drain::run(&closing, &closing.instance).await;
                 // Whatever is left (a client that never read its close) goes now.
-                closing.io.close().await;
+                closing.fanout.io().close().await;
             })
             .await
             .context("the HTTP server failed")?;
@@ -165,7 +185,7 @@ impl<A: ChatAdapter> Server<A> {
 }
 
 /// Periodic work: the `position` emit, and forgetting idle users' rate-limit state.
-async fn background_tasks<A: ChatAdapter>(app: Arc<App<A>>) {
+async fn background_tasks(app: Arc<App>) {
     let interval = app.config.position_interval.max(Duration::from_millis(100));
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -173,10 +193,10 @@ async fn background_tasks<A: ChatAdapter>(app: Arc<App<A>>) {
     loop {
         tick.tick().await;
         let since = now_ms() - interval.as_millis() as i64;
-        if let Err(e) = app.emit_positions(since).await {
+        if let Err(e) = app.fanout.positions(since).await {
             tracing::warn!(error = %e, "position emit failed");
         }
-        app.chat_limiter.retain_recent();
+        app.chat.rate().forget_idle();
     }
 }
 
@@ -216,7 +236,7 @@ async fn trim_after_connection_bursts() {
 /// A cluster instance's duties: watch Redis (and put it back in step with this
 /// instance when it returns), beat in the registry, and take dead instances' users
 /// offline.
-async fn cluster_tasks<A: ChatAdapter>(app: Arc<App<A>>, registry: Registry) {
+async fn cluster_tasks(app: Arc<App>, registry: Registry) {
     let Some(link) = app.redis.clone() else { return };
     if link.health.is_up() {
         gateway::reap_own_leftovers(&app, &registry).await;
@@ -247,7 +267,7 @@ async fn cluster_tasks<A: ChatAdapter>(app: Arc<App<A>>, registry: Registry) {
 /// On a clean exit, after the drain: this instance's presence entries stay for the
 /// grace period, then another instance reaps them, so users who reconnected
 /// elsewhere never show offline, and those who did not go offline then.
-async fn leave_cluster<A: ChatAdapter>(app: &App<A>, registry: &Registry) {
+async fn leave_cluster(app: &App, registry: &Registry) {
     if let Err(e) = registry.expire_after(app.drain.grace).await {
         tracing::warn!(error = %e, "could not hand this instance's presence to the others");
     }

@@ -3,6 +3,7 @@
 //! way by the REST API and the gateway, so "durable before broadcast" and every
 //! permission check live in one place, testable against a real database.
 
+mod command;
 mod input;
 mod service;
 
@@ -10,6 +11,7 @@ mod service;
 pub use crate::store::{
     Channel, ChannelId, ChannelUnread, Community, CommunityId, CommunityMember, Message, MessageId, Role, User, UserId,
 };
+pub use command::{ChatCommand, ChatRate};
 pub use input::{ChannelName, ClientMsgId, CommunityName, Content, DisplayName, Password, Username};
 pub use service::{Chat, Created, HistoryQuery, Page};
 

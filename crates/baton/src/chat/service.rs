@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use std::sync::Arc;
 
+use super::command::ChatRate;
 use super::{
     Change, Channel, ChannelId, ChannelName, ClientMsgId, Community, CommunityId, CommunityMember, CommunityName,
     CommunityUnread, Content, DisplayName, Message, MessageId, Password, Role, Unread, User, UserId, Username, now_ms,
@@ -20,6 +21,7 @@ use crate::store::{ChannelAccess, Inserted, NewMessage, Slice, Store, Written};
 #[derive(Debug, Clone)]
 pub struct Chat {
     store: Store,
+    pub(super) rate: ChatRate,
 }
 
 /// A message change that was written (or found, for a repeated clientMsgId).
@@ -74,8 +76,8 @@ fn no_such_channel() -> Error {
 }
 
 impl Chat {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(store: Store, rate: ChatRate) -> Self {
+        Self { store, rate }
     }
 
     pub fn store(&self) -> &Store {
@@ -256,6 +258,12 @@ impl Chat {
     pub async fn join_refusal(&self, user: UserId, community: CommunityId, channel: ChannelId) -> Result<Error> {
         let access = self.store.channel_access(channel, user).await?.filter(|a| a.channel.community_id == community);
         Ok(require_member(access).err().unwrap_or_else(no_such_channel))
+    }
+
+    /// Channels whose event sequence moved at or after `since_ms`:
+    /// `(channel, community, last_seq)`.
+    pub async fn recently_active(&self, since_ms: i64) -> Result<Vec<(ChannelId, CommunityId, i64)>> {
+        Ok(self.store.recently_active(since_ms).await?)
     }
 
     pub async fn channel_member_ids(&self, channel: ChannelId) -> Result<Vec<UserId>> {

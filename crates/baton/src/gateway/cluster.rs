@@ -3,10 +3,11 @@
 //! of dead instances offline.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
+use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 
+use super::io::on_io;
 use super::{COMMUNITY_NS_PREFIX, channel_room, room_channel, session};
 use crate::adapter::ChatAdapter;
 use crate::app::App;
@@ -15,9 +16,9 @@ use crate::reconnect::{Entry, Registry};
 
 /// Every presence entry this instance's sockets stand for, with its socket: each
 /// community socket in each of its channel rooms.
-fn local_entries<A: ChatAdapter>(app: &App<A>) -> Vec<(Entry, SocketRef<A>)> {
+fn local_entries<A: ChatAdapter>(io: &SocketIo<A>) -> Vec<(Entry, SocketRef<A>)> {
     let mut entries = Vec::new();
-    for ns in app.io.nsps().into_iter().filter(|ns| ns.ns_path().starts_with(COMMUNITY_NS_PREFIX)) {
+    for ns in io.nsps().into_iter().filter(|ns| ns.ns_path().starts_with(COMMUNITY_NS_PREFIX)) {
         for socket in ns.sockets() {
             let Some(session) = session(&socket) else { continue };
             let Some(community) = session.community else { continue };
@@ -37,10 +38,14 @@ type EntriesByUser<A> = BTreeMap<(UserId, CommunityId), Vec<(Entry, SocketRef<A>
 /// cluster-wide room leaves of removals may have been lost: take this instance's
 /// sockets out of channels their users were removed from meanwhile, then re-file
 /// presence and joins from the sockets, and announce the presence changes.
-pub async fn resync<A: ChatAdapter>(app: &Arc<App<A>>) {
+pub async fn resync(app: &App) {
+    on_io!(app.fanout.io(), |io| resync_with(app, io).await)
+}
+
+async fn resync_with<A: ChatAdapter>(app: &App, io: &SocketIo<A>) {
     let mut kept = Vec::new();
     let mut by_user: EntriesByUser<A> = BTreeMap::new();
-    for (entry, socket) in local_entries(app) {
+    for (entry, socket) in local_entries(io) {
         by_user.entry((entry.user, entry.community)).or_default().push((entry, socket));
     }
     for ((user, community), entries) in by_user {
@@ -61,16 +66,16 @@ pub async fn resync<A: ChatAdapter>(app: &Arc<App<A>>) {
         }
     }
     for e in &kept {
-        if let Err(err) = app.joins.remember(e.user, e.community, &[e.channel]).await {
+        if let Err(err) = app.fanout.joins.remember(e.user, e.community, &[e.channel]).await {
             tracing::warn!(error = %err, "resync of remembered joins failed");
             return;
         }
     }
-    match app.presence.resync(&kept).await {
+    match app.fanout.presence.resync(&kept).await {
         Ok(changes) => {
             tracing::info!(sockets = kept.len(), changes = changes.len(), "presence resynced with redis");
             for (e, online) in changes {
-                app.announce_presence(e.community, e.channel, e.user, online, None).await;
+                app.fanout.presence(e.community, e.channel, e.user, online).await;
             }
         }
         Err(e) => tracing::warn!(error = %e, "presence resync failed"),
@@ -79,11 +84,11 @@ pub async fn resync<A: ChatAdapter>(app: &Arc<App<A>>) {
 
 /// At start: presence a previous run under this instance's name left behind (a
 /// crash, or a restart within the grace period) is taken away and announced.
-pub async fn reap_own_leftovers<A: ChatAdapter>(app: &Arc<App<A>>, registry: &Registry) {
-    match app.presence.reap(registry.id()).await {
+pub async fn reap_own_leftovers(app: &App, registry: &Registry) {
+    match app.fanout.presence.reap(registry.id()).await {
         Ok(offline) => {
             for e in offline {
-                app.announce_presence(e.community, e.channel, e.user, false, None).await;
+                app.fanout.presence(e.community, e.channel, e.user, false).await;
             }
         }
         Err(e) => tracing::warn!(error = %e, "could not clear a previous run's presence"),
@@ -92,7 +97,7 @@ pub async fn reap_own_leftovers<A: ChatAdapter>(app: &Arc<App<A>>, registry: &Re
 
 /// Takes the users of instances that stopped beating offline, once per dead instance
 /// across the cluster.
-pub async fn reap_dead_instances<A: ChatAdapter>(app: &Arc<App<A>>, registry: &Registry) {
+pub async fn reap_dead_instances(app: &App, registry: &Registry) {
     let dead = match registry.dead().await {
         Ok(dead) => dead,
         Err(e) => {
@@ -109,11 +114,11 @@ pub async fn reap_dead_instances<A: ChatAdapter>(app: &Arc<App<A>>, registry: &R
                 continue;
             }
         }
-        match app.presence.reap(&id).await {
+        match app.fanout.presence.reap(&id).await {
             Ok(offline) => {
                 tracing::info!(instance = id, offline = offline.len(), "took a dead instance's users offline");
                 for e in offline {
-                    app.announce_presence(e.community, e.channel, e.user, false, None).await;
+                    app.fanout.presence(e.community, e.channel, e.user, false).await;
                 }
                 if let Err(e) = registry.remove(&id).await {
                     tracing::warn!(instance = id, error = %e, "could not remove a dead instance");

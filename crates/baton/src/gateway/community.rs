@@ -8,57 +8,35 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use crate::adapter::ChatAdapter;
-use serde::Deserialize;
-use socketioxide::extract::{AckSender, SocketRef, TryData};
-use socketioxide::handler::ConnectHandler;
+use serde::{Deserialize, Serialize};
+use socketioxide::SocketIo;
+use socketioxide::extract::{AckSender, Event, SocketRef};
 
-use super::extract::{InOrder, Payload, Turnstile};
+use super::extract::{InOrder, Live, Payload, Received, Turnstile, event};
 use super::{
-    COMMUNITY_NS_PREFIX, Received, Refusal, Session, ack_body, answer, authenticate, channel_room, count_connect,
-    room_channel, session, stopped, user_room,
+    Ack, Acked, COMMUNITY_NS_PREFIX, Refusal, Session, answer, authenticate, channel_room, count_connect, room_channel,
+    session, user_room,
 };
+use crate::adapter::ChatAdapter;
 use crate::app::App;
-use crate::chat::{ChannelId, CommunityId, Created, HistoryQuery, UserId};
+use crate::chat::{ChannelId, ChatCommand, CommunityId, Created, HistoryQuery, Message, UserId};
 use crate::error::{Code, Error, Result};
-use crate::gateway::ChatCommand;
 use crate::reconnect::{self, Entry, Since};
 
 /// At most this many channels in one `join` (PROTOCOL.md).
 pub const MAX_JOIN: usize = 100;
-
-pub(super) fn register<A: ChatAdapter>(app: &Arc<App<A>>) {
-    app.io
-        .dyn_ns(format!("{COMMUNITY_NS_PREFIX}{{community}}"), connect_handler(app))
-        .expect("the community namespace pattern is valid");
-}
-
-/// Admission as middleware, recovery as the connect handler (see the module doc).
-fn connect_handler<A: ChatAdapter>(app: &Arc<App<A>>) -> impl ConnectHandler<A, (SocketRef<A>,)> {
-    let admit_app = Arc::downgrade(app);
-    let admit = move |socket: SocketRef<A>, TryData(auth): TryData<serde_json::Value>| {
-        let app = admit_app.upgrade();
-        async move { admit(&app.ok_or_else(stopped)?, socket, auth.unwrap_or_default()).await }
-    };
-    let connect_app = Arc::downgrade(app);
-    let on_connect = move |socket: SocketRef<A>| {
-        let app = connect_app.upgrade();
-        async move {
-            if let Some(app) = app {
-                on_connect(&app, socket).await
-            }
-        }
-    };
-    on_connect.with(admit)
-}
 
 /// A community socket's session: who, where, and what to replay once connected.
 struct Pending {
     since: Option<Since>,
 }
 
-async fn admit<A: ChatAdapter>(
-    app: &Arc<App<A>>,
+/// Admission on a community namespace (from the shared middleware): draining, the
+/// namespace id, the token, `since`, community membership. The event handlers are
+/// registered here, before the CONNECT goes out.
+pub(super) async fn admit<A: ChatAdapter>(
+    app: &App,
+    io: &SocketIo<A>,
     socket: SocketRef<A>,
     auth: serde_json::Value,
 ) -> Result<(), Refusal> {
@@ -69,15 +47,15 @@ async fn admit<A: ChatAdapter>(
             socket.extensions.insert(Arc::new(session));
             socket.extensions.insert(Arc::new(Turnstile::default()));
             socket.extensions.insert(Arc::new(pending));
-            register_handlers(app, &socket);
+            register_handlers(&socket);
             count_connect("community", "accepted");
             // The in-flight count ends in `on_connect`, once the socket is in the namespace.
             Ok(())
         }
         Err(e) => {
             let no_one_else = app.namespaces.end(&path) == 0;
-            if no_one_else && app.io.of(&path).is_some_and(|ns| ns.sockets().is_empty()) {
-                app.io.delete_ns(&path);
+            if no_one_else && io.of(&path).is_some_and(|ns| ns.sockets().is_empty()) {
+                io.delete_ns(&path);
             }
             tracing::debug!(ns = %path, error = %e, "refused a community connect");
             count_connect("community", e.code.as_str());
@@ -86,12 +64,8 @@ async fn admit<A: ChatAdapter>(
     }
 }
 
-async fn check_admission<A: ChatAdapter>(
-    app: &App<A>,
-    path: &str,
-    auth: &serde_json::Value,
-) -> Result<(Session, Pending)> {
-    if app.is_draining() {
+async fn check_admission(app: &App, path: &str, auth: &serde_json::Value) -> Result<(Session, Pending)> {
+    if app.drain.is_draining() {
         return Err(Error::new(Code::Draining, "this instance is draining; connect to another"));
     }
     let community: CommunityId = path
@@ -121,7 +95,7 @@ fn parse_since(v: &serde_json::Value) -> Result<Since> {
     Ok(since)
 }
 
-async fn on_connect<A: ChatAdapter>(app: &Arc<App<A>>, socket: SocketRef<A>) {
+pub(super) async fn on_connect<A: ChatAdapter>(socket: SocketRef<A>, Live(app): Live) {
     app.namespaces.end(socket.ns());
     let Some(session) = session(&socket) else {
         return;
@@ -132,20 +106,20 @@ async fn on_connect<A: ChatAdapter>(app: &Arc<App<A>>, socket: SocketRef<A>) {
     let since = socket.extensions.get::<Arc<Pending>>().and_then(|p| p.since.clone());
     metrics::gauge!(crate::metrics::SOCKETS, "namespace" => socket.ns().to_owned()).increment(1.0);
     socket.join(user_room(session.user));
-    if let Err(e) = recover(app, &socket, session.user, community, since).await {
+    if let Err(e) = recover(&app, &socket, session.user, community, since).await {
         tracing::warn!(sid = %socket.id, error = %e, "recovery failed; the client can join and page history");
     }
 }
 
 /// Rejoin, `rejoined`, replay, `recovered` (PROTOCOL.md, Recovery).
 async fn recover<A: ChatAdapter>(
-    app: &App<A>,
+    app: &App,
     socket: &SocketRef<A>,
     user: UserId,
     community: CommunityId,
     since: Option<Since>,
 ) -> Result<()> {
-    let remembered = app.joins.remembered(user, community).await.unwrap_or_else(|e| {
+    let remembered = app.fanout.joins.remembered(user, community).await.unwrap_or_else(|e| {
         tracing::warn!(user, community, error = %e, "remembered joins unavailable; rejoining the since channels only");
         Vec::new()
     });
@@ -157,7 +131,7 @@ async fn recover<A: ChatAdapter>(
     let wanted: Vec<ChannelId> = wanted.into_iter().collect();
     let rejoined = app.chat.member_channels_among(user, community, &wanted).await?;
     let lost: Vec<ChannelId> = remembered.iter().copied().filter(|c| !rejoined.contains(c)).collect();
-    if let Err(e) = app.joins.forget(user, community, &lost).await {
+    if let Err(e) = app.fanout.joins.forget(user, community, &lost).await {
         tracing::warn!(user, community, error = %e, "could not forget channels the user left");
     }
     let rejoined = enter_rooms(app, socket, user, community, &rejoined).await;
@@ -181,7 +155,7 @@ fn emit<A: ChatAdapter, T: serde::Serialize + ?Sized>(socket: &SocketRef<A>, eve
 /// happens to the remembering: Redis trouble costs a reconnect its rejoin, not the
 /// live connection its messages.
 async fn enter_rooms<A: ChatAdapter>(
-    app: &App<A>,
+    app: &App,
     socket: &SocketRef<A>,
     user: UserId,
     community: CommunityId,
@@ -191,13 +165,13 @@ async fn enter_rooms<A: ChatAdapter>(
         return Vec::new();
     }
     socket.join(channels.iter().map(|c| channel_room(*c)).collect::<Vec<_>>());
-    if let Err(e) = app.joins.remember(user, community, channels).await {
+    if let Err(e) = app.fanout.joins.remember(user, community, channels).await {
         tracing::warn!(user, community, error = %e, "could not remember joined channels");
     }
     for &channel in channels {
         let entry = presence_entry(socket, user, community, channel);
-        match app.presence.enter(&entry).await {
-            Ok(true) => app.announce_presence(community, channel, user, true, Some(socket)).await,
+        match app.fanout.presence.enter(&entry).await {
+            Ok(true) => app.fanout.presence_from(socket, channel, user, true).await,
             Ok(false) => {}
             Err(e) => tracing::warn!(user, channel, error = %e, "could not record presence"),
         }
@@ -209,14 +183,14 @@ async fn enter_rooms<A: ChatAdapter>(
     let gone: Vec<ChannelId> = channels.iter().copied().filter(|c| !still.contains(c)).collect();
     if !gone.is_empty() {
         leave_rooms(app, socket, user, community, &gone).await;
-        let _ = app.joins.forget(user, community, &gone).await;
+        let _ = app.fanout.joins.forget(user, community, &gone).await;
     }
     still
 }
 
 /// Takes the socket out of the channels' rooms and announces users who went offline.
 async fn leave_rooms<A: ChatAdapter>(
-    app: &App<A>,
+    app: &App,
     socket: &SocketRef<A>,
     user: UserId,
     community: CommunityId,
@@ -225,8 +199,8 @@ async fn leave_rooms<A: ChatAdapter>(
     socket.leave(channels.iter().map(|c| channel_room(*c)).collect::<Vec<_>>());
     for &channel in channels {
         let entry = presence_entry(socket, user, community, channel);
-        match app.presence.leave(&entry).await {
-            Ok(true) => app.announce_presence(community, channel, user, false, Some(socket)).await,
+        match app.fanout.presence.leave(&entry).await {
+            Ok(true) => app.fanout.presence_from(socket, channel, user, false).await,
             Ok(false) => {}
             Err(e) => tracing::warn!(user, channel, error = %e, "could not record leaving presence"),
         }
@@ -283,86 +257,113 @@ struct TypingRequest {
     channel_id: ChannelId,
 }
 
-fn register_handlers<A: ChatAdapter>(app: &Arc<App<A>>, socket: &SocketRef<A>) {
-    let a = Arc::downgrade(app);
-    socket.on("join", move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
-        let app = a.upgrade();
-        let received = Received::now("join", app.as_ref());
-        async move {
-            let Some(app) = app else { return };
-            let _turn = t.wait().await;
-            answer(received, ack, &ack_body(on_join(&app, &s, p).await));
+/// The events of a community socket, each a handler below. `join`, `leave`, `chat`
+/// and `read` run in the socket's arrival order ([`InOrder`]); `history`, `typing`
+/// and unknown events do not wait. A handler reads: apply, ack, publish.
+fn register_handlers<A: ChatAdapter>(socket: &SocketRef<A>) {
+    socket.on("join", on_join);
+    socket.on("leave", on_leave);
+    socket.on("chat", on_chat);
+    socket.on("read", on_read);
+    socket.on("history", on_history);
+    socket.on("typing", on_typing);
+    socket.on_fallback(on_unknown);
+    socket.on_disconnect(on_disconnect);
+}
+
+async fn on_join<A: ChatAdapter>(
+    Live(app): Live,
+    received: Received<{ event::JOIN }>,
+    InOrder(turn): InOrder,
+    socket: SocketRef<A>,
+    ack: AckSender<A>,
+    payload: Payload,
+) {
+    let _turn = turn.wait().await;
+    answer(received, ack, Ack(join(&app, &socket, payload).await));
+}
+
+async fn on_leave<A: ChatAdapter>(
+    Live(app): Live,
+    received: Received<{ event::LEAVE }>,
+    InOrder(turn): InOrder,
+    socket: SocketRef<A>,
+    ack: AckSender<A>,
+    payload: Payload,
+) {
+    let _turn = turn.wait().await;
+    answer(received, ack, Ack(leave(&app, &socket, payload).await));
+}
+
+/// Apply, ack, publish: the ack follows the commit (durable now, for the sender's
+/// optimistic UI); the broadcast follows the ack, still in this socket's turn, so
+/// one socket's broadcasts keep the order it sent them in.
+async fn on_chat<A: ChatAdapter>(
+    Live(app): Live,
+    received: Received<{ event::CHAT }>,
+    InOrder(turn): InOrder,
+    socket: SocketRef<A>,
+    ack: AckSender<A>,
+    payload: Payload,
+) {
+    let _turn = turn.wait().await;
+    match chat(&app, &socket, payload).await {
+        Ok(created) => {
+            answer(received, ack, Ack(Ok(Wrote { written: true, chat_info: &created.message })));
+            app.fanout.publish_from(&created, &socket).await;
         }
-    });
-    let a = Arc::downgrade(app);
-    socket.on("leave", move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
-        let app = a.upgrade();
-        let received = Received::now("leave", app.as_ref());
-        async move {
-            let Some(app) = app else { return };
-            let _turn = t.wait().await;
-            answer(received, ack, &ack_body(on_leave(&app, &s, p).await));
-        }
-    });
-    let a = Arc::downgrade(app);
-    socket.on("chat", move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
-        let app = a.upgrade();
-        let received = Received::now("chat", app.as_ref());
-        async move {
-            let Some(app) = app else { return };
-            let _turn = t.wait().await;
-            match on_chat(&app, &s, p).await {
-                Ok(created) => {
-                    // Durable now: ack for the sender's optimistic UI, then broadcast,
-                    // still in this socket's turn so its broadcasts keep its order.
-                    answer(received, ack, &serde_json::json!({ "written": true, "chatInfo": created.message }));
-                    app.publish(&created, Some(&s)).await;
-                }
-                Err(e) => answer(
-                    received,
-                    ack,
-                    &serde_json::json!({ "written": false, "chatInfo": null, "error": e.body()["error"] }),
-                ),
-            }
-        }
-    });
-    let a = Arc::downgrade(app);
-    socket.on("read", move |s: SocketRef<A>, ack: AckSender<A>, InOrder(t): InOrder, p: Payload| {
-        let app = a.upgrade();
-        let received = Received::now("read", app.as_ref());
-        async move {
-            let Some(app) = app else { return };
-            let _turn = t.wait().await;
-            answer(received, ack, &ack_body(on_read(&app, &s, p).await));
-        }
-    });
-    let a = Arc::downgrade(app);
-    socket.on("history", move |s: SocketRef<A>, ack: AckSender<A>, p: Payload| {
-        let app = a.upgrade();
-        let received = Received::now("history", app.as_ref());
-        async move {
-            if let Some(app) = app {
-                answer(received, ack, &ack_body(on_history(&app, &s, p).await))
-            }
-        }
-    });
-    socket.on("typing", move |s: SocketRef<A>, ack: AckSender<A>, p: Payload| {
-        let received = Received::now::<A>("typing", None);
-        async move { answer(received, ack, &ack_body(on_typing(&s, p).await)) }
-    });
-    socket.on_fallback(move |ack: AckSender<A>, socketioxide::extract::Event(name): socketioxide::extract::Event| {
-        let received = Received::now::<A>("unknown", None);
-        async move { answer(received, ack, &Error::invalid(format!("unknown event {name:?}")).body()) }
-    });
-    let a = Arc::downgrade(app);
-    socket.on_disconnect(move |s: SocketRef<A>| {
-        let app = a.upgrade();
-        async move {
-            if let Some(app) = app {
-                on_disconnect(&app, &s).await
-            }
-        }
-    });
+        Err(e) => answer(received, ack, Ack::<Wrote>(Err(e))),
+    }
+}
+
+async fn on_read<A: ChatAdapter>(
+    Live(app): Live,
+    received: Received<{ event::READ }>,
+    InOrder(turn): InOrder,
+    socket: SocketRef<A>,
+    ack: AckSender<A>,
+    payload: Payload,
+) {
+    let _turn = turn.wait().await;
+    answer(received, ack, Ack(read(&app, &socket, payload).await));
+}
+
+async fn on_history<A: ChatAdapter>(
+    Live(app): Live,
+    received: Received<{ event::HISTORY }>,
+    socket: SocketRef<A>,
+    ack: AckSender<A>,
+    payload: Payload,
+) {
+    answer(received, ack, Ack(history(&app, &socket, payload).await));
+}
+
+async fn on_typing<A: ChatAdapter>(
+    received: Received<{ event::TYPING }>,
+    socket: SocketRef<A>,
+    ack: AckSender<A>,
+    payload: Payload,
+) {
+    answer(received, ack, Ack(typing(&socket, payload).await));
+}
+
+async fn on_unknown<A: ChatAdapter>(received: Received<{ event::UNKNOWN }>, ack: AckSender<A>, Event(name): Event) {
+    answer(received, ack, Ack::<serde_json::Value>(Err(Error::invalid(format!("unknown event {name:?}")))));
+}
+
+/// A `chat` ack: `{written: true, chatInfo}`, or `{written: false, chatInfo: null,
+/// error}`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Wrote<'a> {
+    written: bool,
+    chat_info: &'a Message,
+}
+
+impl Acked for Wrote<'_> {
+    fn refusal(error: &Error) -> serde_json::Value {
+        serde_json::json!({ "written": false, "chatInfo": null, "error": error.body()["error"] })
+    }
 }
 
 fn session_of<A: ChatAdapter>(socket: &SocketRef<A>) -> Result<(UserId, CommunityId)> {
@@ -371,7 +372,7 @@ fn session_of<A: ChatAdapter>(socket: &SocketRef<A>) -> Result<(UserId, Communit
     Ok((session.user, community))
 }
 
-async fn on_join<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>, payload: Payload) -> Result<serde_json::Value> {
+async fn join<A: ChatAdapter>(app: &App, socket: &SocketRef<A>, payload: Payload) -> Result<serde_json::Value> {
     let (user, community) = session_of(socket)?;
     let channels = ChannelList::parse(payload)?;
     let joined = app.chat.member_channels_among(user, community, &channels).await?;
@@ -384,39 +385,34 @@ async fn on_join<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>, payload: P
     Ok(serde_json::json!({ "joined": joined, "rejected": rejected }))
 }
 
-async fn on_leave<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>, payload: Payload) -> Result<serde_json::Value> {
+async fn leave<A: ChatAdapter>(app: &App, socket: &SocketRef<A>, payload: Payload) -> Result<serde_json::Value> {
     let (user, community) = session_of(socket)?;
     let channels = ChannelList::parse(payload)?;
-    if let Err(e) = app.joins.forget(user, community, &channels).await {
+    if let Err(e) = app.fanout.joins.forget(user, community, &channels).await {
         tracing::warn!(user, community, error = %e, "could not forget left channels");
     }
     leave_rooms(app, socket, user, community, &channels).await;
     Ok(serde_json::json!({ "left": channels }))
 }
 
-async fn on_chat<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>, payload: Payload) -> Result<Created> {
+async fn chat<A: ChatAdapter>(app: &App, socket: &SocketRef<A>, payload: Payload) -> Result<Created> {
     let (user, community) = session_of(socket)?;
     let command: ChatCommand = payload.parse()?;
-    // A new message's write checks the membership itself, in its transaction.
-    if !matches!(command, ChatCommand::New { .. }) {
-        in_community(app, user, community, command.channel_id()).await?;
-    }
-    app.write_chat(user, command, Some(community)).await
+    app.chat.apply(user, command, Some(community)).await
 }
 
-async fn on_read<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>, payload: Payload) -> Result<serde_json::Value> {
+async fn read<A: ChatAdapter>(app: &App, socket: &SocketRef<A>, payload: Payload) -> Result<serde_json::Value> {
     let (user, community) = session_of(socket)?;
     let req: ReadRequest = payload.parse()?;
     in_community(app, user, community, req.channel_id).await?;
-    let seq = app.mark_read(user, req.channel_id, req.seq).await?;
+    let (seq, moved) = app.chat.mark_read(user, req.channel_id, req.seq).await?;
+    if moved {
+        app.fanout.read_moved(user, req.channel_id, seq).await;
+    }
     Ok(serde_json::json!({ "ok": true, "seq": seq }))
 }
 
-async fn on_history<A: ChatAdapter>(
-    app: &App<A>,
-    socket: &SocketRef<A>,
-    payload: Payload,
-) -> Result<crate::chat::Page> {
+async fn history<A: ChatAdapter>(app: &App, socket: &SocketRef<A>, payload: Payload) -> Result<crate::chat::Page> {
     let (user, community) = session_of(socket)?;
     let req: HistoryRequest = payload.parse()?;
     in_community(app, user, community, req.channel_id).await?;
@@ -425,7 +421,7 @@ async fn on_history<A: ChatAdapter>(
 }
 
 /// Typing is only relayed from a socket in the channel's room (no database read).
-async fn on_typing<A: ChatAdapter>(socket: &SocketRef<A>, payload: Payload) -> Result<serde_json::Value> {
+async fn typing<A: ChatAdapter>(socket: &SocketRef<A>, payload: Payload) -> Result<serde_json::Value> {
     let (user, _) = session_of(socket)?;
     let req: TypingRequest = payload.parse()?;
     let room = channel_room(req.channel_id);
@@ -441,20 +437,16 @@ async fn on_typing<A: ChatAdapter>(socket: &SocketRef<A>, payload: Payload) -> R
 
 /// Socket events act within the socket's community: a channel of another community
 /// is answered as one that does not exist.
-async fn in_community<A: ChatAdapter>(
-    app: &App<A>,
-    user: UserId,
-    community: CommunityId,
-    channel: ChannelId,
-) -> Result<()> {
+async fn in_community(app: &App, user: UserId, community: CommunityId, channel: ChannelId) -> Result<()> {
     app.chat.member_channel_in(user, channel, Some(community)).await.map(drop)
 }
 
-async fn on_disconnect<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>) {
+async fn on_disconnect<A: ChatAdapter>(socket: SocketRef<A>, Live(app): Live) {
+    let socket = &socket;
     let Ok((user, community)) = session_of(socket) else { return };
     metrics::gauge!(crate::metrics::SOCKETS, "namespace" => socket.ns().to_owned()).decrement(1.0);
     app.drain.forget(&socket.id.to_string());
-    if app.is_draining() {
+    if app.drain.is_draining() {
         // Moved by the drain: the presence entries stay for the grace period (see
         // `server::leave_cluster`), so a user who reconnects elsewhere never flaps.
         return;
@@ -462,8 +454,8 @@ async fn on_disconnect<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>) {
     // Leaving the rooms is the namespace's job; this only updates presence.
     for channel in socket.rooms().iter().filter_map(|r| room_channel(r)) {
         let entry = presence_entry(socket, user, community, channel);
-        match app.presence.leave(&entry).await {
-            Ok(true) => app.announce_presence(community, channel, user, false, Some(socket)).await,
+        match app.fanout.presence.leave(&entry).await {
+            Ok(true) => app.fanout.presence_from(socket, channel, user, false).await,
             Ok(false) => {}
             Err(e) => tracing::warn!(channel, user, error = %e, "could not record leaving presence"),
         }

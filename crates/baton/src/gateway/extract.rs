@@ -3,19 +3,93 @@
 //! socketioxide runs each event's handler as its own task, so two `chat` events from
 //! one socket could commit out of order; but it runs extractors synchronously, in the
 //! order packets arrive. [`InOrder`] takes a ticket there, and the handler waits for
-//! its turn. And a payload that does not fit `Data<T>` is dropped without an ack, so
-//! [`Payload`] never fails: it hands the handler the JSON or the error to answer with.
+//! its turn; [`Received`] counts the event and, for those that change something,
+//! holds its place among the acks a drain waits for, from the moment it arrived. A
+//! payload that does not fit `Data<T>` is dropped without an ack, so [`Payload`]
+//! never fails: it hands the handler the JSON or the error to answer with. [`Live`]
+//! is the app, for a handler of an instance that is still running.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::adapter::ChatAdapter;
-use socketioxide::extract::TryData;
-use socketioxide::handler::{FromMessageParts, Value};
-use socketioxide::socket::Socket;
+use socketioxide::extract::{State, TryData};
+use socketioxide::handler::{FromConnectParts, FromDisconnectParts, FromMessageParts, Value};
+use socketioxide::socket::{DisconnectReason, Socket};
 use tokio::sync::watch;
 
+use super::AppRef;
+use crate::app::App;
+use crate::drain::InFlight;
 use crate::error::Error;
+use crate::metrics as m;
+
+/// The events a handler is registered for, by number (the parameter of [`Received`]).
+pub mod event {
+    pub const JOIN: u8 = 0;
+    pub const LEAVE: u8 = 1;
+    pub const CHAT: u8 = 2;
+    pub const READ: u8 = 3;
+    pub const HISTORY: u8 = 4;
+    pub const TYPING: u8 = 5;
+    pub const UNKNOWN: u8 = 6;
+    /// Their names (metric labels); `unknown` stands for any other event.
+    pub(super) const NAMES: [&str; 7] = ["join", "leave", "chat", "read", "history", "typing", "unknown"];
+}
+
+/// An event being handled: which one and when it arrived, for the metrics, and, for
+/// an event that may change something (all but `typing` and unknown ones), its place
+/// among the acks a drain waits for.
+pub struct Received<const EVENT: u8> {
+    pub event: &'static str,
+    pub at: std::time::Instant,
+    _in_flight: Option<InFlight>,
+}
+
+impl<A: ChatAdapter, const EVENT: u8> FromMessageParts<A> for Received<EVENT> {
+    type Error = std::convert::Infallible;
+    fn from_message_parts(s: &Arc<Socket<A>>, v: &mut Value, ack: &Option<i64>) -> Result<Self, Self::Error> {
+        let event = event::NAMES[EVENT as usize];
+        metrics::counter!(m::EVENTS_IN, "event" => event).increment(1);
+        let tracked = !matches!(EVENT, event::TYPING | event::UNKNOWN);
+        let in_flight =
+            if tracked { Live::from_message_parts(s, v, ack).ok().map(|Live(app)| app.drain.track()) } else { None };
+        Ok(Self { event, at: std::time::Instant::now(), _in_flight: in_flight })
+    }
+}
+
+/// The running app. A handler whose instance has stopped is not called.
+pub struct Live(pub Arc<App>);
+
+/// The instance behind a handler has stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("unavailable: this instance is stopping")]
+pub struct Stopped;
+
+fn live(state: Option<AppRef>) -> Result<Live, Stopped> {
+    state.and_then(|AppRef(app)| app.upgrade()).map(Live).ok_or(Stopped)
+}
+
+impl<A: ChatAdapter> FromMessageParts<A> for Live {
+    type Error = Stopped;
+    fn from_message_parts(s: &Arc<Socket<A>>, v: &mut Value, ack: &Option<i64>) -> Result<Self, Stopped> {
+        live(State::<AppRef>::from_message_parts(s, v, ack).ok().map(|State(app)| app))
+    }
+}
+
+impl<A: ChatAdapter> FromConnectParts<A> for Live {
+    type Error = Stopped;
+    fn from_connect_parts(s: &Arc<Socket<A>>, auth: &Option<Value>) -> Result<Self, Stopped> {
+        live(State::<AppRef>::from_connect_parts(s, auth).ok().map(|State(app)| app))
+    }
+}
+
+impl<A: ChatAdapter> FromDisconnectParts<A> for Live {
+    type Error = Stopped;
+    fn from_disconnect_parts(s: &Arc<Socket<A>>, reason: DisconnectReason) -> Result<Self, Stopped> {
+        live(State::<AppRef>::from_disconnect_parts(s, reason).ok().map(|State(app)| app))
+    }
+}
 
 /// Serves a socket's events one at a time, in arrival order.
 #[derive(Debug)]

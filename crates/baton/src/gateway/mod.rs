@@ -1,32 +1,49 @@
 //! The Socket.IO gateway: the root namespace `/` (each user's own line) and one
 //! dynamic namespace per community, `/socket/commu-{id}`, whose rooms are channels.
 //!
-//! Admission (token, membership, draining) happens in connect middleware, and the
-//! event handlers are registered there too, before the CONNECT packet goes out:
-//! socketioxide runs the connect handler as a spawned task, so handlers registered in
-//! it could miss the first events of a fast client.
+//! - [`io`]: the Socket.IO server as one type ([`Io`]), whichever adapter it runs on;
+//!   the adapter generic stays inside the gateway.
+//! - [`fanout`]: [`Fanout`], the one owner of broadcasting.
+//! - `root.rs`, `community.rs`: the namespaces' connect and event handlers, named
+//!   functions that get the app through the server's state ([`AppRef`]).
+//! - `extract.rs`: the extractors every handler takes (arrival order, payload, the
+//!   live app, the event's bookkeeping).
+//! - `cluster.rs`: putting Redis back in step after an outage; dead instances' users.
+//!
+//! Admission (token, membership, draining) happens in one connect middleware for
+//! both namespaces ([`admit`]), and the event handlers are registered there too,
+//! before the CONNECT packet goes out: socketioxide runs the connect handler as a
+//! spawned task, so handlers registered in it could miss the first events of a fast
+//! client. Every event is answered with one ack type, [`Ack`], built from its result.
 
 mod cluster;
 mod community;
 mod extract;
-mod fanout;
+pub mod fanout;
+pub mod io;
 mod root;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
-use crate::adapter::ChatAdapter;
 use serde::Serialize;
-use socketioxide::extract::SocketRef;
+use socketioxide::SocketIo;
+use socketioxide::extract::{AckSender, SocketRef, State, TryData};
+use socketioxide::handler::ConnectHandler;
+use socketioxide_core::adapter::Spawnable;
 
 pub use cluster::{reap_dead_instances, reap_own_leftovers, resync};
 pub use extract::Turnstile;
-pub use fanout::ChatCommand;
+pub use fanout::Fanout;
+pub use io::{AnySocket, Io};
 
+use crate::adapter::ChatAdapter;
 use crate::app::App;
 use crate::chat::{ChannelId, CommunityId, UserId};
 use crate::error::{Code, Error};
 use crate::metrics as m;
+use extract::Received;
+use io::on_io;
 
 pub const COMMUNITY_NS_PREFIX: &str = "/socket/commu-";
 
@@ -66,22 +83,42 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// Registers both namespaces' handlers on the app's Socket.IO instance.
-///
-/// Handlers hold the app weakly: the app owns the Socket.IO instance that owns the
-/// handlers, and a strong reference would keep a stopped instance (its database
-/// pool included) alive forever.
-pub async fn register<A: ChatAdapter>(app: &Arc<App<A>>) {
-    root::register(app);
-    community::register(app);
+/// The app, as the handlers reach it: the Socket.IO server's state, held weakly (the
+/// app owns the server that owns the state, and a strong reference would keep a
+/// stopped instance, its database pool included, alive forever).
+#[derive(Clone)]
+pub struct AppRef(pub Weak<App>);
+
+/// Registers both namespaces' handlers on the app's Socket.IO server.
+pub async fn register(app: &Arc<App>) {
+    on_io!(app.fanout.io(), |io| register_namespaces(io).await)
+}
+
+async fn register_namespaces<A: ChatAdapter>(io: &SocketIo<A>) {
+    io.ns("/", root::on_connect.with(admit)).spawn();
+    io.dyn_ns(format!("{COMMUNITY_NS_PREFIX}{{community}}"), community::on_connect.with(admit))
+        .expect("the community namespace pattern is valid");
     // The cluster adapter adds `/` once its channels are subscribed.
     for _ in 0..500 {
-        if app.io.of("/").is_some() {
+        if io.of("/").is_some() {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     tracing::warn!("the root namespace was not ready in 5 s");
+}
+
+/// The connect middleware of both namespaces: admission (see `root.rs` and
+/// `community.rs` for what each checks). A refusal's text is the bare code.
+async fn admit<A: ChatAdapter>(
+    socket: SocketRef<A>,
+    TryData(auth): TryData<serde_json::Value>,
+    State(app): State<AppRef>,
+    io: SocketIo<A>,
+) -> Result<(), Refusal> {
+    let app = app.0.upgrade().ok_or_else(stopped)?;
+    let auth = auth.unwrap_or_default();
+    if socket.ns() == "/" { root::admit(&app, &socket, auth) } else { community::admit(&app, &io, socket, auth).await }
 }
 
 /// Counts the connects in flight per dynamic namespace. socketioxide creates a
@@ -112,7 +149,7 @@ impl Namespaces {
 }
 
 /// Reads the token from a CONNECT auth payload and checks it.
-fn authenticate<A: ChatAdapter>(app: &App<A>, auth: &serde_json::Value) -> Result<UserId, Error> {
+fn authenticate(app: &App, auth: &serde_json::Value) -> Result<UserId, Error> {
     let token = auth
         .get("token")
         .and_then(|t| t.as_str())
@@ -120,29 +157,33 @@ fn authenticate<A: ChatAdapter>(app: &App<A>, auth: &serde_json::Value) -> Resul
     app.tokens.verify(token)
 }
 
-/// An event being handled: its name and when it arrived, for the metrics, and its
-/// place among the acks a drain waits for.
-struct Received {
-    event: &'static str,
-    at: std::time::Instant,
-    _in_flight: Option<crate::drain::InFlight>,
-}
+/// An event's ack, built from its result: the value, or the refusal's body
+/// (`{"error": ...}`, and what the event adds to it: see [`Acked`]).
+pub struct Ack<T>(pub Result<T, Error>);
 
-impl Received {
-    fn now<A: ChatAdapter>(event: &'static str, app: Option<&Arc<App<A>>>) -> Self {
-        metrics::counter!(m::EVENTS_IN, "event" => event).increment(1);
-        Self { event, at: std::time::Instant::now(), _in_flight: app.map(|a| a.drain.track()) }
+/// A value an event acks with, and how the event's refusal is answered.
+pub trait Acked: Serialize {
+    fn refusal(error: &Error) -> serde_json::Value {
+        error.body()
     }
 }
 
-/// Answers an event's ack with `body`, logging a failure (the client then times
-/// out and retries; `clientMsgId` makes that safe).
-fn answer<A: ChatAdapter, T: Serialize + ?Sized>(
-    received: Received,
-    ack: socketioxide::extract::AckSender<A>,
-    body: &T,
-) {
-    if let Err(e) = ack.send(body) {
+impl Acked for serde_json::Value {}
+impl Acked for crate::chat::Page {}
+
+impl<T: Acked> Serialize for Ack<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Ok(value) => value.serialize(serializer),
+            Err(error) => T::refusal(error).serialize(serializer),
+        }
+    }
+}
+
+/// Answers an event's ack, logging a failure (the client then times out and
+/// retries; `clientMsgId` makes that safe), and records how long it took.
+fn answer<A: ChatAdapter, T: Acked, const EVENT: u8>(received: Received<EVENT>, ack: AckSender<A>, body: Ack<T>) {
+    if let Err(e) = ack.send(&body) {
         tracing::debug!(event = received.event, error = %e, "could not send an ack");
     }
     metrics::histogram!(m::ACK_SECONDS, "event" => received.event).record(received.at.elapsed().as_secs_f64());
@@ -151,14 +192,6 @@ fn answer<A: ChatAdapter, T: Serialize + ?Sized>(
 /// Counts a namespace connect's outcome.
 fn count_connect(kind: &'static str, result: &'static str) {
     metrics::counter!(m::CONNECTS, "namespace" => kind, "result" => result).increment(1);
-}
-
-/// The ack body for a plain result: the value, or `{"error": ...}`.
-fn ack_body<T: Serialize>(result: Result<T, Error>) -> serde_json::Value {
-    match result {
-        Ok(v) => serde_json::to_value(v).unwrap_or(serde_json::Value::Null),
-        Err(e) => e.body(),
-    }
 }
 
 /// The session of an admitted socket.

@@ -1,38 +1,21 @@
 //! Namespace `/`: each user's own line. A socket here joins `user:{uid}` and gets
-//! `unread` once, then `notify`, `read` and `membership` as they happen.
+//! `unread` once, then `notify`, `read` and `membership` as they happen. It takes no
+//! client events, so it has no event handlers.
 
 use std::sync::Arc;
 
-use crate::adapter::ChatAdapter;
-use socketioxide::extract::{SocketRef, TryData};
-use socketioxide::handler::ConnectHandler;
-use socketioxide_core::adapter::Spawnable;
+use socketioxide::extract::SocketRef;
 
-use super::{Refusal, Session, authenticate, count_connect, refuse, session, stopped, user_room};
+use super::extract::Live;
+use super::{Refusal, Session, authenticate, count_connect, refuse, session, user_room};
+use crate::adapter::ChatAdapter;
 use crate::app::App;
 use crate::error::Code;
 use crate::metrics as m;
 
-pub(super) fn register<A: ChatAdapter>(app: &Arc<App<A>>) {
-    let admit_app = Arc::downgrade(app);
-    let admit = move |socket: SocketRef<A>, TryData(auth): TryData<serde_json::Value>| {
-        let app = admit_app.upgrade();
-        async move { admit(&*app.ok_or_else(stopped)?, &socket, auth.unwrap_or_default()) }
-    };
-    let connect_app = Arc::downgrade(app);
-    let on_connect = move |socket: SocketRef<A>| {
-        let app = connect_app.upgrade();
-        async move {
-            if let Some(app) = app {
-                on_connect(&app, socket).await
-            }
-        }
-    };
-    app.io.ns("/", on_connect.with(admit)).spawn();
-}
-
-fn admit<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>, auth: serde_json::Value) -> Result<(), Refusal> {
-    if app.is_draining() {
+/// Admission on `/` (from the shared middleware): draining, then the token.
+pub(super) fn admit<A: ChatAdapter>(app: &App, socket: &SocketRef<A>, auth: serde_json::Value) -> Result<(), Refusal> {
+    if app.drain.is_draining() {
         return Err(refuse(Code::Draining, "this instance is draining; connect to another"));
     }
     let user = authenticate(app, &auth).map_err(|e| {
@@ -40,12 +23,12 @@ fn admit<A: ChatAdapter>(app: &App<A>, socket: &SocketRef<A>, auth: serde_json::
         Refusal(e)
     })?;
     socket.extensions.insert(Arc::new(Session { user, community: None }));
-    socket.on_disconnect(|| async { metrics::gauge!(m::SOCKETS, "namespace" => "/").decrement(1.0) });
+    socket.on_disconnect(on_disconnect);
     count_connect("root", "accepted");
     Ok(())
 }
 
-async fn on_connect<A: ChatAdapter>(app: &App<A>, socket: SocketRef<A>) {
+pub(super) async fn on_connect<A: ChatAdapter>(socket: SocketRef<A>, Live(app): Live) {
     let Some(session) = session(&socket) else {
         return;
     };
@@ -61,4 +44,8 @@ async fn on_connect<A: ChatAdapter>(app: &App<A>, socket: SocketRef<A>) {
             tracing::warn!(user = session.user, error = %e, "could not compute unread counts")
         }
     }
+}
+
+async fn on_disconnect() {
+    metrics::gauge!(m::SOCKETS, "namespace" => "/").decrement(1.0)
 }

@@ -1,6 +1,5 @@
 //! Registration, log-in and the caller's own record.
 
-use crate::adapter::ChatAdapter;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -10,12 +9,12 @@ use serde::Deserialize;
 use super::{AppState, Caller, Json};
 use crate::error::Result;
 
-pub fn router<A: ChatAdapter>() -> Router<AppState<A>> {
+pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/users", post(register::<A>))
-        .route("/sessions", post(log_in::<A>))
-        .route("/me", get(me::<A>))
-        .route("/unread", get(unread::<A>))
+        .route("/users", post(register))
+        .route("/sessions", post(log_in))
+        .route("/me", get(me))
+        .route("/unread", get(unread))
 }
 
 #[derive(Deserialize)]
@@ -26,10 +25,7 @@ struct NewUser {
     display_name: Option<String>,
 }
 
-async fn register<A: ChatAdapter>(
-    State(app): State<AppState<A>>,
-    Json(body): Json<NewUser>,
-) -> Result<impl IntoResponse> {
+async fn register(State(app): State<AppState>, Json(body): Json<NewUser>) -> Result<impl IntoResponse> {
     let user = app.chat.register(&body.username, &body.password, body.display_name.as_deref()).await?;
     Ok((StatusCode::CREATED, axum::Json(user)))
 }
@@ -41,18 +37,18 @@ struct LogIn {
     password: String,
 }
 
-async fn log_in<A: ChatAdapter>(State(app): State<AppState<A>>, Json(body): Json<LogIn>) -> Result<impl IntoResponse> {
+async fn log_in(State(app): State<AppState>, Json(body): Json<LogIn>) -> Result<impl IntoResponse> {
     let user = app.chat.login(&body.username, &body.password).await?;
     let token = app.tokens.issue(user.id);
     Ok(axum::Json(serde_json::json!({ "token": token, "user": user })))
 }
 
-async fn me<A: ChatAdapter>(State(app): State<AppState<A>>, Caller(user): Caller) -> Result<impl IntoResponse> {
+async fn me(State(app): State<AppState>, Caller(user): Caller) -> Result<impl IntoResponse> {
     let me = app.chat.user(user).await?;
     let communities = app.chat.communities(user).await?;
     Ok(axum::Json(serde_json::json!({ "user": me, "communities": communities })))
 }
 
-async fn unread<A: ChatAdapter>(State(app): State<AppState<A>>, Caller(user): Caller) -> Result<impl IntoResponse> {
+async fn unread(State(app): State<AppState>, Caller(user): Caller) -> Result<impl IntoResponse> {
     Ok(axum::Json(app.chat.unread(user).await?))
 }

@@ -8,15 +8,14 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
 use super::AppState;
-use crate::adapter::ChatAdapter;
 use crate::error::{Error, Result};
 
-pub fn router<A: ChatAdapter>() -> Router<AppState<A>> {
-    Router::new().route("/admin/drain", post(drain::<A>)).route("/admin/status", get(status::<A>))
+pub fn router() -> Router<AppState> {
+    Router::new().route("/admin/drain", post(drain)).route("/admin/status", get(status))
 }
 
 /// Checks the bearer token against the configured admin token, in constant time.
-fn require_admin<A: ChatAdapter>(app: &AppState<A>, headers: &HeaderMap) -> Result<()> {
+fn require_admin(app: &AppState, headers: &HeaderMap) -> Result<()> {
     let Some(expected) = app.config.admin_token.as_deref().filter(|t| !t.is_empty()) else {
         return Err(Error::forbidden("no admin token is configured (BATON_ADMIN_TOKEN)"));
     };
@@ -34,7 +33,7 @@ fn require_admin<A: ChatAdapter>(app: &AppState<A>, headers: &HeaderMap) -> Resu
 }
 
 /// Starts draining this instance (as SIGTERM does); answers at once, 202.
-async fn drain<A: ChatAdapter>(State(app): State<AppState<A>>, headers: HeaderMap) -> Result<impl IntoResponse> {
+async fn drain(State(app): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse> {
     require_admin(&app, &headers)?;
     app.drain.request();
     Ok((StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "instance": app.instance, "draining": true }))))
@@ -42,12 +41,12 @@ async fn drain<A: ChatAdapter>(State(app): State<AppState<A>>, headers: HeaderMa
 
 /// The instance, whether it is draining, its connected sockets, and the drain
 /// report once the drain has ended.
-async fn status<A: ChatAdapter>(State(app): State<AppState<A>>, headers: HeaderMap) -> Result<impl IntoResponse> {
+async fn status(State(app): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse> {
     require_admin(&app, &headers)?;
-    let sockets: usize = app.io.nsps().into_iter().map(|ns| ns.sockets().len()).sum();
+    let sockets = app.fanout.io().socket_count();
     Ok(axum::Json(serde_json::json!({
         "instance": app.instance,
-        "draining": app.is_draining(),
+        "draining": app.drain.is_draining(),
         "sockets": sockets,
         "drain": app.drain.report(),
     })))

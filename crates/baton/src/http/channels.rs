@@ -1,6 +1,5 @@
 //! A channel's members, messages, read marker and presence.
 
-use crate::adapter::ChatAdapter;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,23 +8,22 @@ use axum::routing::{delete, get, post, put};
 use serde::Deserialize;
 
 use super::{AppState, Caller, Json, NewMember, OptionalJson, Path, Query, created_or_ok};
-use crate::chat::{ChannelId, HistoryQuery, UserId};
+use crate::chat::{ChannelId, ChatCommand, HistoryQuery, UserId};
 use crate::error::Result;
-use crate::gateway::ChatCommand;
 
-pub fn router<A: ChatAdapter>() -> Router<AppState<A>> {
+pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/channels/{chid}/members", post(add_member::<A>))
-        .route("/channels/{chid}/members/{uid}", delete(remove_member::<A>))
-        .route("/channels/{chid}/messages", get(history::<A>).post(post_message::<A>))
-        .route("/channels/{chid}/read", put(read::<A>))
-        .route("/channels/{chid}/presence", get(presence::<A>))
+        .route("/channels/{chid}/members", post(add_member))
+        .route("/channels/{chid}/members/{uid}", delete(remove_member))
+        .route("/channels/{chid}/messages", get(history).post(post_message))
+        .route("/channels/{chid}/read", put(read))
+        .route("/channels/{chid}/presence", get(presence))
 }
 
 /// No body: the caller joins a public channel. `{username}`: a member adds someone.
 /// 201 when the membership is new, 200 when it already existed.
-async fn add_member<A: ChatAdapter>(
-    State(app): State<AppState<A>>,
+async fn add_member(
+    State(app): State<AppState>,
     Caller(caller): Caller,
     Path(chid): Path<ChannelId>,
     OptionalJson(body): OptionalJson<NewMember>,
@@ -38,24 +36,24 @@ async fn add_member<A: ChatAdapter>(
         Some(NewMember { username }) => app.chat.add_channel_member(caller, chid, &username).await?,
     };
     if added {
-        app.membership_changed(channel.community_id, channel.id, user.id, true).await;
+        app.fanout.membership(channel.community_id, channel.id, user.id, true).await;
     }
     let status = created_or_ok(added);
     Ok((status, axum::Json(serde_json::json!({ "channel": channel, "user": user }))))
 }
 
-async fn remove_member<A: ChatAdapter>(
-    State(app): State<AppState<A>>,
+async fn remove_member(
+    State(app): State<AppState>,
     Caller(caller): Caller,
     Path((chid, uid)): Path<(ChannelId, UserId)>,
 ) -> Result<impl IntoResponse> {
     let channel = app.chat.remove_channel_member(caller, chid, uid).await?;
-    app.membership_changed(channel.community_id, channel.id, uid, false).await;
+    app.fanout.membership(channel.community_id, channel.id, uid, false).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn history<A: ChatAdapter>(
-    State(app): State<AppState<A>>,
+async fn history(
+    State(app): State<AppState>,
     Caller(user): Caller,
     Path(chid): Path<ChannelId>,
     Query(query): Query<HistoryQuery>,
@@ -72,15 +70,15 @@ struct NewMessage {
 
 /// Posts as the caller, broadcast exactly like a socket `chat`. Answers with the
 /// ack's shape: 201 `{written, chatInfo}`, or 200 for a repeated clientMsgId.
-async fn post_message<A: ChatAdapter>(
-    State(app): State<AppState<A>>,
+async fn post_message(
+    State(app): State<AppState>,
     Caller(user): Caller,
     Path(chid): Path<ChannelId>,
     Json(body): Json<NewMessage>,
 ) -> Result<impl IntoResponse> {
     let command = ChatCommand::New { channel_id: chid, content: body.content, client_msg_id: body.client_msg_id };
-    let created = app.write_chat(user, command, None).await?;
-    app.publish(&created, None).await;
+    let created = app.chat.apply(user, command, None).await?;
+    app.fanout.publish(&created).await;
     let status = created_or_ok(created.fresh);
     Ok((status, axum::Json(serde_json::json!({ "written": true, "chatInfo": created.message }))))
 }
@@ -91,21 +89,24 @@ struct ReadMarker {
     seq: i64,
 }
 
-async fn read<A: ChatAdapter>(
-    State(app): State<AppState<A>>,
+async fn read(
+    State(app): State<AppState>,
     Caller(user): Caller,
     Path(chid): Path<ChannelId>,
     Json(body): Json<ReadMarker>,
 ) -> Result<impl IntoResponse> {
-    let seq = app.mark_read(user, chid, body.seq).await?;
+    let (seq, moved) = app.chat.mark_read(user, chid, body.seq).await?;
+    if moved {
+        app.fanout.read_moved(user, chid, seq).await;
+    }
     Ok(axum::Json(serde_json::json!({ "ok": true, "seq": seq })))
 }
 
-async fn presence<A: ChatAdapter>(
-    State(app): State<AppState<A>>,
+async fn presence(
+    State(app): State<AppState>,
     Caller(user): Caller,
     Path(chid): Path<ChannelId>,
 ) -> Result<impl IntoResponse> {
     app.chat.member_channel(user, chid).await?;
-    Ok(axum::Json(serde_json::json!({ "online": app.presence.online(chid).await? })))
+    Ok(axum::Json(serde_json::json!({ "online": app.fanout.presence.online(chid).await? })))
 }

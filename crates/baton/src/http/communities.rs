@@ -1,6 +1,5 @@
 //! Communities, their members and their channels.
 
-use crate::adapter::ChatAdapter;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -12,11 +11,11 @@ use super::{AppState, Caller, Json, NewMember, Path, created_or_ok};
 use crate::chat::CommunityId;
 use crate::error::Result;
 
-pub fn router<A: ChatAdapter>() -> Router<AppState<A>> {
+pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/communities", post(create::<A>).get(list::<A>))
-        .route("/communities/{cid}/members", post(add_member::<A>).get(members::<A>))
-        .route("/communities/{cid}/channels", post(create_channel::<A>).get(channels::<A>))
+        .route("/communities", post(create).get(list))
+        .route("/communities/{cid}/members", post(add_member).get(members))
+        .route("/communities/{cid}/channels", post(create_channel).get(channels))
 }
 
 #[derive(Deserialize)]
@@ -25,8 +24,8 @@ struct NewCommunity {
     name: String,
 }
 
-async fn create<A: ChatAdapter>(
-    State(app): State<AppState<A>>,
+async fn create(
+    State(app): State<AppState>,
     Caller(user): Caller,
     Json(body): Json<NewCommunity>,
 ) -> Result<impl IntoResponse> {
@@ -34,12 +33,12 @@ async fn create<A: ChatAdapter>(
     Ok((StatusCode::CREATED, axum::Json(community)))
 }
 
-async fn list<A: ChatAdapter>(State(app): State<AppState<A>>, Caller(user): Caller) -> Result<impl IntoResponse> {
+async fn list(State(app): State<AppState>, Caller(user): Caller) -> Result<impl IntoResponse> {
     Ok(axum::Json(app.chat.communities(user).await?))
 }
 
-async fn members<A: ChatAdapter>(
-    State(app): State<AppState<A>>,
+async fn members(
+    State(app): State<AppState>,
     Caller(user): Caller,
     Path(cid): Path<CommunityId>,
 ) -> Result<impl IntoResponse> {
@@ -47,8 +46,8 @@ async fn members<A: ChatAdapter>(
 }
 
 /// 201 with the user when added, 200 when they already were a member.
-async fn add_member<A: ChatAdapter>(
-    State(app): State<AppState<A>>,
+async fn add_member(
+    State(app): State<AppState>,
     Caller(user): Caller,
     Path(cid): Path<CommunityId>,
     Json(body): Json<NewMember>,
@@ -66,8 +65,8 @@ struct NewChannel {
     private: bool,
 }
 
-async fn create_channel<A: ChatAdapter>(
-    State(app): State<AppState<A>>,
+async fn create_channel(
+    State(app): State<AppState>,
     Caller(user): Caller,
     Path(cid): Path<CommunityId>,
     Json(body): Json<NewChannel>,
@@ -76,8 +75,8 @@ async fn create_channel<A: ChatAdapter>(
     Ok((StatusCode::CREATED, axum::Json(channel)))
 }
 
-async fn channels<A: ChatAdapter>(
-    State(app): State<AppState<A>>,
+async fn channels(
+    State(app): State<AppState>,
     Caller(user): Caller,
     Path(cid): Path<CommunityId>,
 ) -> Result<impl IntoResponse> {

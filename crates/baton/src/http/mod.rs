@@ -10,7 +10,6 @@ mod web;
 
 use std::sync::Arc;
 
-use crate::adapter::ChatAdapter;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -25,10 +24,10 @@ use crate::app::App;
 use crate::chat::UserId;
 use crate::error::{Code, Error};
 
-pub type AppState<A> = Arc<App<A>>;
+pub type AppState = Arc<App>;
 
 /// The whole HTTP surface but Socket.IO, which the caller layers on top.
-pub fn router<A: ChatAdapter>(app: AppState<A>) -> Router {
+pub fn router(app: AppState) -> Router {
     let api = Router::new().merge(accounts::router()).merge(communities::router()).merge(channels::router());
     Router::new()
         .nest("/api", api)
@@ -128,10 +127,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
 /// The caller, from `Authorization: Bearer <token>`.
 pub struct Caller(pub UserId);
 
-impl<A: ChatAdapter> FromRequestParts<AppState<A>> for Caller {
+impl FromRequestParts<AppState> for Caller {
     type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, app: &AppState<A>) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(header::AUTHORIZATION)

@@ -1,6 +1,5 @@
 //! Operations endpoints: liveness and readiness for load balancers, and metrics.
 
-use crate::adapter::ChatAdapter;
 use axum::Router;
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -9,8 +8,8 @@ use axum::routing::get;
 use super::AppState;
 use crate::error::{Code, Error};
 
-pub fn router<A: ChatAdapter>() -> Router<AppState<A>> {
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz::<A>)).route("/metrics", get(metrics))
+pub fn router() -> Router<AppState> {
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/metrics", get(metrics))
 }
 
 /// The process is alive and answering.
@@ -20,8 +19,8 @@ async fn healthz() -> impl IntoResponse {
 
 /// 200 only while this instance should get traffic: not draining, database (and,
 /// in a cluster, Redis) reachable.
-async fn readyz<A: ChatAdapter>(State(app): State<AppState<A>>) -> Result<impl IntoResponse, Error> {
-    if app.is_draining() {
+async fn readyz(State(app): State<AppState>) -> Result<impl IntoResponse, Error> {
+    if app.drain.is_draining() {
         return Err(Error::new(Code::Draining, "draining"));
     }
     if !app.chat.store().ping().await {

@@ -9,7 +9,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::AppState;
-use crate::adapter::ChatAdapter;
 use crate::error::Error;
 
 /// The bytes of a file of the repository's `web/`.
@@ -34,7 +33,7 @@ const INDEX: &[u8] = web_file!("index.html");
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'";
 
-pub fn router<A: ChatAdapter>() -> Router<AppState<A>> {
+pub fn router() -> Router<AppState> {
     Router::new().route("/", get(index)).route("/web/{*path}", get(asset))
 }
 

@@ -24,7 +24,7 @@ fn init_logs() {
 pub struct TestApp {
     rest: Rest,
     /// The running instance's shared state, to look inside (namespaces, presence).
-    pub app: std::sync::Arc<baton::app::App<socketioxide::adapter::LocalAdapter>>,
+    pub app: std::sync::Arc<baton::app::App>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,

@@ -55,13 +55,16 @@ async fn refused_connects_leave_no_namespace_behind() {
         assert!(app.connect_with(&ns, json!({ "token": "bad" })).await.is_err());
     }
     for i in 0..50 {
-        assert!(app.app.io.of(format!("/socket/commu-{}", 10_000 + i)).is_none(), "namespace {i} left behind");
+        assert!(
+            !app.app.fanout.io().has_namespace(&format!("/socket/commu-{}", 10_000 + i)),
+            "namespace {i} left behind"
+        );
     }
     // A namespace with a live socket survives a refused connect to it.
     let ns = format!("/socket/commu-{cid}");
     let mut s = app.connect(&ns, &alice).await;
     assert!(app.connect_with(&ns, json!({ "token": "bad" })).await.is_err());
-    assert!(app.app.io.of(&ns).is_some());
+    assert!(app.app.fanout.io().has_namespace(&ns));
     s.next_event("rejoined", WAIT).await.unwrap();
 }
 
@@ -346,7 +349,7 @@ async fn position_is_emitted_for_channels_with_recent_events() {
 async fn a_draining_instance_refuses_new_connections() {
     let app = spawn_app().await;
     let alice = app.register("alice").await;
-    app.app.start_draining();
+    app.app.drain.start();
     // New connections are refused at the handshake (503 `draining`), which stock
     // clients retry, through the load balancer, elsewhere.
     let refused = app.connect_with("/", json!({ "token": alice.token })).await.err();

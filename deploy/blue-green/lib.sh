@@ -1,7 +1,11 @@
 # shellcheck shell=bash
 # Shared by deploy.sh, canary.sh, status.sh (next to it) and scripts/cluster: the
-# state directory's paths, HAProxy's runtime API, and starting, checking, draining
-# and stopping the two colours. Sourced, not run; the caller sets `set -euo pipefail`.
+# state directory's paths, the env file, and the deploy steps (bringing a colour up).
+# It sources its two parts: haproxy.sh (HAProxy's runtime API: weights, server
+# states, the rendered config) and instances.sh (starting, checking, draining and
+# stopping the two colours). Sourced, not run; the caller sets `set -euo pipefail`.
+# It installs nothing: a missing tool is named (require_tools), and scripts/cluster,
+# the local try-out, installs what it needs.
 #
 # Environment (all optional):
 #   BATON_DEPLOY_DIR   state directory (default: <repo>/.deploy)
@@ -40,83 +44,19 @@ HAP_BACKEND=baton
 
 warn() { printf '%s: warning: %s\n' "$(basename "$0")" "$*" >&2; }
 
-# Installs the command-line tools the scripts use if they are missing (Debian).
-ensure_tools() {
-    command -v curl >/dev/null || { step "installing curl"; apt_install curl ca-certificates; }
-    command -v socat >/dev/null || { step "installing socat"; apt_install socat; }
+
+# Fails, naming them, if the tools the scripts use are missing (curl for /readyz
+# and /metrics, socat for HAProxy's runtime API, timeout from coreutils).
+require_tools() {
+    local t missing=()
+    for t in curl socat timeout; do command -v "$t" >/dev/null || missing+=("$t"); done
+    [ ${#missing[@]} = 0 ] || die "missing: ${missing[*]} (on Debian: apt-get install curl socat coreutils)"
 }
 
-# --- colours ---------------------------------------------------------------------
-
-check_colour() {
-    case ${1:-} in
-        blue | green) ;;
-        *) die "not a colour: '${1:-}' (blue or green)" ;;
-    esac
-}
-
-other() {
-    check_colour "$1"
-    if [ "$1" = blue ]; then echo green; else echo blue; fi
-}
-
-port() {
-    check_colour "$1"
-    if [ "$1" = blue ]; then echo "$BATON_BLUE_PORT"; else echo "$BATON_GREEN_PORT"; fi
-}
-
-url_of() { echo "http://127.0.0.1:$(port "$1")"; }
-pid_file() { echo "$STATE_DIR/$1.pid"; }
-log_file() { echo "$STATE_DIR/$1.log"; }
-
-# The pid recorded for COLOUR (empty if none).
-pid_of() {
-    local f
-    f=$(pid_file "$1")
-    if [ -f "$f" ]; then cat "$f"; fi
-}
-
-# The binary COLOUR runs (or last ran), from COLOUR.bin (empty if none).
-bin_of() {
-    local f=$STATE_DIR/$1.bin
-    if [ -f "$f" ]; then cat "$f"; fi
-}
-
-# True if PID is a live process (a zombie does not count).
-pid_alive() {
-    local pid=${1:-} state
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    if [ -r "/proc/$pid/stat" ]; then
-        state=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)
-        [ "$state" != Z ] || return 1
-    fi
-}
-
-# True if COLOUR's recorded process is alive.
-running() {
-    check_colour "$1"
-    pid_alive "$(pid_of "$1")"
-}
-
-# True if something accepts TCP connections on 127.0.0.1:PORT.
-port_busy() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-# The colour taking traffic, from the state directory's `active` (blue if unset).
-active_colour() {
-    local c=blue
-    if [ -f "$ACTIVE_FILE" ]; then c=$(tr -d '[:space:]' <"$ACTIVE_FILE"); fi
-    check_colour "$c"
-    echo "$c"
-}
-
-set_active() {
-    check_colour "$1"
-    printf '%s\n' "$1" >"$ACTIVE_FILE.tmp"
-    mv "$ACTIVE_FILE.tmp" "$ACTIVE_FILE"
-}
+# shellcheck source=deploy/blue-green/instances.sh
+. "$BG_HOME/instances.sh"
+# shellcheck source=deploy/blue-green/haproxy.sh
+. "$BG_HOME/haproxy.sh"
 
 # --- the env file ----------------------------------------------------------------
 
@@ -171,259 +111,6 @@ drain_window_seconds() {
     duration_seconds "${w:-${BATON_DRAIN_WINDOW:-10s}}" || echo 10
 }
 
-# --- HAProxy -----------------------------------------------------------------------
-
-# Sends one runtime API command (several may be joined with `;`) to haproxy.sock
-# and prints the answer.
-hap() {
-    [ -S "$HAP_SOCK" ] || die "no HAProxy runtime API at $HAP_SOCK: is HAProxy running? (scripts/cluster up)"
-    command -v socat >/dev/null || ensure_tools
-    printf '%s\n' "$*" | socat -t 5 - "UNIX-CONNECT:$HAP_SOCK"
-}
-
-hap_running() {
-    pid_alive "$(cat "$HAP_PID" 2>/dev/null || true)" && [ -S "$HAP_SOCK" ]
-}
-
-require_haproxy() {
-    hap_running || die "HAProxy is not running (no live pid in $HAP_PID or no $HAP_SOCK): run scripts/cluster up"
-}
-
-# Sets the runtime weights of baton/blue and baton/green (0-256). The larger one
-# is set first, in the same runtime API call, so that there is never a moment with
-# both at 0 (which would leave new sessions without a server).
-set_weights() {
-    local b=$1 g=$2 cmd out
-    [[ $b =~ ^[0-9]+$ && $g =~ ^[0-9]+$ && $b -le 256 && $g -le 256 ]] || die "bad weights: blue=$b green=$g (0-256)"
-    if [ "$b" -ge "$g" ]; then
-        cmd="set server $HAP_BACKEND/blue weight $b; set server $HAP_BACKEND/green weight $g"
-    else
-        cmd="set server $HAP_BACKEND/green weight $g; set server $HAP_BACKEND/blue weight $b"
-    fi
-    out=$(hap "$cmd")
-    # Success is an empty answer per command; anything else is HAProxy's complaint.
-    [ -z "${out//[[:space:]]/}" ] || die "HAProxy refused '$cmd': $out"
-}
-
-# Sets weights by role: COLOUR gets N, the other colour 100-N.
-set_split() {
-    local c=$1 n=$2
-    if [ "$c" = blue ]; then set_weights "$n" $((100 - n)); else set_weights $((100 - n)) "$n"; fi
-}
-
-# HAProxy's view of baton/COLOUR from `show stat`: "status|weight|current sessions",
-# e.g. "UP|100|12" or "DOWN|0|0". Columns are found by name in the CSV header.
-server_state() {
-    hap "show stat" | awk -F, -v be="$HAP_BACKEND" -v sv="$1" '
-        NR == 1 { for (i = 1; i <= NF; i++) { h = $i; sub(/^# */, "", h); col[h] = i }; next }
-        $1 == be && $2 == sv { print $col["status"] "|" $col["weight"] "|" $col["scur"]; exit }'
-}
-
-# Waits until HAProxy's health checks have marked COLOUR up (rise 2 x inter 1s: ~2 s
-# after /readyz turns 200), so that moving weight onto it cannot leave new sessions
-# without a server. TIMEOUT in seconds.
-wait_hap_up() {
-    local c=$1 timeout=${2:-15} deadline state
-    deadline=$((SECONDS + timeout))
-    while :; do
-        state=$(server_state "$c")
-        [ "${state%%|*}" = UP ] && return 0
-        [ "$SECONDS" -lt "$deadline" ] || { warn "HAProxy still sees $c as '${state%%|*}' after ${timeout}s"; return 1; }
-        sleep 0.5
-    done
-}
-
-# Writes $STATE_DIR/haproxy.cfg from the template: every ${VAR} it uses replaced,
-# the active colour (from `active`, blue if unset) with weight 100, the other 0.
-render_haproxy_cfg() {
-    local active bw=100 gw=0 line name
-    active=$(active_colour)
-    if [ "$active" = green ]; then bw=0 gw=100; fi
-    local -A vars=(
-        [BATON_DEPLOY_DIR]=$STATE_DIR
-        [BATON_LB_PORT]=$BATON_LB_PORT
-        [BATON_BLUE_PORT]=$BATON_BLUE_PORT
-        [BATON_GREEN_PORT]=$BATON_GREEN_PORT
-        [BATON_BLUE_WEIGHT]=$bw
-        [BATON_GREEN_WEIGHT]=$gw
-    )
-    {
-        printf '# Rendered from %s by %s on %s. Edit the template, not this file.\n' \
-            "$HAP_TEMPLATE" "$(basename "$0")" "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-        while IFS= read -r line || [ -n "$line" ]; do
-            for name in "${!vars[@]}"; do
-                line=${line//"\${$name}"/"${vars[$name]}"}
-            done
-            printf '%s\n' "$line"
-        done <"$HAP_TEMPLATE"
-    } >"$HAP_CFG.tmp"
-    if grep -v '^[[:space:]]*#' "$HAP_CFG.tmp" | grep -q '[$][{]'; then
-        die "$HAP_TEMPLATE uses a variable render_haproxy_cfg does not know: $(grep -v '^[[:space:]]*#' "$HAP_CFG.tmp" | grep -m1 '[$][{]')"
-    fi
-    mv "$HAP_CFG.tmp" "$HAP_CFG"
-}
-
-# --- instances ---------------------------------------------------------------------
-
-# GET /readyz of COLOUR: prints the HTTP status, 000 if nothing answers.
-readyz_code() {
-    curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$(url_of "$1")/readyz" || true
-}
-
-# Sum of the Prometheus metric NAME (all label sets) on COLOUR's /metrics; 0 when the
-# metric is absent. Fails if /metrics does not answer.
-metric_sum() {
-    local body
-    body=$(curl -sf --max-time 2 "$(url_of "$1")/metrics") || return 1
-    awk -v m="$2" '$1 == m || index($1, m "{") == 1 { s += $NF } END { printf "%d\n", s }' <<<"$body"
-}
-
-# Starts `BINARY serve` as COLOUR in the background (nohup, its own session, so it
-# outlives this script and a Ctrl-C here), with the env file's variables plus
-# BATON_LISTEN=127.0.0.1:<port> and BATON_INSTANCE_ID=<colour>; logs to COLOUR.log
-# (appended: earlier runs stay above a "=== started" line); writes COLOUR.pid and
-# COLOUR.bin. Refuses if COLOUR is already running or its port is taken.
-start_colour() {
-    local c=$1 bin=$2 p log pid
-    check_colour "$c"
-    if [ -z "$bin" ] || [ ! -f "$bin" ] || [ ! -x "$bin" ]; then die "not an executable file: '$bin'"; fi
-    require_env_file
-    if running "$c"; then die "$c is already running (pid $(pid_of "$c"), $(bin_of "$c"))"; fi
-    p=$(port "$c")
-    if port_busy "$p"; then die "port $p ($c) is already taken by another process"; fi
-    log=$(log_file "$c")
-    printf '=== %s started: %s serve on 127.0.0.1:%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$bin" "$p" >>"$log"
-    # The subshell exits at once: the instance is re-parented to init and never left
-    # as a zombie of this script; its own stdio points at the log, not at our pipes.
-    pid=$(
-        set -a
-        # shellcheck disable=SC1090
-        . "$ENV_FILE"
-        set +a
-        export BATON_LISTEN=127.0.0.1:$p BATON_INSTANCE_ID=$c
-        nohup setsid "$bin" serve </dev/null >>"$log" 2>&1 &
-        echo $!
-    )
-    printf '%s\n' "$pid" >"$(pid_file "$c")"
-    printf '%s\n' "$bin" >"$STATE_DIR/$c.bin"
-    echo "$c: started pid $pid ($bin serve on 127.0.0.1:$p, log $log)" >&2
-}
-
-# The last lines COLOUR logged since it was last started (after the last "=== "
-# line start_colour writes), without terminal colour codes.
-log_tail() {
-    awk '/^=== / { n = 0; next } { buf[n++ % 8] = $0 } END { for (i = (n > 8 ? n - 8 : 0); i < n; i++) print "    " buf[i % 8] }' \
-        "$(log_file "$1")" 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' || true
-}
-
-# Polls COLOUR's /readyz until it answers 200 (returns 0), the process dies or
-# TIMEOUT seconds pass (returns 1, with the log's last lines).
-wait_ready() {
-    local c=$1 timeout=${2:-60} deadline code=000
-    deadline=$((SECONDS + timeout))
-    while :; do
-        code=$(readyz_code "$c")
-        [ "$code" = 200 ] && return 0
-        if ! running "$c"; then
-            warn "$c exited before becoming ready; the end of its log ($(log_file "$c")):"
-            log_tail "$c" >&2
-            return 1
-        fi
-        if [ "$SECONDS" -ge "$deadline" ]; then
-            warn "$c not ready after ${timeout}s (last /readyz: $code); the end of its log ($(log_file "$c")):"
-            log_tail "$c" >&2
-            return 1
-        fi
-        sleep 0.5
-    done
-}
-
-# Waits up to TIMEOUT seconds for COLOUR's process to exit.
-wait_exit() {
-    local c=$1 timeout=$2 pid deadline
-    pid=$(pid_of "$c")
-    deadline=$((SECONDS + timeout))
-    while pid_alive "$pid"; do
-        [ "$SECONDS" -lt "$deadline" ] || return 1
-        sleep 0.2
-    done
-}
-
-# Kills COLOUR with SIGKILL after a warning, and waits for it to go.
-kill_colour() {
-    local c=$1 pid
-    pid=$(pid_of "$c")
-    warn "$c (pid $pid) did not exit in time: kill -9"
-    kill -9 "$pid" 2>/dev/null || true
-    wait_exit "$c" 5 || warn "$c (pid $pid) survived kill -9"
-}
-
-# Sends SIGTERM to COLOUR (baton drains on SIGTERM too) without waiting.
-signal_colour() {
-    local pid
-    pid=$(pid_of "$1")
-    if pid_alive "$pid"; then kill -TERM "$pid" 2>/dev/null || true; fi
-}
-
-# Stops COLOUR: SIGTERM, then waits up to the drain window + 10 s, then kill -9.
-# Removes its pid file; its .bin and .log stay.
-stop_colour() {
-    local c=$1 window
-    check_colour "$c"
-    if running "$c"; then
-        window=$(drain_window_seconds)
-        echo "$c: stopping pid $(pid_of "$c") (SIGTERM, up to $((window + 10))s)" >&2
-        signal_colour "$c"
-        wait_exit "$c" $((window + 10)) || kill_colour "$c"
-    fi
-    rm -f "$(pid_file "$c")"
-}
-
-# Drains COLOUR: POST /admin/drain with the env file's admin token (baton marks
-# itself not ready, lets HAProxy see it, closes its clients' transports spread over
-# the drain window so they reconnect through HAProxy to the other colour, then
-# exits 0); waits up to the drain window + 10 s for the process to exit, then
-# kill -9 with a warning. Leaves the drain report (the log's "drain finished" line
-# from this run, or a note) in DRAIN_REPORT.
-drain_colour() {
-    local c=$1 token window offset code log
-    check_colour "$c"
-    DRAIN_REPORT=
-    if ! running "$c"; then
-        echo "$c: not running, nothing to drain" >&2
-        rm -f "$(pid_file "$c")"
-        DRAIN_REPORT="($c was not running)"
-        return 0
-    fi
-    token=$(env_get BATON_ADMIN_TOKEN)
-    window=$(drain_window_seconds)
-    log=$(log_file "$c")
-    offset=$(wc -c <"$log" 2>/dev/null || echo 0)
-    offset=${offset// /}
-    if [ -n "$token" ]; then
-        # The token goes through stdin (-H @-), not the command line where ps shows it.
-        code=$(printf 'Authorization: Bearer %s\n' "$token" |
-            curl -s -o /dev/null -w '%{http_code}' --max-time 5 -X POST -H @- "$(url_of "$c")/admin/drain" || true)
-    else
-        code="(no BATON_ADMIN_TOKEN in $ENV_FILE)"
-    fi
-    if [ "$code" = 202 ]; then
-        echo "$c: drain started (POST /admin/drain: 202); waiting up to $((window + 10))s for it to exit" >&2
-    else
-        warn "$c: POST /admin/drain answered $code; sending SIGTERM instead (baton drains on it too)"
-        signal_colour "$c"
-    fi
-    if wait_exit "$c" $((window + 10)); then
-        echo "$c: exited" >&2
-    else
-        kill_colour "$c"
-    fi
-    rm -f "$(pid_file "$c")"
-    DRAIN_REPORT=$(tail -c +$((offset + 1)) "$log" 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' |
-        grep 'drain finished' | tail -n 1 | sed 's/^.*report=//' || true)
-    [ -n "$DRAIN_REPORT" ] || DRAIN_REPORT="(no 'drain finished' line in $log)"
-}
-
 # Brings COLOUR up on BINARY for a deploy or canary, with its weight as it is (0
 # for the inactive colour): reuses it if it already runs BINARY and is ready, else
 # stops it and starts BINARY; waits for /readyz (DEPLOY_READY_TIMEOUT, default 60 s)
@@ -470,7 +157,7 @@ resolve_binary() {
 # For deploy.sh and canary.sh: checks the tools, the env file and HAProxy, and sets
 # OLD (the active colour) and NEW (the other one).
 find_colours() {
-    ensure_tools
+    require_tools
     require_env_file
     require_haproxy
     step "finding the active colour"

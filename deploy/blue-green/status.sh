@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prints the state of the blue-green setup: the active colour; for each colour its
-# process, binary, port, /readyz answer, sockets and draining flag (GET /admin/status
-# with the env file's admin token); and HAProxy's view of each server (status,
+# process, binary, port, /readyz answer, sockets and draining flag (`baton status
+# --json`, with the env file's admin token); and HAProxy's view of each server (status,
 # weight, current sessions, from the runtime API's `show stat`). Always exits 0:
 # what is down is shown as such.
 #
@@ -12,9 +12,9 @@ set -euo pipefail
 # shellcheck source=deploy/blue-green/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-command -v curl >/dev/null || ensure_tools
+require_tools
 
-# A JSON field's raw value from a flat object (no jq needed): "sockets":12 -> 12.
+# A scalar field of `baton status --json`'s one line (no jq needed): "sockets":12 -> 12.
 json_field() {
     sed -n "s/.*\"$1\":\\(\"[^\"]*\"\\|[^,}]*\\).*/\\1/p" <<<"$2" | tr -d '"'
 }
@@ -51,9 +51,9 @@ for c in blue green; do
     code=$(readyz_code "$c")
     if [ "$code" != 000 ]; then
         readyz=$code
-        if [ -n "$token" ]; then
-            body=$(printf 'Authorization: Bearer %s\n' "$token" |
-                curl -s --max-time 2 -H @- "$(url_of "$c")/admin/status" || true)
+        if [ -n "$token" ] && [ -x "$(bin_of "$c")" ]; then
+            # The token goes through the environment, not the command line where ps shows it.
+            body=$(BATON_ADMIN_TOKEN=$token timeout 5 "$(bin_of "$c")" status --url "$(url_of "$c")" --json 2>/dev/null || true)
             sockets=$(json_field sockets "$body")
             draining=$(json_field draining "$body")
         fi

@@ -63,38 +63,53 @@ ensure_node() {
     fi
 }
 
-# Finds a PostgreSQL server the tests can create databases on, installing and
-# starting one if there is none, and prints its admin URL.
-ensure_postgres() {
-    if [ -n "${BATON_TEST_POSTGRES:-}" ]; then
-        echo "$BATON_TEST_POSTGRES"
+# Prints the admin URL of a PostgreSQL server that databases can be created on: the
+# URL GIVEN if there is one (it must answer); else the local server on
+# 127.0.0.1:5432, installed and started if missing, as the postgres role under trust
+# auth (CI, this repository's machines), or, where TCP asks for a password (a stock
+# Debian server), as ROLE, created with a password of its own name. The one place
+# PostgreSQL is provisioned: the tests, the benchmark and scripts/cluster use it.
+#   pg_admin_url [GIVEN] [ROLE]
+pg_admin_url() {
+    local given=${1:-} role=${2:-baton} trusted=postgres://postgres@127.0.0.1:5432/postgres version
+    command -v psql >/dev/null || { step "installing the PostgreSQL client"; apt_install postgresql-client; }
+    if [ -n "$given" ]; then
+        psql -w -Atq "$given" -c 'select 1' >/dev/null 2>&1 ||
+            die "cannot connect to $given: $(psql -w -Atq "$given" -c 'select 1' 2>&1 | head -n 1)"
+        echo "$given"
         return
     fi
     if ! command -v pg_ctlcluster >/dev/null; then
-        step "installing PostgreSQL" >&2
+        step "installing PostgreSQL"
         apt_install postgresql
     fi
     if ! pg_isready -q -h 127.0.0.1 -p 5432; then
-        step "starting PostgreSQL" >&2
-        local version
+        step "starting PostgreSQL"
+        # shellcheck disable=SC2012 # version directories: plain names
         version=$(ls /etc/postgresql | sort -V | tail -n 1)
+        [ -n "$version" ] || die "no cluster in /etc/postgresql to start"
         pg_ctlcluster --skip-systemctl-redirect "$version" main start
         for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
         pg_isready -q -h 127.0.0.1 -p 5432 || die "PostgreSQL did not start"
     fi
-    # A trust-auth server (CI, this repository's machines) takes the postgres role as is.
-    if psql -w -Atq "postgres://postgres@127.0.0.1:5432/postgres" -c 'select 1' >/dev/null 2>&1; then
-        echo "postgres://postgres@127.0.0.1:5432/postgres"
+    if psql -w -Atq "$trusted" -c 'select 1' >/dev/null 2>&1; then
+        echo "$trusted"
         return
     fi
-    # A stock Debian server asks for a password over TCP: give the tests a role of their own.
-    step "creating the PostgreSQL role baton_test" >&2
-    su postgres -c "psql -q -v ON_ERROR_STOP=1" >/dev/null <<'SQL'
-DO $$ BEGIN
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'baton_test') THEN
-    CREATE ROLE baton_test LOGIN CREATEDB PASSWORD 'baton_test';
+    [[ $role =~ ^[a-z_][a-z0-9_]*$ ]] || die "not a plain role name: '$role'"
+    step "creating the PostgreSQL role $role"
+    su postgres -c "psql -q -v ON_ERROR_STOP=1" >/dev/null <<SQL
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$role') THEN
+    CREATE ROLE $role LOGIN CREATEDB PASSWORD '$role';
   END IF;
-END $$;
+END \$\$;
 SQL
-    echo "postgres://baton_test:baton_test@127.0.0.1:5432/postgres"
+    echo "postgres://$role:$role@127.0.0.1:5432/postgres"
+}
+
+# The PostgreSQL server the tests and the benchmark create their databases on:
+# BATON_TEST_POSTGRES, or the local one (pg_admin_url).
+ensure_postgres() {
+    pg_admin_url "${BATON_TEST_POSTGRES:-}" baton_test
 }

@@ -93,18 +93,24 @@ async fn on_hashing_slot<T: Send + 'static>(work: impl FnOnce() -> T + Send + 's
 
 /// Hashes a password with argon2id (the crate's defaults: 19 MiB, 2 passes).
 pub async fn hash_password(password: String) -> Result<String> {
-    let unavailable = || Error::new(crate::error::Code::Unavailable, "could not hash the password");
     let hashed = on_hashing_slot(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string())
     })
     .await
-    .ok_or_else(unavailable)?;
-    hashed.map_err(|e| {
-        tracing::error!(error = %e, "password hashing failed");
-        unavailable()
-    })
+    .ok_or_else(|| Error::unavailable("could not hash the password", HashingStopped))?;
+    hashed.map_err(|e| Error::unavailable("could not hash the password", HashingFailed(e.to_string())))
 }
+
+/// The blocking pool went away (the runtime is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the hashing task did not finish")]
+struct HashingStopped;
+
+/// argon2 refused (its error type is not `std::error::Error` without `std`).
+#[derive(Debug, thiserror::Error)]
+#[error("argon2: {0}")]
+struct HashingFailed(String);
 
 /// Whether `password` matches the stored hash.
 pub async fn verify_password(password: String, hash: String) -> bool {

@@ -22,12 +22,29 @@ pub enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
-    /// Ask a running instance to drain (POST /admin/drain), wait for its report,
-    /// and print it. Needs the instance's admin token (--admin-token).
+    /// Ask a running instance to drain (POST /admin/drain). Needs the instance's
+    /// admin token (--admin-token).
     Drain {
         /// The instance's base URL.
         #[arg(long, default_value = "http://127.0.0.1:3000")]
         url: String,
+        /// Wait for the drain to end and print its report (the instance then exits).
+        #[arg(long)]
+        wait: bool,
+        /// Print exactly one JSON line on stdout: the drain report with --wait, else
+        /// the instance's answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a running instance's state: draining or not, sockets connected, its
+    /// drain report (GET /admin/status). Needs the instance's admin token.
+    Status {
+        /// The instance's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        url: String,
+        /// Print exactly one JSON line on stdout.
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -20,135 +20,25 @@
 //! offline and online (see `server::leave_cluster`).
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::Request;
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::serve::IncomingStream;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use socketioxide::TransportType;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
 use crate::app::App;
 use crate::gateway::AnySocket;
-
-/// The listener baton serves on: a TCP listener whose connections carry a
-/// [`Connection`] handle.
-pub struct Listener(pub TcpListener);
-
-/// Connections accepted since start, by every [`Listener`] of the process.
-static ACCEPTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// How many connections the process has accepted since it started.
-pub fn accepted() -> u64 {
-    ACCEPTED.load(Ordering::Relaxed)
-}
-
-/// An accepted TCP connection, tracked so that a [`Connection`] can shut it down
-/// while it is open.
-pub struct TrackedStream {
-    stream: TcpStream,
-    fd: Arc<Mutex<Option<RawFd>>>,
-}
-
-impl axum::serve::Listener for Listener {
-    type Io = TrackedStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        // axum's own accept loop (it retries, and backs off on errors such as EMFILE).
-        let (stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
-        ACCEPTED.fetch_add(1, Ordering::Relaxed);
-        // Chat packets are small and latency-bound: no Nagle delay.
-        let _ = stream.set_nodelay(true);
-        let fd = Arc::new(Mutex::new(Some(stream.as_raw_fd())));
-        (TrackedStream { stream, fd }, addr)
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
-}
-
-impl Drop for TrackedStream {
-    /// Forgets the descriptor before `stream` closes it (fields drop after this), so
-    /// that a later `shut_down` cannot reach a descriptor reused by another file.
-    fn drop(&mut self) {
-        *self.fd.lock().unwrap() = None;
-    }
-}
-
-impl AsyncRead for TrackedStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TrackedStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-}
-
-/// A handle on one accepted TCP connection, able to shut it down from anywhere
-/// while it is open. It used to hold a duplicate of the descriptor, which doubled
-/// the descriptors an instance needs per connection (10,000 idle WebSockets went
-/// past a 20,000 open-files limit); it now shares the connection's own, which the
-/// connection forgets before closing it.
-#[derive(Clone, Debug)]
-pub struct Connection(Arc<Mutex<Option<RawFd>>>);
-
-impl Connected<IncomingStream<'_, Listener>> for Connection {
-    fn connect_info(stream: IncomingStream<'_, Listener>) -> Self {
-        Connection(stream.io().fd.clone())
-    }
-}
-
-impl Connection {
-    /// Ends the connection: both directions, the peer sees FIN. `false` if it is
-    /// already closed.
-    pub fn shut_down(&self) -> bool {
-        let fd = self.0.lock().unwrap();
-        let Some(fd) = *fd else { return false };
-        // SAFETY: the descriptor is open while it is in the mutex, which we hold.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Both).is_ok()
-    }
-}
+use crate::listener::Connection;
 
 /// What a drain did: logged as one JSON line when it ends, and on `/admin/status`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub instance: String,
     /// Engine.io connections (clients) when the drain began.
@@ -181,7 +71,8 @@ pub struct Drain {
     /// The WebSocket connection of sessions that upgraded from long-polling (their
     /// handshake request, which the socket keeps, came on another connection).
     upgrades: Mutex<HashMap<String, Connection>>,
-    report: Mutex<Option<Report>>,
+    /// The report, once the drain is over.
+    report: watch::Sender<Option<Report>>,
 }
 
 impl Drain {
@@ -196,7 +87,7 @@ impl Drain {
             evicted: Mutex::default(),
             evictions: watch::Sender::new(0),
             upgrades: Mutex::default(),
-            report: Mutex::default(),
+            report: watch::Sender::new(None),
         }
     }
 
@@ -227,7 +118,14 @@ impl Drain {
     }
 
     pub fn report(&self) -> Option<Report> {
-        self.report.lock().unwrap().clone()
+        self.report.borrow().clone()
+    }
+
+    /// The report, when the drain is over (at once if it is).
+    pub async fn finished(&self) -> Report {
+        let mut report = self.report.subscribe();
+        let finished = report.wait_for(Option::is_some).await.expect("the drain outlives its waiters");
+        finished.clone().expect("waited for")
     }
 
     fn evict(&self, sid: &str) {
@@ -404,39 +302,6 @@ pub async fn run(app: &App, instance: &str) -> Report {
     };
     let line = serde_json::to_string(&report).unwrap_or_default();
     tracing::info!(report = %line, "drain finished");
-    *app.drain.report.lock().unwrap() = Some(report.clone());
+    app.drain.report.send_replace(Some(report.clone()));
     report
-}
-
-/// `baton drain`: asks the instance at `url` to drain, then follows it until its
-/// report is out (printed as one JSON line) or the instance has exited.
-pub async fn drain_remote(url: &str, admin_token: &str) -> anyhow::Result<()> {
-    let url = url.trim_end_matches('/');
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
-    let res = http.post(format!("{url}/admin/drain")).bearer_auth(admin_token).send().await?;
-    if !res.status().is_success() {
-        let status = res.status();
-        anyhow::bail!("{url} refused the drain: {status} {}", res.text().await.unwrap_or_default());
-    }
-    eprintln!("drain started on {url}");
-    let mut last_sockets = None;
-    loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let status: serde_json::Value =
-            match http.get(format!("{url}/admin/status")).bearer_auth(admin_token).send().await {
-                Ok(res) => res.json().await?,
-                Err(_) => {
-                    eprintln!("{url} has exited (its drain report is in its log)");
-                    return Ok(());
-                }
-            };
-        if !status["drain"].is_null() {
-            println!("{}", status["drain"]);
-            return Ok(());
-        }
-        if last_sockets != Some(status["sockets"].clone()) {
-            eprintln!("sockets still connected: {}", status["sockets"]);
-            last_sockets = Some(status["sockets"].clone());
-        }
-    }
 }

@@ -14,11 +14,13 @@
 //! - [`reconnect`]: remembered joins, presence, and the `since` replay.
 //! - [`adapter`]: the Socket.IO adapter (local or Redis) and transport limits.
 //! - [`drain`]: taking an instance out of service, clients moved a few at a time.
+//! - [`listener`]: the TCP listener and its connections, transport limits, memory trim.
+//! - [`operator`]: `baton drain` and `baton status`, over an instance's admin API.
 //! - [`auth`]: password hashes and session tokens.
 //! - [`error`]: the protocol's error codes.
 //!
 //! Layers, lowest first; a module uses only those below it:
-//! 1. [`config`], [`error`], [`metrics`];
+//! 1. [`config`], [`error`], [`metrics`], [`listener`];
 //! 2. [`store`];
 //! 3. [`auth`] (hashes, tokens; its secret kept in the store);
 //! 4. [`chat`];
@@ -27,7 +29,8 @@
 //! 7. the handlers: [`http`], [`gateway`]'s namespaces, [`drain`]. They receive
 //!    [`app::App`], the context type: it holds the parts of the layers below and
 //!    has no behaviour of its own;
-//! 8. [`server`], which builds the `App` and serves.
+//! 8. [`server`], which builds the `App` and serves; [`operator`], the commands that
+//!    talk to a running one.
 
 pub mod adapter;
 pub mod app;
@@ -38,7 +41,9 @@ pub mod drain;
 pub mod error;
 pub mod gateway;
 pub mod http;
+pub mod listener;
 pub mod metrics;
+pub mod operator;
 pub mod reconnect;
 pub mod server;
 pub mod store;

@@ -15,14 +15,10 @@ async fn main() -> anyhow::Result<()> {
             Server::build_cluster(cli.config).await?.run_until(shutdown_signal()).await
         }
         Command::Serve => Server::build(cli.config).await?.run_until(shutdown_signal()).await,
-        Command::Drain { url } => {
-            let token = cli.config.admin_token.as_deref().unwrap_or_default();
-            anyhow::ensure!(
-                !token.is_empty(),
-                "baton drain needs the instance's admin token: --admin-token or BATON_ADMIN_TOKEN"
-            );
-            baton::drain::drain_remote(&url, token).await
+        Command::Drain { url, wait, json } => {
+            baton::operator::drain(&url, cli.config.admin_token.as_deref(), wait, json).await
         }
+        Command::Status { url, json } => baton::operator::status(&url, cli.config.admin_token.as_deref(), json).await,
         Command::Migrate => {
             let store = open_store(&cli.config).await?;
             store.close().await;

@@ -21,12 +21,13 @@ use crate::app::App;
 use crate::auth::Tokens;
 use crate::chat::{Chat, ChatRate, now_ms};
 use crate::config::Config;
-use crate::drain::{self, Connection, Drain};
+use crate::drain::{self, Drain};
+use crate::gateway;
 use crate::gateway::{AppRef, Fanout, Io, Namespaces};
 use crate::http::{self, Origins};
+use crate::listener::{self, Connection, Listener};
 use crate::reconnect::{BEAT, Joins, Presence, Registry};
 use crate::store::Store;
-use crate::{adapter, gateway};
 
 /// A bound, wired baton instance, ready to serve.
 pub struct Server {
@@ -44,7 +45,7 @@ impl Server {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         anyhow::ensure!(config.redis_url.is_none(), "REDIS_URL is set: build a cluster instance instead");
         let store = open_store(&config).await?;
-        let io = adapter::with_limits(SocketIo::builder(), &config);
+        let io = listener::with_limits(SocketIo::builder(), &config);
         let instance = config.instance_id.clone().unwrap_or_else(default_instance_id);
         assemble(config, store, io, Joins::local(), Presence::local(), instance, None).await
     }
@@ -62,7 +63,7 @@ impl Server {
         let link = RedisLink::connect(&url, &config.redis_prefix, config.redis_timeout).await?;
         let instance = config.instance_id.clone().unwrap_or_else(default_instance_id);
         let io =
-            adapter::with_limits(SocketIo::builder().with_adapter::<ClusterAdapter>(link.adapter_state()), &config);
+            listener::with_limits(SocketIo::builder().with_adapter::<ClusterAdapter>(link.adapter_state()), &config);
         let joins = Joins::redis(link.clone());
         let presence = Presence::redis(link.clone(), instance.clone());
         let server = assemble(config, store, io, joins, presence, instance.clone(), Some(link)).await?;
@@ -118,7 +119,7 @@ where
     let drained = app.clone();
     let router = http::router(app.clone())
         .layer(layer)
-        .layer(axum::middleware::map_request(adapter::detach_from_read_buffer))
+        .layer(axum::middleware::map_request(listener::detach_from_read_buffer))
         .layer(axum::middleware::from_fn(move |req, next| drain::drain_gate(drained.clone(), req, next)))
         .layer(origins.cors())
         .layer(axum::middleware::from_fn(move |req, next| http::check_origin(origins.clone(), req, next)))
@@ -155,12 +156,12 @@ impl Server {
         let Server { listener, router, app, registry } = self;
         tracing::info!(addr = %listener.local_addr()?, database = if app.chat.store().is_sqlite() { "sqlite" } else { "postgres" }, "baton is serving");
         let mut background =
-            vec![tokio::spawn(background_tasks(app.clone())), tokio::spawn(trim_after_connection_bursts())];
+            vec![tokio::spawn(background_tasks(app.clone())), tokio::spawn(listener::trim_after_connection_bursts())];
         if let Some(registry) = registry.clone() {
             background.push(tokio::spawn(cluster_tasks(app.clone(), registry)));
         }
         let closing = app.clone();
-        axum::serve(drain::Listener(listener), router.into_make_service_with_connect_info::<Connection>())
+        axum::serve(Listener(listener), router.into_make_service_with_connect_info::<Connection>())
             .with_graceful_shutdown(async move {
                 tokio::select! {
                     () = shutdown => tracing::info!("shutdown signal: draining"),
@@ -197,39 +198,6 @@ async fn background_tasks(app: Arc<App>) {
             tracing::warn!(error = %e, "position emit failed");
         }
         app.chat.rate().forget_idle();
-    }
-}
-
-/// Gives the memory that connection handshakes freed back to the system once a burst
-/// of new connections has settled (a second with no accept, or every 10 s while they
-/// keep coming). Each handshake's 16 KiB HTTP read buffer is freed after the upgrade,
-/// between the connection's long-lived blocks, and glibc keeps those holes: about 10
-/// KiB of resident memory per idle connection (docs/benchmarks.md). `malloc_trim`
-/// returns their pages; it runs on the blocking pool and costs nothing while no
-/// connection arrives.
-async fn trim_after_connection_bursts() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (mut seen, mut untrimmed_ticks) = (crate::drain::accepted(), 0u32);
-        loop {
-            tick.tick().await;
-            let accepted = crate::drain::accepted();
-            let settled = accepted == seen;
-            seen = accepted;
-            if untrimmed_ticks == 0 && settled {
-                continue; // nothing new since the last trim
-            }
-            untrimmed_ticks += 1;
-            if settled || untrimmed_ticks >= 10 {
-                untrimmed_ticks = 0;
-                let started = std::time::Instant::now();
-                // SAFETY: malloc_trim only walks the allocator's arenas, under their locks.
-                let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
-                tracing::debug!(took = ?started.elapsed(), "returned freed memory to the system");
-            }
-        }
     }
 }
 

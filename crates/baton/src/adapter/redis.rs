@@ -51,7 +51,7 @@ pub enum RedisError {
 /// failures and go on; where one reaches a client it is `unavailable`.
 impl From<RedisError> for crate::error::Error {
     fn from(e: RedisError) -> Self {
-        crate::error::Error::new(crate::error::Code::Unavailable, format!("the cluster state is unavailable: {e}"))
+        crate::error::Error::unavailable(format!("the cluster state is unavailable: {e}"), e)
     }
 }
 

@@ -57,7 +57,7 @@ pub(super) async fn admit<A: ChatAdapter>(
             if no_one_else && io.of(&path).is_some_and(|ns| ns.sockets().is_empty()) {
                 io.delete_ns(&path);
             }
-            tracing::debug!(ns = %path, error = %e, "refused a community connect");
+            e.report("community connect");
             count_connect("community", e.code.as_str());
             Err(Refusal(e))
         }

@@ -183,6 +183,9 @@ impl<T: Acked> Serialize for Ack<T> {
 /// Answers an event's ack, logging a failure (the client then times out and
 /// retries; `clientMsgId` makes that safe), and records how long it took.
 fn answer<A: ChatAdapter, T: Acked, const EVENT: u8>(received: Received<EVENT>, ack: AckSender<A>, body: Ack<T>) {
+    if let Err(error) = &body.0 {
+        error.report(received.event);
+    }
     if let Err(e) = ack.send(&body) {
         tracing::debug!(event = received.event, error = %e, "could not send an ack");
     }

@@ -19,6 +19,7 @@ pub(super) fn admit<A: ChatAdapter>(app: &App, socket: &SocketRef<A>, auth: serd
         return Err(refuse(Code::Draining, "this instance is draining; connect to another"));
     }
     let user = authenticate(app, &auth).map_err(|e| {
+        e.report("root connect");
         count_connect("root", e.code.as_str());
         Refusal(e)
     })?;

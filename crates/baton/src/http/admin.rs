@@ -1,5 +1,6 @@
-//! Operators' endpoints, behind the admin token (`--admin-token`): start a drain,
-//! and see this instance's state and its drain report.
+//! Operators' endpoints, behind the admin token (`--admin-token`): start a drain
+//! (and, with `?wait=true`, get its report when it ends), and see this instance's
+//! state and its drain report. `baton drain` and `baton status` call them.
 
 use axum::Router;
 use axum::extract::State;
@@ -7,7 +8,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
-use super::AppState;
+use serde::Deserialize;
+
+use super::{AppState, Query};
 use crate::error::{Error, Result};
 
 pub fn router() -> Router<AppState> {
@@ -32,11 +35,29 @@ fn require_admin(app: &AppState, headers: &HeaderMap) -> Result<()> {
     Ok(())
 }
 
-/// Starts draining this instance (as SIGTERM does); answers at once, 202.
-async fn drain(State(app): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainParams {
+    /// Answer when the drain is over, with its report, rather than at once.
+    #[serde(default)]
+    wait: bool,
+}
+
+/// Starts draining this instance (as SIGTERM does). Answers at once, 202; with
+/// `?wait=true`, 200 with the drain report once the drain is over (the instance
+/// finishes this answer before it exits).
+async fn drain(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<DrainParams>,
+) -> Result<axum::response::Response> {
     require_admin(&app, &headers)?;
     app.drain.request();
-    Ok((StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "instance": app.instance, "draining": true }))))
+    if params.wait {
+        return Ok(axum::Json(app.drain.finished().await).into_response());
+    }
+    let started = serde_json::json!({ "instance": app.instance, "draining": true });
+    Ok((StatusCode::ACCEPTED, axum::Json(started)).into_response())
 }
 
 /// The instance, whether it is draining, its connected sockets, and the drain

@@ -5,6 +5,7 @@ mod accounts;
 mod admin;
 mod channels;
 mod communities;
+mod error;
 mod ops;
 mod web;
 

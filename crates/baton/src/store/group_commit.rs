@@ -37,6 +37,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use super::communities::channel_access;
 use super::messages::message_by_client_id;
 use super::{ChannelId, CommunityId, Message, MessageId, Pools, UserId, is_unique_violation, on_pool};
+use crate::error::AlreadyLogged;
 use crate::metrics as m;
 
 /// The most requests one transaction writes.
@@ -185,13 +186,10 @@ async fn write_batch(pools: &Pools, requests: Vec<Request>) {
     }
 }
 
-/// The error of a failed batch, for each of its requests (`sqlx::Error` is not `Clone`).
+/// The error of a failed batch, for each of its requests (`sqlx::Error` is not
+/// `Clone`): marked as logged, since the batch logged it once for all of them.
 fn copy_of(error: &sqlx::Error) -> sqlx::Error {
-    match error {
-        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
-        sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
-        e => sqlx::Error::Io(std::io::Error::other(format!("the batch of new messages failed: {e}"))),
-    }
+    sqlx::Error::Io(std::io::Error::other(AlreadyLogged(format!("the batch of new messages failed: {error}"))))
 }
 
 /// How a `new` message was written: freshly, or found by its clientMsgId.

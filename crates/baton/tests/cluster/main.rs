@@ -496,3 +496,39 @@ async fn a_cluster_instance_refuses_to_start_on_sqlite() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("must share one database"), "{stderr}");
 }
+
+/// The operator's commands, as a deploy script runs them: `baton status --json` and
+/// `baton drain --wait --json` print one JSON line each, the report comes from the
+/// drain itself (no log read), and the instance exits 0 after answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baton_drain_wait_json_prints_the_drain_report() {
+    let mut cluster = Cluster::start(2).await;
+    let rest = cluster.rest(0);
+    let c = rest.populated_community(2, 1).await;
+    let _on_the_drained_one = rest.joined(c.cid, &c.users[0], &c.channels).await;
+    let operator = |args: &[&str]| {
+        let mut command = harness::baton_command();
+        command.args(args).args(["--url", cluster.base(0), "--json"]).env("BATON_ADMIN_TOKEN", harness::ADMIN_TOKEN);
+        command
+    };
+    let out = operator(&["status"]).output().await.unwrap();
+    assert!(out.status.success(), "baton status: {}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(status["instance"], cluster.instances[0].name.as_str());
+    assert_eq!((status["draining"].clone(), status["drain"].clone()), (json!(false), json!(null)));
+    assert!(status["sockets"].as_u64().unwrap() >= 1, "{status}");
+
+    let out = operator(&["drain", "--wait"]).output().await.unwrap();
+    assert!(out.status.success(), "baton drain: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "exactly one line: {stdout}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("the report as JSON");
+    assert_eq!(report["instance"], cluster.instances[0].name.as_str());
+    assert!(report["sockets_at_start"].as_u64().unwrap() >= 1, "{report}");
+    assert_eq!(report["closed"], report["sockets_at_start"], "every client moved: {report}");
+    assert!(cluster.instances[0].exited(WAIT).await.success(), "the drained instance exits 0");
+
+    let refused = harness::baton_command().args(["status", "--url", cluster.base(1)]).output().await.unwrap();
+    assert!(!refused.status.success(), "no admin token: refused");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("admin token"), "says why");
+}

@@ -8,7 +8,7 @@ use crate::auth::Tokens;
 use crate::chat::Chat;
 use crate::config::Config;
 use crate::drain::Drain;
-use crate::gateway::{Fanout, Namespaces};
+use crate::gateway::{Fanout, Namespaces, SocketsPerUser};
 
 /// Everything a handler may need. Not generic: the Socket.IO adapter (local or
 /// Redis) is hidden in the gateway's [`Fanout`].
@@ -21,6 +21,8 @@ pub struct App {
     pub fanout: Fanout,
     /// Dynamic namespaces with connects in flight, so refused ones can be removed.
     pub namespaces: Namespaces,
+    /// Sockets open per user here (`--max-sockets-per-user`).
+    pub sockets: SocketsPerUser,
     /// The cluster's Redis, when this instance is one of several.
     pub redis: Option<RedisLink>,
     /// This instance's name (the cluster registry's, and the drain report's).

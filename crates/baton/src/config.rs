@@ -95,6 +95,12 @@ pub struct Config {
     #[arg(long, env = "BATON_MAX_MESSAGE", default_value_t = 64 * 1024, global = true)]
     pub max_message: usize,
 
+    /// Socket.IO sockets one user may have open on this instance, over every namespace
+    /// (a browser tab has two: `/` and its community). Beyond it, a connect is
+    /// refused with `rate_limited`.
+    #[arg(long, env = "BATON_MAX_SOCKETS_PER_USER", default_value_t = 100, global = true)]
+    pub max_sockets_per_user: usize,
+
     /// Chat events (new, modify, delete, by socket or REST) a user may send per second.
     #[arg(long, env = "BATON_CHAT_RATE", default_value_t = 20, global = true)]
     pub chat_rate: u32,
@@ -188,6 +194,7 @@ impl std::fmt::Debug for Config {
             allowed_origins,
             max_http_body,
             max_message,
+            max_sockets_per_user,
             chat_rate,
             chat_burst,
             position_interval,
@@ -210,6 +217,7 @@ impl std::fmt::Debug for Config {
             .field("allowed_origins", allowed_origins)
             .field("max_http_body", max_http_body)
             .field("max_message", max_message)
+            .field("max_sockets_per_user", max_sockets_per_user)
             .field("chat_rate", chat_rate)
             .field("chat_burst", chat_burst)
             .field("position_interval", position_interval)

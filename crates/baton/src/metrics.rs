@@ -42,6 +42,10 @@ pub const REDIS_RECONNECTS: &str = "baton_redis_reconnects_total";
 pub const REDIS_ERRORS: &str = "baton_redis_errors_total";
 /// Pub/sub messages dropped before reaching the adapter (a full queue).
 pub const PUBSUB_DROPPED: &str = "baton_pubsub_dropped_total";
+/// `typing` events acked but not relayed: over the per-user, per-channel rate.
+pub const TYPING_DROPPED: &str = "baton_typing_dropped_total";
+/// Connects refused because the user had `--max-sockets-per-user` sockets here.
+pub const SOCKETS_CAPPED: &str = "baton_sockets_capped_total";
 
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 /// Up to the group commit's largest batch (`store/group_commit.rs`, 256).

@@ -23,7 +23,7 @@ use crate::chat::{Chat, ChatRate, now_ms};
 use crate::config::Config;
 use crate::drain::{self, Drain};
 use crate::gateway;
-use crate::gateway::{AppRef, Fanout, Io, Namespaces};
+use crate::gateway::{AppRef, Fanout, Io, Namespaces, SocketsPerUser};
 use crate::http::{self, Origins};
 use crate::listener::{self, Connection, Listener};
 use crate::reconnect::{BEAT, Joins, Presence, Registry};
@@ -107,6 +107,7 @@ where
             chat,
             tokens,
             namespaces: Namespaces::default(),
+            sockets: SocketsPerUser::default(),
             redis,
             instance,
             drain: Drain::new(config.drain_window, config.presence_grace, config.drain_lb_delay),
@@ -198,6 +199,7 @@ async fn background_tasks(app: Arc<App>) {
             tracing::warn!(error = %e, "position emit failed");
         }
         app.chat.rate().forget_idle();
+        app.fanout.forget_idle_typing();
     }
 }
 

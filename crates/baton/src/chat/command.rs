@@ -18,23 +18,23 @@ use crate::error::{Code, Error, Result};
 #[serde(tag = "chatType", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ChatCommand {
     New {
-        #[serde(rename = "channelId")]
+        #[serde(rename = "channelId", deserialize_with = "super::positive_id")]
         channel_id: ChannelId,
         content: String,
         #[serde(rename = "clientMsgId", default)]
         client_msg_id: Option<String>,
     },
     Modify {
-        #[serde(rename = "channelId")]
+        #[serde(rename = "channelId", deserialize_with = "super::positive_id")]
         channel_id: ChannelId,
-        #[serde(rename = "messageId")]
+        #[serde(rename = "messageId", deserialize_with = "super::positive_id")]
         message_id: MessageId,
         content: String,
     },
     Delete {
-        #[serde(rename = "channelId")]
+        #[serde(rename = "channelId", deserialize_with = "super::positive_id")]
         channel_id: ChannelId,
-        #[serde(rename = "messageId")]
+        #[serde(rename = "messageId", deserialize_with = "super::positive_id")]
         message_id: MessageId,
     },
 }

@@ -9,6 +9,25 @@ fn has_forbidden_controls(s: &str) -> bool {
     s.chars().any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
 }
 
+/// Serde: an id in a payload is a positive integer; anything else (`-1`, `0`) is
+/// refused as malformed (`invalid`) before any lookup.
+pub fn positive_id<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<i64, D::Error> {
+    let id = <i64 as serde::Deserialize>::deserialize(d)?;
+    if id < 1 {
+        return Err(serde::de::Error::custom(format!("ids are positive integers, not {id}")));
+    }
+    Ok(id)
+}
+
+/// Serde: a list of ids, each as [`positive_id`].
+pub fn positive_ids<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<i64>, D::Error> {
+    let ids = <Vec<i64> as serde::Deserialize>::deserialize(d)?;
+    if let Some(bad) = ids.iter().find(|&&id| id < 1) {
+        return Err(serde::de::Error::custom(format!("ids are positive integers, not {bad}")));
+    }
+    Ok(ids)
+}
+
 fn bounded_text(field: &str, raw: &str, max: usize) -> Result<String> {
     let trimmed = raw.trim();
     let len = trimmed.chars().count();

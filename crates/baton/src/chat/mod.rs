@@ -12,7 +12,9 @@ pub use crate::store::{
     Channel, ChannelId, ChannelUnread, Community, CommunityId, CommunityMember, Message, MessageId, Role, User, UserId,
 };
 pub use command::{ChatCommand, ChatRate};
-pub use input::{ChannelName, ClientMsgId, CommunityName, Content, DisplayName, Password, Username};
+pub use input::{
+    ChannelName, ClientMsgId, CommunityName, Content, DisplayName, Password, Username, positive_id, positive_ids,
+};
 pub use service::{Chat, Created, HistoryQuery, Page};
 
 use serde::Serialize;

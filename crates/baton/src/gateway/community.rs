@@ -14,8 +14,8 @@ use socketioxide::extract::{AckSender, Event, SocketRef};
 
 use super::extract::{InOrder, Live, Payload, Received, Turnstile, event};
 use super::{
-    Ack, Acked, COMMUNITY_NS_PREFIX, Refusal, Session, answer, authenticate, channel_room, count_connect, room_channel,
-    session, user_room,
+    Ack, Acked, COMMUNITY_NS_PREFIX, Refusal, Session, SocketSlot, answer, authenticate, channel_room, count_connect,
+    room_channel, session, user_room,
 };
 use crate::adapter::ChatAdapter;
 use crate::app::App;
@@ -43,7 +43,8 @@ pub(super) async fn admit<A: ChatAdapter>(
     let path = socket.ns().to_owned();
     app.namespaces.begin(&path);
     match check_admission(app, &path, &auth).await {
-        Ok((session, pending)) => {
+        Ok((session, pending, slot)) => {
+            socket.extensions.insert(Arc::new(slot));
             socket.extensions.insert(Arc::new(session));
             socket.extensions.insert(Arc::new(Turnstile::default()));
             socket.extensions.insert(Arc::new(pending));
@@ -64,7 +65,7 @@ pub(super) async fn admit<A: ChatAdapter>(
     }
 }
 
-async fn check_admission(app: &App, path: &str, auth: &serde_json::Value) -> Result<(Session, Pending)> {
+async fn check_admission(app: &App, path: &str, auth: &serde_json::Value) -> Result<(Session, Pending, SocketSlot)> {
     if app.drain.is_draining() {
         return Err(Error::new(Code::Draining, "this instance is draining; connect to another"));
     }
@@ -77,20 +78,28 @@ async fn check_admission(app: &App, path: &str, auth: &serde_json::Value) -> Res
         None | Some(serde_json::Value::Null) => None,
         Some(v) => Some(parse_since(v)?),
     };
+    let slot = app.sockets.take(user, app.config.max_sockets_per_user)?;
     // PROTOCOL.md: refused with `forbidden` unless a member, whether or not the
-    // community exists.
-    app.chat.community_role(user, community).await.map_err(|e| match e.code {
-        Code::NotFound => Error::forbidden("you are not a member of this community"),
-        _ => e,
-    })?;
-    Ok((Session { user, community: Some(community) }, Pending { since }))
+    // community exists; `unauthorized` if the user no longer exists (a member does,
+    // so that is read only on the refusal's path).
+    if let Err(e) = app.chat.community_role(user, community).await {
+        if !matches!(e.code, Code::NotFound | Code::Forbidden) {
+            return Err(e);
+        }
+        app.chat.user(user).await?;
+        return Err(Error::forbidden("you are not a member of this community"));
+    }
+    Ok((Session { user, community: Some(community) }, Pending { since }, slot))
 }
 
 fn parse_since(v: &serde_json::Value) -> Result<Since> {
     let since: Since = serde_json::from_value(v.clone())
         .map_err(|_| Error::invalid("since must be an object {\"<channelId>\": eventSeq}"))?;
-    if let Some(bad) = since.keys().find(|k| k.parse::<ChannelId>().is_err()) {
+    if let Some(bad) = since.keys().find(|k| k.parse::<ChannelId>().map_or(true, |id| id < 1)) {
         return Err(Error::invalid(format!("since has a key that is not a channel id: {bad:?}")));
+    }
+    if let Some((channel, seq)) = since.iter().find(|(_, seq)| **seq < 0) {
+        return Err(Error::invalid(format!("since[{channel:?}] is {seq}: positions are eventSeqs, 0 or more")));
     }
     Ok(since)
 }
@@ -219,6 +228,7 @@ pub(super) fn presence_entry<A: ChatAdapter>(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ChannelList {
+    #[serde(deserialize_with = "crate::chat::positive_ids")]
     channels: Vec<ChannelId>,
 }
 
@@ -237,6 +247,7 @@ impl ChannelList {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct HistoryRequest {
+    #[serde(deserialize_with = "crate::chat::positive_id")]
     channel_id: ChannelId,
     before: Option<i64>,
     after: Option<i64>,
@@ -247,6 +258,7 @@ struct HistoryRequest {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct ReadRequest {
+    #[serde(deserialize_with = "crate::chat::positive_id")]
     channel_id: ChannelId,
     seq: i64,
 }
@@ -254,6 +266,7 @@ struct ReadRequest {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct TypingRequest {
+    #[serde(deserialize_with = "crate::chat::positive_id")]
     channel_id: ChannelId,
 }
 
@@ -339,12 +352,13 @@ async fn on_history<A: ChatAdapter>(
 }
 
 async fn on_typing<A: ChatAdapter>(
+    Live(app): Live,
     received: Received<{ event::TYPING }>,
     socket: SocketRef<A>,
     ack: AckSender<A>,
     payload: Payload,
 ) {
-    answer(received, ack, Ack(typing(&socket, payload).await));
+    answer(received, ack, Ack(typing(&app, &socket, payload).await));
 }
 
 async fn on_unknown<A: ChatAdapter>(received: Received<{ event::UNKNOWN }>, ack: AckSender<A>, Event(name): Event) {
@@ -420,18 +434,15 @@ async fn history<A: ChatAdapter>(app: &App, socket: &SocketRef<A>, payload: Payl
     app.chat.history(user, req.channel_id, &query).await
 }
 
-/// Typing is only relayed from a socket in the channel's room (no database read).
-async fn typing<A: ChatAdapter>(socket: &SocketRef<A>, payload: Payload) -> Result<serde_json::Value> {
+/// Typing is only relayed from a socket in the channel's room (no database read),
+/// and at most at the fanout's typing rate; beyond it, acked and dropped.
+async fn typing<A: ChatAdapter>(app: &App, socket: &SocketRef<A>, payload: Payload) -> Result<serde_json::Value> {
     let (user, _) = session_of(socket)?;
     let req: TypingRequest = payload.parse()?;
-    let room = channel_room(req.channel_id);
-    if !socket.rooms().iter().any(|r| *r == room) {
+    if !socket.rooms().iter().any(|r| *r == channel_room(req.channel_id)) {
         return Err(Error::not_found("join the channel before typing in it"));
     }
-    let typing = serde_json::json!({ "channelId": req.channel_id, "userId": user });
-    if let Err(e) = socket.to(room).volatile().emit("typing", &typing).await {
-        tracing::debug!(error = %e, "typing broadcast failed");
-    }
+    app.fanout.typing_from(socket, req.channel_id, user).await;
     Ok(serde_json::json!({ "ok": true }))
 }
 

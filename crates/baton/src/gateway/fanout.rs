@@ -9,6 +9,9 @@
 //! (Redis unreachable), to this instance's sockets at least. Either way the change is
 //! in the database: other instances' clients get it by replay or `position`.
 
+use std::num::NonZeroU32;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::Serialize;
 use socketioxide::extract::SocketRef;
 use socketioxide::operators::BroadcastOperators;
@@ -32,7 +35,15 @@ pub struct Fanout {
     /// For the members a `notify` goes to when the write did not read them, and the
     /// channels a `position` is due for.
     chat: Chat,
+    /// `typing` relayed per user and channel: [`TYPING_PER_SECOND`], burst [`TYPING_BURST`].
+    typing: DefaultKeyedRateLimiter<(UserId, ChannelId)>,
 }
+
+/// `typing` relayed per user and channel, per second (the web client sends one per
+/// 2.5 s while its user types); beyond it and its burst, acked and dropped, so a
+/// flood costs a bystander nothing (docs/protocol.md).
+pub const TYPING_PER_SECOND: u32 = 1;
+pub const TYPING_BURST: u32 = 2;
 
 /// `notify`: a new message somewhere the user is a member.
 #[derive(Debug, Serialize)]
@@ -58,7 +69,9 @@ fn preview(content: &str) -> &str {
 
 impl Fanout {
     pub fn new(io: Io, joins: Joins, presence: Presence, chat: Chat) -> Self {
-        Self { io, joins, presence, chat }
+        let quota = Quota::per_second(NonZeroU32::new(TYPING_PER_SECOND).expect("positive"))
+            .allow_burst(NonZeroU32::new(TYPING_BURST).expect("positive"));
+        Self { io, joins, presence, chat, typing: RateLimiter::keyed(quota) }
     }
 
     /// The Socket.IO server.
@@ -155,6 +168,26 @@ impl Fanout {
         online: bool,
     ) {
         emit(origin.to(channel_room(channel)), "presence", &presence_event(channel, user, online)).await;
+    }
+
+    /// `typing` from `origin` to the rest of the channel's room (volatile: never
+    /// queued), unless the user typed in this channel too often; returns whether it
+    /// was relayed.
+    pub async fn typing_from<A: ChatAdapter>(&self, origin: &SocketRef<A>, channel: ChannelId, user: UserId) -> bool {
+        if self.typing.check_key(&(user, channel)).is_err() {
+            metrics::counter!(m::TYPING_DROPPED).increment(1);
+            return false;
+        }
+        let typing = serde_json::json!({ "channelId": channel, "userId": user });
+        if let Err(e) = origin.to(channel_room(channel)).volatile().emit("typing", &typing).await {
+            tracing::debug!(error = %e, "typing broadcast failed");
+        }
+        true
+    }
+
+    /// Forgets the rate state of users who stopped typing (a periodic clean-up).
+    pub fn forget_idle_typing(&self) {
+        self.typing.retain_recent();
     }
 
     /// Tells the user's own line that they were added to or removed from a channel.

@@ -118,7 +118,11 @@ async fn admit<A: ChatAdapter>(
 ) -> Result<(), Refusal> {
     let app = app.0.upgrade().ok_or_else(stopped)?;
     let auth = auth.unwrap_or_default();
-    if socket.ns() == "/" { root::admit(&app, &socket, auth) } else { community::admit(&app, &io, socket, auth).await }
+    if socket.ns() == "/" {
+        root::admit(&app, &socket, auth).await
+    } else {
+        community::admit(&app, &io, socket, auth).await
+    }
 }
 
 /// Counts the connects in flight per dynamic namespace. socketioxide creates a
@@ -145,6 +149,55 @@ impl Namespaces {
             map.remove(path);
         }
         left
+    }
+}
+
+/// Sockets open per user on this instance, for `--max-sockets-per-user`. A socket
+/// holds a [`SocketSlot`] in its extensions; the slot is given back when the socket
+/// is freed, however it ends.
+#[derive(Debug, Default)]
+pub struct SocketsPerUser {
+    open: Arc<Mutex<HashMap<UserId, usize>>>,
+}
+
+/// One socket's place in [`SocketsPerUser`].
+#[derive(Debug)]
+pub struct SocketSlot {
+    open: Arc<Mutex<HashMap<UserId, usize>>>,
+    user: UserId,
+}
+
+impl SocketsPerUser {
+    /// A slot for one more socket of `user`, or `rate_limited` at `max`.
+    fn take(&self, user: UserId, max: usize) -> Result<SocketSlot, Error> {
+        let mut open = self.open.lock().unwrap();
+        let n = open.entry(user).or_default();
+        if *n >= max {
+            metrics::counter!(m::SOCKETS_CAPPED).increment(1);
+            return Err(Error::new(
+                Code::RateLimited,
+                format!("at most {max} sockets per user on this instance; close some"),
+            ));
+        }
+        *n += 1;
+        Ok(SocketSlot { open: self.open.clone(), user })
+    }
+
+    /// How many sockets `user` has open here.
+    pub fn open(&self, user: UserId) -> usize {
+        self.open.lock().unwrap().get(&user).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap();
+        if let Some(n) = open.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.user);
+            }
+        }
     }
 }
 

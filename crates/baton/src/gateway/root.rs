@@ -13,16 +13,28 @@ use crate::app::App;
 use crate::error::Code;
 use crate::metrics as m;
 
-/// Admission on `/` (from the shared middleware): draining, then the token.
-pub(super) fn admit<A: ChatAdapter>(app: &App, socket: &SocketRef<A>, auth: serde_json::Value) -> Result<(), Refusal> {
+/// Admission on `/` (from the shared middleware): draining, the token, the user's
+/// sockets here, the user (still there).
+pub(super) async fn admit<A: ChatAdapter>(
+    app: &App,
+    socket: &SocketRef<A>,
+    auth: serde_json::Value,
+) -> Result<(), Refusal> {
     if app.drain.is_draining() {
         return Err(refuse(Code::Draining, "this instance is draining; connect to another"));
     }
-    let user = authenticate(app, &auth).map_err(|e| {
+    let admitted = async {
+        let user = authenticate(app, &auth)?;
+        let slot = app.sockets.take(user, app.config.max_sockets_per_user)?;
+        app.chat.user(user).await?;
+        Ok::<_, crate::error::Error>((user, slot))
+    };
+    let (user, slot) = admitted.await.map_err(|e| {
         e.report("root connect");
         count_connect("root", e.code.as_str());
         Refusal(e)
     })?;
+    socket.extensions.insert(Arc::new(slot));
     socket.extensions.insert(Arc::new(Session { user, community: None }));
     socket.on_disconnect(on_disconnect);
     count_connect("root", "accepted");

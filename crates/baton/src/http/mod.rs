@@ -125,7 +125,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     }
 }
 
-/// The caller, from `Authorization: Bearer <token>`.
+/// The caller, from `Authorization: Bearer <token>`: a valid token of a user that
+/// still exists (else `unauthorized`).
 pub struct Caller(pub UserId);
 
 impl FromRequestParts<AppState> for Caller {
@@ -140,7 +141,9 @@ impl FromRequestParts<AppState> for Caller {
         let token = header
             .strip_prefix("Bearer ")
             .ok_or_else(|| Error::unauthorized("the Authorization header must be Bearer <token>"))?;
-        app.tokens.verify(token.trim()).map(Caller)
+        let user = app.tokens.verify(token.trim())?;
+        app.chat.user(user).await?;
+        Ok(Caller(user))
     }
 }
 

@@ -25,11 +25,66 @@ async fn connects_are_refused_with_the_protocol_codes() {
         ("/socket/commu-abc", json!({ "token": alice.token }), "forbidden"),
         (ns.as_str(), json!({ "token": alice.token, "since": "yesterday" }), "invalid"),
         (ns.as_str(), json!({ "token": alice.token, "since": { "general": 3 } }), "invalid"),
+        (ns.as_str(), json!({ "token": alice.token, "since": { "1": -1 } }), "invalid"),
+        (ns.as_str(), json!({ "token": alice.token, "since": { "1": 2.5 } }), "invalid"),
+        (ns.as_str(), json!({ "token": alice.token, "since": { "-1": 0 } }), "invalid"),
     ];
     for (ns, auth, code) in cases {
         let refused = app.connect_with(ns, auth.clone()).await.err();
         assert_eq!(refused, Some(ClientError::Refused(code.into())), "{ns} {auth}");
     }
+}
+
+#[tokio::test]
+async fn the_token_of_a_user_that_no_longer_exists_is_refused_everywhere() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let ghost = app.register("ghost").await;
+    let cid = app.community(&alice, &[]).await;
+    delete_user(&app.app.config.database_url(), ghost.id).await;
+    for ns in ["/".to_owned(), format!("/socket/commu-{cid}")] {
+        let refused = app.connect_with(&ns, json!({ "token": ghost.token })).await.err();
+        assert_eq!(refused, Some(ClientError::Refused("unauthorized".into())), "{ns}");
+    }
+    for path in ["/api/me", "/api/communities", "/api/unread"] {
+        let (status, body) = app.get(path, &ghost.token).await;
+        assert_eq!((status.as_u16(), body["error"]["code"].clone()), (401, json!("unauthorized")), "{path}");
+    }
+    assert!(app.connect_with("/", json!({ "token": alice.token })).await.is_ok(), "others are not affected");
+}
+
+/// Deletes a user row directly (the API has no account deletion), as an operator's
+/// clean-up or a restored backup would leave a token without its user.
+async fn delete_user(database_url: &str, user: i64) {
+    use sqlx::Connection;
+    if database_url.starts_with("sqlite:") {
+        let mut db = sqlx::SqliteConnection::connect(database_url).await.unwrap();
+        sqlx::query("DELETE FROM users WHERE id = $1").bind(user).execute(&mut db).await.unwrap();
+    } else {
+        let mut db = sqlx::PgConnection::connect(database_url).await.unwrap();
+        sqlx::query("DELETE FROM users WHERE id = $1").bind(user).execute(&mut db).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn sockets_per_user_are_capped_and_the_cap_frees_as_they_close() {
+    let app = spawn_app_with(|c| c.max_sockets_per_user = 3).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let cid = app.community(&alice, &[]).await;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        open.push(app.connect_with("/", json!({ "token": alice.token })).await.expect("under the cap"));
+    }
+    open.push(app.connect(&format!("/socket/commu-{cid}"), &alice).await);
+    for ns in ["/".to_owned(), format!("/socket/commu-{cid}")] {
+        let refused = app.connect_with(&ns, json!({ "token": alice.token })).await.err();
+        assert_eq!(refused, Some(ClientError::Refused("rate_limited".into())), "{ns}: over the cap");
+    }
+    assert!(app.connect_with("/", json!({ "token": bob.token })).await.is_ok(), "the cap is per user");
+    open.pop().unwrap().close().await;
+    eventually("the closed socket's place is free", WAIT, async || app.app.sockets.open(alice.id) < 3).await;
+    assert!(app.connect_with("/", json!({ "token": alice.token })).await.is_ok(), "a place came free");
 }
 
 #[tokio::test]
@@ -294,6 +349,29 @@ async fn typing_is_relayed_to_the_room_but_not_persisted() {
     assert_eq!(ack["error"]["code"], "not_found");
     let (_, page) = app.get(&format!("/api/channels/{ch}/messages"), &alice.token).await;
     assert_eq!(page["messages"], json!([]));
+}
+
+#[tokio::test]
+async fn a_typing_flood_is_acked_but_reaches_a_bystander_only_a_few_times() {
+    let app = spawn_app().await;
+    let (alice, bob, cid, ch) = app.alice_and_bob_in_general().await;
+    let a = app.joined(cid, &alice, &[ch]).await;
+    let mut b = app.joined(cid, &bob, &[ch]).await;
+    let started = std::time::Instant::now();
+    for _ in 0..200 {
+        let ack = a.emit_with_ack("typing", json!({ "channelId": ch }), WAIT).await.unwrap();
+        assert_eq!(ack, json!({ "ok": true }), "every typing is acked");
+    }
+    let mut relayed = 0;
+    while b.next_event("typing", Duration::from_millis(500)).await.is_ok() {
+        relayed += 1;
+    }
+    // The burst, plus one a second for as long as the flood lasted.
+    let allowed = baton::gateway::fanout::TYPING_BURST as u64
+        + baton::gateway::fanout::TYPING_PER_SECOND as u64 * (started.elapsed().as_secs() + 1);
+    assert!((1..=allowed).contains(&relayed), "{relayed} of 200 relayed, at most {allowed}");
+    // The chat itself is not limited by typing.
+    assert_eq!(chat(&a, ch, "still here").await["written"], true);
 }
 
 #[tokio::test]

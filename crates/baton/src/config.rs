@@ -101,6 +101,11 @@ pub struct Config {
     #[arg(long, env = "BATON_MAX_SOCKETS_PER_USER", default_value_t = 100, global = true)]
     pub max_sockets_per_user: usize,
 
+    /// How long any use of the database may take (a connection from the pool, a
+    /// statement, a transaction) before the request fails with `unavailable`.
+    #[arg(long, env = "BATON_DB_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
+    pub db_timeout: Duration,
+
     /// Chat events (new, modify, delete, by socket or REST) a user may send per second.
     #[arg(long, env = "BATON_CHAT_RATE", default_value_t = 20, global = true)]
     pub chat_rate: u32,
@@ -195,6 +200,7 @@ impl std::fmt::Debug for Config {
             max_http_body,
             max_message,
             max_sockets_per_user,
+            db_timeout,
             chat_rate,
             chat_burst,
             position_interval,
@@ -218,6 +224,7 @@ impl std::fmt::Debug for Config {
             .field("max_http_body", max_http_body)
             .field("max_message", max_message)
             .field("max_sockets_per_user", max_sockets_per_user)
+            .field("db_timeout", db_timeout)
             .field("chat_rate", chat_rate)
             .field("chat_burst", chat_burst)
             .field("position_interval", position_interval)

@@ -34,6 +34,8 @@ pub const DB_BATCH_ROWS: &str = "baton_db_batch_rows";
 /// Batches of new messages that a row made fail before their commit, so that each of
 /// their messages was then written alone.
 pub const DB_BATCH_RETRIES: &str = "baton_db_batch_retries_total";
+/// 1 while the database answers the background check, 0 while it does not.
+pub const DB_UP: &str = "baton_db_up";
 /// 1 while Redis answers, 0 while it does not (only in a cluster).
 pub const REDIS_UP: &str = "baton_redis_up";
 /// Times the Redis connections came back after a failure.

@@ -29,6 +29,10 @@ use crate::listener::{self, Connection, Listener};
 use crate::reconnect::{BEAT, Joins, Presence, Registry};
 use crate::store::Store;
 
+/// How often the database is checked for `/readyz` (each check bounded by
+/// `--db-timeout`).
+const DB_CHECK_EVERY: Duration = Duration::from_millis(500);
+
 /// A bound, wired baton instance, ready to serve.
 pub struct Server {
     listener: TcpListener,
@@ -135,7 +139,7 @@ where
 /// Connects to the configured database and applies its migrations.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let url = config.database_url();
-    let store = Store::connect(&url)
+    let store = Store::connect(&url, config.db_timeout)
         .await
         .with_context(|| format!("cannot open the database {}", crate::config::redact_url(&url)))?;
     store.migrate().await.context("cannot apply the database migrations")?;
@@ -156,8 +160,12 @@ impl Server {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let Server { listener, router, app, registry } = self;
         tracing::info!(addr = %listener.local_addr()?, database = if app.chat.store().is_sqlite() { "sqlite" } else { "postgres" }, "baton is serving");
-        let mut background =
-            vec![tokio::spawn(background_tasks(app.clone())), tokio::spawn(listener::trim_after_connection_bursts())];
+        let store = app.chat.store().clone();
+        let mut background = vec![
+            tokio::spawn(background_tasks(app.clone())),
+            tokio::spawn(listener::trim_after_connection_bursts()),
+            tokio::spawn(async move { store.watch_health(DB_CHECK_EVERY).await }),
+        ];
         if let Some(registry) = registry.clone() {
             background.push(tokio::spawn(cluster_tasks(app.clone(), registry)));
         }

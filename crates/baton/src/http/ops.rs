@@ -18,12 +18,14 @@ async fn healthz() -> impl IntoResponse {
 }
 
 /// 200 only while this instance should get traffic: not draining, database (and,
-/// in a cluster, Redis) reachable.
+/// in a cluster, Redis) reachable. Answered at once from the state the background
+/// checks keep (the store's and the Redis link's), never by waiting on an outage, so
+/// a load balancer's probe gets a 503, not a timeout.
 async fn readyz(State(app): State<AppState>) -> Result<impl IntoResponse, Error> {
     if app.drain.is_draining() {
         return Err(Error::new(Code::Draining, "draining"));
     }
-    if !app.chat.store().ping().await {
+    if !app.chat.store().is_up() {
         return Err(Error::new(Code::Unavailable, "the database is unreachable"));
     }
     if app.redis.as_ref().is_some_and(|r| !r.health.is_up()) {

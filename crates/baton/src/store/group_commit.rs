@@ -78,6 +78,13 @@ enum BatchError {
     Commit(sqlx::Error),
 }
 
+impl super::Deadlined for Result<BatchWritten, BatchError> {
+    /// A batch that overran its deadline may have committed: its outcome is unknown.
+    fn timed_out(query: &'static str, deadline: std::time::Duration) -> Self {
+        Err(BatchError::Commit(super::deadline_error(query, deadline)))
+    }
+}
+
 impl BatchError {
     fn before_commit(error: sqlx::Error) -> Self {
         let by_row = error.as_database_error().is_some() || matches!(error, sqlx::Error::RowNotFound);

@@ -21,9 +21,11 @@ pub mod group_commit;
 pub mod messages;
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 pub use accounts::{Credentials, User};
@@ -44,11 +46,22 @@ pub struct Store {
     pools: Pools,
     /// Where new messages go to be written in groups, over pools of their own.
     group_commit: GroupCommit,
+    /// Whether the database answered the background check last time
+    /// ([`Store::watch_health`]): what `/readyz` says, without waiting on an outage.
+    up: Arc<AtomicBool>,
 }
 
-/// The connections of one database.
+/// The connections of one database, and how long any use of them may take.
 #[derive(Clone)]
-enum Pools {
+struct Pools {
+    connections: Connections,
+    /// Every query, transaction or pool acquire answers within this, or fails as
+    /// `unavailable` (`--db-timeout`).
+    deadline: Duration,
+}
+
+#[derive(Clone)]
+enum Connections {
     /// SQLite allows one writer at a time; a single-connection write pool makes
     /// writers queue in-process instead of failing with SQLITE_BUSY, while readers
     /// use their own pool (WAL mode lets them run beside the writer).
@@ -59,9 +72,15 @@ enum Pools {
     Postgres(PgPool),
 }
 
-/// One pool of either dialect, borrowed for a query.
+/// One pool of either dialect, borrowed for a query, with the deadline it runs under.
 #[derive(Clone, Copy)]
-pub(crate) enum Pool<'a> {
+pub(crate) struct Pool<'a> {
+    pub(crate) dialect: Dialect<'a>,
+    pub(crate) deadline: Duration,
+}
+
+#[derive(Clone, Copy)]
+pub(crate) enum Dialect<'a> {
     Sqlite(&'a SqlitePool),
     Postgres(&'a PgPool),
 }
@@ -69,32 +88,59 @@ pub(crate) enum Pool<'a> {
 impl Pools {
     /// The pool for reads.
     fn read(&self) -> Pool<'_> {
-        match self {
-            Pools::Sqlite { read, .. } => Pool::Sqlite(read),
-            Pools::Postgres(pg) => Pool::Postgres(pg),
-        }
+        let dialect = match &self.connections {
+            Connections::Sqlite { read, .. } => Dialect::Sqlite(read),
+            Connections::Postgres(pg) => Dialect::Postgres(pg),
+        };
+        Pool { dialect, deadline: self.deadline }
     }
 
     /// The pool for writes.
     fn write(&self) -> Pool<'_> {
-        match self {
-            Pools::Sqlite { write, .. } => Pool::Sqlite(write),
-            Pools::Postgres(pg) => Pool::Postgres(pg),
-        }
+        let dialect = match &self.connections {
+            Connections::Sqlite { write, .. } => Dialect::Sqlite(write),
+            Connections::Postgres(pg) => Dialect::Postgres(pg),
+        };
+        Pool { dialect, deadline: self.deadline }
     }
 
     fn is_sqlite(&self) -> bool {
-        matches!(self, Pools::Sqlite { .. })
+        matches!(self.connections, Connections::Sqlite { .. })
     }
 
     async fn close(&self) {
-        match self {
-            Pools::Sqlite { read, write } => {
+        match &self.connections {
+            Connections::Sqlite { read, write } => {
                 read.close().await;
                 write.close().await;
             }
-            Pools::Postgres(pg) => pg.close().await,
+            Connections::Postgres(pg) => pg.close().await,
         }
+    }
+}
+
+/// What a use of the database that overran its deadline answers: for a query, the
+/// error `unavailable` is made of; for a group write, a failure whose outcome is
+/// unknown (it may have committed), which is retried by nobody.
+pub(crate) trait Deadlined {
+    fn timed_out(query: &'static str, deadline: Duration) -> Self;
+}
+
+/// The error of a use of the database that got no answer within its deadline.
+pub(crate) fn deadline_error(query: &'static str, deadline: Duration) -> sqlx::Error {
+    let message = format!("the database gave no answer to {query} within {deadline:?}");
+    sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, message))
+}
+
+impl<T> Deadlined for Result<T, sqlx::Error> {
+    fn timed_out(query: &'static str, deadline: Duration) -> Self {
+        Err(deadline_error(query, deadline))
+    }
+}
+
+impl Deadlined for bool {
+    fn timed_out(_: &'static str, _: Duration) -> Self {
+        false
     }
 }
 
@@ -105,13 +151,22 @@ impl std::fmt::Debug for Store {
 }
 
 /// Runs `$body` with `$p` bound to the [`Pool`]'s dialect pool (the body is compiled
-/// once per dialect) and records its time under the query's name.
+/// once per dialect), within the pool's deadline (past it, the body is dropped,
+/// which rolls back an open transaction, and the result is [`Deadlined`]), and
+/// records its time under the query's name.
 macro_rules! on_pool {
     ($pool:expr, $query:literal, |$p:ident| $body:expr) => {{
+        let pool: $crate::store::Pool<'_> = $pool;
         let started = std::time::Instant::now();
-        let result = match $pool {
-            $crate::store::Pool::Sqlite($p) => $body,
-            $crate::store::Pool::Postgres($p) => $body,
+        let run = async {
+            match pool.dialect {
+                $crate::store::Dialect::Sqlite($p) => $body,
+                $crate::store::Dialect::Postgres($p) => $body,
+            }
+        };
+        let result = match tokio::time::timeout(pool.deadline, run).await {
+            Ok(result) => result,
+            Err(_) => $crate::store::Deadlined::timed_out($query, pool.deadline),
         };
         metrics::histogram!($crate::metrics::DB_SECONDS, "query" => $query).record(started.elapsed().as_secs_f64());
         result
@@ -135,34 +190,41 @@ pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
 
 impl Store {
     /// Opens the database named by `url` (`sqlite://...` or `postgres://...`),
-    /// creating a SQLite file and its directory when missing.
-    pub async fn connect(url: &str) -> Result<Store, sqlx::Error> {
+    /// creating a SQLite file and its directory when missing. Every use of it then
+    /// answers within `deadline` (`--db-timeout`): a pool acquire, a statement (on
+    /// PostgreSQL also as its `statement_timeout`), a transaction.
+    pub async fn connect(url: &str, deadline: Duration) -> Result<Store, sqlx::Error> {
         if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 // FULL: an acked message survives a power cut, not only a crash.
                 .synchronous(SqliteSynchronous::Full)
-                .busy_timeout(Duration::from_secs(10))
+                .busy_timeout(deadline)
                 .foreign_keys(true);
             if let Some(dir) = options.get_filename().parent()
                 && !dir.as_os_str().is_empty()
             {
                 std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
             }
-            let write = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
-            let read = SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?;
+            let pool = |n| SqlitePoolOptions::new().max_connections(n).acquire_timeout(deadline);
+            let write = pool(1).connect_with(options.clone()).await?;
+            let read = pool(4).connect_with(options.read_only(true)).await?;
             // One writer, on the one write connection.
-            let pools = Pools::Sqlite { read, write };
+            let pools = Pools { connections: Connections::Sqlite { read, write }, deadline };
             Ok(Store::with_group_commit(pools.clone(), pools, 1))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let writers = PG_MESSAGE_WRITERS;
-            let pool = |connections: usize| {
-                PgPoolOptions::new().max_connections(connections as u32).acquire_timeout(Duration::from_secs(10))
-            };
-            let general = pool(PG_CONNECTIONS as usize - writers).connect(url).await?;
-            let messages = pool(writers).connect(url).await?;
-            Ok(Store::with_group_commit(Pools::Postgres(general), Pools::Postgres(messages), writers))
+            // The server stops a statement at the deadline too, so that one the client
+            // gave up on does not keep its locks.
+            let options =
+                PgConnectOptions::from_str(url)?.options([("statement_timeout", deadline.as_millis().to_string())]);
+            let pool =
+                |connections: usize| PgPoolOptions::new().max_connections(connections as u32).acquire_timeout(deadline);
+            let general = pool(PG_CONNECTIONS as usize - writers).connect_with(options.clone()).await?;
+            let messages = pool(writers).connect_with(options).await?;
+            let pools = |pool| Pools { connections: Connections::Postgres(pool), deadline };
+            Ok(Store::with_group_commit(pools(general), pools(messages), writers))
         } else {
             Err(sqlx::Error::Configuration(
                 format!("unsupported database URL {url:?}: use sqlite://PATH or postgres://...").into(),
@@ -173,24 +235,50 @@ impl Store {
     /// The store over `pools`, with `writers` tasks writing new messages in groups
     /// over `writer_pools`.
     fn with_group_commit(pools: Pools, writer_pools: Pools, writers: usize) -> Store {
-        Store { pools, group_commit: GroupCommit::spawn(writer_pools, writers) }
+        Store { pools, group_commit: GroupCommit::spawn(writer_pools, writers), up: Arc::new(AtomicBool::new(true)) }
     }
 
     /// Applies the migrations of this database's dialect.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        match &self.pools {
-            Pools::Sqlite { write, .. } => sqlx::migrate!("./migrations/sqlite").run(write).await,
-            Pools::Postgres(pg) => sqlx::migrate!("./migrations/postgres").run(pg).await,
+        match &self.pools.connections {
+            Connections::Sqlite { write, .. } => sqlx::migrate!("./migrations/sqlite").run(write).await,
+            Connections::Postgres(pg) => sqlx::migrate!("./migrations/postgres").run(pg).await,
         }
     }
 
     pub fn is_sqlite(&self) -> bool {
-        matches!(self.pools, Pools::Sqlite { .. })
+        self.pools.is_sqlite()
     }
 
-    /// Whether the database answers a trivial query (for /readyz).
+    /// Whether the database answers a trivial query within the deadline.
     pub async fn ping(&self) -> bool {
         on_pool!(self.pools.read(), "ping", |pool| sqlx::query("SELECT 1").execute(pool).await.is_ok())
+    }
+
+    /// Whether the database answered the last background check: instant, never
+    /// waiting on an outage (`/readyz`).
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// The background check behind [`Store::is_up`]: a ping every `every`, each
+    /// bounded by the deadline. Runs until the store's last clone is dropped... or
+    /// its task is aborted (the server does at shut-down).
+    pub async fn watch_health(&self, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let up = self.ping().await;
+            if self.up.swap(up, Ordering::Relaxed) != up {
+                if up {
+                    tracing::info!("the database answers again");
+                } else {
+                    tracing::warn!(deadline = ?self.pools.deadline, "the database does not answer");
+                }
+            }
+            metrics::gauge!(crate::metrics::DB_UP).set(if up { 1.0 } else { 0.0 });
+        }
     }
 
     pub async fn close(&self) {

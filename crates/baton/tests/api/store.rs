@@ -7,7 +7,8 @@ use baton::store::{Inserted, NewMessage, Role, Slice, Store};
 use crate::helpers::fresh_database;
 
 async fn fresh_store(dir: &tempfile::TempDir) -> Store {
-    let store = Store::connect(&fresh_database(dir).await).await.expect("the store opens");
+    let store =
+        Store::connect(&fresh_database(dir).await, std::time::Duration::from_secs(2)).await.expect("the store opens");
     store.migrate().await.expect("the migrations apply");
     store
 }

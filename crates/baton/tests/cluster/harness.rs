@@ -16,7 +16,7 @@ use crate::common::{Rest, fresh_postgres_database};
 /// The admin token every test instance accepts.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -189,5 +189,104 @@ impl Cluster {
 
     pub fn rest(&self, i: usize) -> Rest {
         self.instances[i].rest()
+    }
+}
+
+/// A PostgreSQL server of the test's own (`initdb` in a temporary directory, on a
+/// free port), so that a test can stop and start it; the shared one is never touched.
+pub struct OwnPostgres {
+    pub port: u16,
+    bin: std::path::PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl OwnPostgres {
+    /// Creates and starts the server (trust auth, user `postgres`).
+    pub async fn start() -> OwnPostgres {
+        let bin = postgres_bin_dir();
+        let dir = tempfile::tempdir().unwrap();
+        let pg = OwnPostgres { port: free_port(), bin, dir };
+        as_postgres_owner(pg.dir.path());
+        let data = pg.data().display().to_string();
+        pg.run("initdb", &["-D", &data, "-U", "postgres", "--auth=trust", "--no-sync"]).await;
+        pg.start_again().await;
+        pg
+    }
+
+    fn data(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Runs one of PostgreSQL's programs as the owner of the data (initdb and the
+    /// server refuse to run as root).
+    async fn run(&self, program: &str, args: &[&str]) {
+        let program = self.bin.join(program);
+        let mut command = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            Command::new(&program)
+        };
+        let out = command.args(args).output().await.expect("PostgreSQL's programs run");
+        assert!(out.status.success(), "{program:?} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Starts the (stopped) server again, on the same port, and waits until it answers.
+    pub async fn start_again(&self) {
+        let data = self.data().display().to_string();
+        let sockets = self.dir.path().display().to_string();
+        let options = format!("-p {} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off", self.port);
+        let log = self.dir.path().join("log").display().to_string();
+        self.run("pg_ctl", &["-D", &data, "-o", &options, "-l", &log, "-w", "start"]).await;
+    }
+
+    /// Stops the server at once (`-m immediate`, like a crash): every connection drops.
+    pub async fn stop(&self) {
+        let data = self.data().display().to_string();
+        self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]).await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let data = self.data().display().to_string();
+        let pg_ctl = self.bin.join("pg_ctl");
+        let mut command = if is_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&pg_ctl);
+            c
+        } else {
+            std::process::Command::new(&pg_ctl)
+        };
+        let _ = command.args(["-D", &data, "-m", "immediate", "stop"]).output();
+    }
+}
+
+/// The newest installed PostgreSQL's programs (Debian's layout).
+fn postgres_bin_dir() -> std::path::PathBuf {
+    let mut versions: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is installed (/usr/lib/postgresql)")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    versions.sort_by_key(|p| p.parent().and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok()).unwrap_or(0));
+    versions.pop().expect("an initdb under /usr/lib/postgresql/*/bin")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid only reads the process's credentials.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// As root, gives the directory to the `postgres` user, who runs the server.
+fn as_postgres_owner(dir: &std::path::Path) {
+    if is_root() {
+        let status = std::process::Command::new("chown").args(["postgres:postgres"]).arg(dir).status().unwrap();
+        assert!(status.success(), "chown postgres {dir:?}");
     }
 }

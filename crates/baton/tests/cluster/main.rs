@@ -532,3 +532,99 @@ async fn baton_drain_wait_json_prints_the_drain_report() {
     assert!(!refused.status.success(), "no admin token: refused");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("admin token"), "says why");
 }
+
+/// One instance on a PostgreSQL of the test's own, stopped for a while: every
+/// request that needs the database is answered `unavailable` within its deadline
+/// (`--db-timeout`, 1 s here), `/readyz` answers 503 at once from the background
+/// check, and when the database is back everything works again, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_answered_within_the_deadline_and_recovered_from() {
+    let pg = harness::OwnPostgres::start().await;
+    let port = harness::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut instance = harness::baton_command()
+        .arg("serve")
+        .env("BATON_LISTEN", format!("127.0.0.1:{port}"))
+        .env("DATABASE_URL", pg.url())
+        .env("BATON_DATA_DIR", dir.path())
+        .env("BATON_DB_TIMEOUT", "1s")
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the baton binary runs");
+    let rest = common::Rest::new(base.clone());
+    let readyz = || {
+        let url = format!("{base}/readyz");
+        async move {
+            let started = Instant::now();
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().unwrap();
+            let status = client.get(&url).send().await.ok().map(|r| r.status().as_u16());
+            (status, started.elapsed())
+        }
+    };
+    common::eventually("the instance is ready", WAIT, async || readyz().await.0 == Some(200)).await;
+    let (alice, _bob, cid, ch) = rest.alice_and_bob_in_general().await;
+    let s = rest.joined(cid, &alice, &[ch]).await;
+    assert_eq!(common::chat(&s, ch, "before the outage").await["written"], true);
+
+    pg.stop().await;
+    let deadline = Duration::from_secs(1);
+    // Answered within the deadline plus the round trips around it.
+    let answered_within = deadline + Duration::from_millis(1500);
+    let mut ack_latencies = Vec::new();
+    for i in 0..5 {
+        let started = Instant::now();
+        let ack = s
+            .emit_with_ack(
+                "chat",
+                json!({ "chatType": "new", "channelId": ch, "content": format!("during {i}") }),
+                WAIT,
+            )
+            .await
+            .expect("answered");
+        let took = started.elapsed();
+        assert_eq!((ack["written"].clone(), ack["error"]["code"].clone()), (json!(false), json!("unavailable")));
+        assert!(took < answered_within, "chat answered in {took:?}, past its deadline");
+        ack_latencies.push(took);
+    }
+    let started = Instant::now();
+    let (status, body) = rest.get(&format!("/api/channels/{ch}/messages"), &alice.token).await;
+    let rest_took = started.elapsed();
+    assert_eq!((status.as_u16(), body["error"]["code"].clone()), (503, json!("unavailable")));
+    assert!(rest_took < answered_within, "REST answered in {rest_took:?}");
+    let mut probes = Vec::new();
+    common::eventually("/readyz says 503", WAIT, async || {
+        let (status, took) = readyz().await;
+        probes.push(took);
+        status == Some(503)
+    })
+    .await;
+    let slowest_probe = probes.iter().max().copied().unwrap_or_default();
+    assert!(slowest_probe < Duration::from_secs(1), "every probe answered within 1 s: {slowest_probe:?}");
+
+    pg.start_again().await;
+    let back = Instant::now();
+    common::eventually("chat works again", Duration::from_secs(20), async || {
+        s.emit_with_ack("chat", json!({ "chatType": "new", "channelId": ch, "content": "after" }), WAIT)
+            .await
+            .is_ok_and(|ack| ack["written"] == true)
+    })
+    .await;
+    let recovered_after = back.elapsed();
+    common::eventually("/readyz says 200 again", WAIT, async || readyz().await.0 == Some(200)).await;
+    // Nothing half-written: the channel's events are 1..n with no gap.
+    let (_, page) = rest.get(&format!("/api/channels/{ch}/messages?since=0&limit=200"), &alice.token).await;
+    let seqs: Vec<i64> = page["messages"].as_array().unwrap().iter().map(|m| m["eventSeq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "gap-free");
+    ack_latencies.sort();
+    println!(
+        "database outage figures: chat ack during the outage p50 {:?} max {:?} (deadline {deadline:?}), REST {rest_took:?}, \
+         /readyz slowest probe {slowest_probe:?} ({} probes), chat back {recovered_after:?} after the database",
+        ack_latencies[ack_latencies.len() / 2],
+        ack_latencies.last().unwrap(),
+        probes.len(),
+    );
+    instance.kill().await.unwrap();
+}

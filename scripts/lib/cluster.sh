@@ -15,8 +15,10 @@ else
     BENCH_CPUS=
 fi
 # Both systems get a per-user chat limit no scenario reaches: the runs measure the
-# servers, not their rate limiters.
+# servers, not their rate limiters. Likewise baton's cap on one user's sockets (the
+# peer has none): the bench shares a few receiving users over thousands of sockets.
 CHAT_LIMIT=1000000
+SOCKET_LIMIT=1000000
 DRAIN_WINDOW_S=5
 
 PIDS=()      # the current cluster's instances
@@ -45,7 +47,8 @@ start_instance() {
     local system=$1 port=$2 name=$3 redis_url=$4 db_url=$5
     if [ "$system" = baton ]; then
         BATON_LISTEN=127.0.0.1:$port DATABASE_URL=$db_url REDIS_URL=$redis_url BATON_INSTANCE_ID=$name \
-            BATON_CHAT_RATE=$CHAT_LIMIT BATON_CHAT_BURST=$CHAT_LIMIT BATON_DRAIN_WINDOW=${DRAIN_WINDOW_S}s \
+            BATON_CHAT_RATE=$CHAT_LIMIT BATON_CHAT_BURST=$CHAT_LIMIT BATON_MAX_SOCKETS_PER_USER=$SOCKET_LIMIT \
+            BATON_DRAIN_WINDOW=${DRAIN_WINDOW_S}s \
             BATON_DRAIN_LB_DELAY=0s RUST_LOG=warn \
             $SERVER_CPUS "$BIN" serve >"$LOGS/$name.log" 2>&1 &
     else

@@ -10,8 +10,8 @@
 //!   live app, the event's bookkeeping).
 //! - `cluster.rs`: putting Redis back in step after an outage; dead instances' users.
 //!
-//! Admission (token, membership, draining) happens in one connect middleware for
-//! both namespaces ([`admit`]), and the event handlers are registered there too,
+//! Admission (draining, token, the user's socket cap, membership) happens in one
+//! connect middleware for both namespaces ([`admit`]), and the event handlers are registered there too,
 //! before the CONNECT packet goes out: socketioxide runs the connect handler as a
 //! spawned task, so handlers registered in it could miss the first events of a fast
 //! client. Every event is answered with one ack type, [`Ack`], built from its result.

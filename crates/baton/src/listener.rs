@@ -23,8 +23,8 @@ use axum::extract::{OriginalUri, Request};
 use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderValue, Uri};
 use axum::serve::IncomingStream;
-use socketioxide::SocketIoBuilder;
 use socketioxide::adapter::Adapter;
+use socketioxide::{ParserConfig, SocketIoBuilder};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -148,8 +148,13 @@ const WS_READ_BUFFER: usize = 1024;
 ///
 /// socketioxide bounds long-polling bodies with `max_payload` only; a WebSocket
 /// message is otherwise bounded at 64 MiB, so both transports get `--max-message`.
+///
+/// baton takes no binary attachments: a binary packet (`51-...`) is refused at its
+/// header (no attachment allowed, so socketioxide's parser closes that session at
+/// once) instead of being held while its attachments are awaited.
 pub fn with_limits<A: Adapter>(builder: SocketIoBuilder<A>, config: &Config) -> SocketIoBuilder<A> {
     builder
+        .with_parser(ParserConfig::common().max_incoming_binaries(0))
         .max_payload(config.max_message as u64)
         .ws_max_message_size(config.max_message)
         .ws_max_frame_size(config.max_message)

@@ -185,6 +185,8 @@ impl Payload {
 impl<A: ChatAdapter> FromMessageParts<A> for Payload {
     type Error = std::convert::Infallible;
     fn from_message_parts(s: &Arc<Socket<A>>, v: &mut Value, ack: &Option<i64>) -> Result<Self, Self::Error> {
+        // The parser refuses binary packets at their header (`listener::with_limits`);
+        // this stays as the answer should an attachment ever get this far.
         let has_binary = match v {
             Value::Str(_, Some(bins)) => !bins.is_empty(),
             Value::Str(_, None) => false,

@@ -266,6 +266,18 @@ async fn a_malformed_packet_or_an_oversize_message_closes_only_that_transport() 
     broken.send_raw(&format!("42{ns},9[\"chat\",{{bad")).await.unwrap();
     wait_closed(&mut broken).await;
 
+    // An ack id too large to be answered is an invalid packet: the session is closed
+    // and the message is not written (it could never be acked).
+    let mut overflow = w.app.connect(&ns, &w.alice).await;
+    overflow
+        .send_raw(&format!(
+            "42{ns},99999999999999999999[\"chat\",{{\"chatType\":\"new\",\"channelId\":{},\"content\":\"never acked\"}}]",
+            w.general
+        ))
+        .await
+        .unwrap();
+    wait_closed(&mut overflow).await;
+
     // A binary event is refused at its header, before any attachment: baton takes
     // none, so the session is closed at once rather than kept waiting for them.
     let mut binary = w.app.connect(&ns, &w.alice).await;

@@ -6,6 +6,7 @@ mod helpers;
 mod bad_input;
 mod bench;
 mod concurrency;
+mod fuzz;
 mod group_commit;
 mod recovery;
 mod rest;

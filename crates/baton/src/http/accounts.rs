@@ -6,7 +6,7 @@ use axum::routing::{get, post};
 use axum::{Router, response::IntoResponse};
 use serde::Deserialize;
 
-use super::{AppState, Caller, Json};
+use super::{AppState, Caller, CallerUser, Json};
 use crate::error::Result;
 
 pub fn router() -> Router<AppState> {
@@ -43,9 +43,8 @@ async fn log_in(State(app): State<AppState>, Json(body): Json<LogIn>) -> Result<
     Ok(axum::Json(serde_json::json!({ "token": token, "user": user })))
 }
 
-async fn me(State(app): State<AppState>, Caller(user): Caller) -> Result<impl IntoResponse> {
-    let me = app.chat.user(user).await?;
-    let communities = app.chat.communities(user).await?;
+async fn me(State(app): State<AppState>, CallerUser(me): CallerUser) -> Result<impl IntoResponse> {
+    let communities = app.chat.communities(me.id).await?;
     Ok(axum::Json(serde_json::json!({ "user": me, "communities": communities })))
 }
 

@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 use axum::routing::{delete, get, post, put};
 use serde::Deserialize;
 
-use super::{AppState, Caller, Json, NewMember, OptionalJson, Path, Query, created_or_ok};
+use super::{AppState, Caller, CallerUser, Json, NewMember, OptionalJson, Path, Query, created_or_ok};
 use crate::chat::{ChannelId, ChatCommand, HistoryQuery, UserId};
 use crate::error::Result;
 
@@ -24,16 +24,16 @@ pub fn router() -> Router<AppState> {
 /// 201 when the membership is new, 200 when it already existed.
 async fn add_member(
     State(app): State<AppState>,
-    Caller(caller): Caller,
+    CallerUser(caller): CallerUser,
     Path(chid): Path<ChannelId>,
     OptionalJson(body): OptionalJson<NewMember>,
 ) -> Result<impl IntoResponse> {
     let (channel, user, added) = match body {
         None => {
-            let (channel, added) = app.chat.join_channel(caller, chid).await?;
-            (channel, app.chat.user(caller).await?, added)
+            let (channel, added) = app.chat.join_channel(caller.id, chid).await?;
+            (channel, caller, added)
         }
-        Some(NewMember { username }) => app.chat.add_channel_member(caller, chid, &username).await?,
+        Some(NewMember { username }) => app.chat.add_channel_member(caller.id, chid, &username).await?,
     };
     if added {
         app.fanout.membership(channel.community_id, channel.id, user.id, true).await;

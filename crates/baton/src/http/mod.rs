@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::app::App;
-use crate::chat::UserId;
+use crate::chat::{User, UserId};
 use crate::error::{Code, Error};
 
 pub type AppState = Arc<App>;
@@ -125,11 +125,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     }
 }
 
-/// The caller, from `Authorization: Bearer <token>`: a valid token of a user that
-/// still exists (else `unauthorized`).
+/// The caller's id, from `Authorization: Bearer <token>`: a valid token of a user
+/// that still exists (else `unauthorized`).
 pub struct Caller(pub UserId);
 
+/// The caller, as [`Caller`], with the user record that check read.
+pub struct CallerUser(pub User);
+
 impl FromRequestParts<AppState> for Caller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
+        let CallerUser(user) = CallerUser::from_request_parts(parts, app).await?;
+        Ok(Caller(user.id))
+    }
+}
+
+impl FromRequestParts<AppState> for CallerUser {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
@@ -142,8 +154,7 @@ impl FromRequestParts<AppState> for Caller {
             .strip_prefix("Bearer ")
             .ok_or_else(|| Error::unauthorized("the Authorization header must be Bearer <token>"))?;
         let user = app.tokens.verify(token.trim())?;
-        app.chat.user(user).await?;
-        Ok(Caller(user))
+        Ok(CallerUser(app.chat.user(user).await?))
     }
 }
 

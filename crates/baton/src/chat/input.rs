@@ -9,23 +9,23 @@ fn has_forbidden_controls(s: &str) -> bool {
     s.chars().any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
 }
 
-/// Serde: an id in a payload is a positive integer; anything else (`-1`, `0`) is
-/// refused as malformed (`invalid`) before any lookup.
-pub fn positive_id<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<i64, D::Error> {
-    let id = <i64 as serde::Deserialize>::deserialize(d)?;
+/// An id is a positive integer; anything else (`-1`, `0`) is malformed.
+fn positive<E: serde::de::Error>(id: i64) -> std::result::Result<i64, E> {
     if id < 1 {
-        return Err(serde::de::Error::custom(format!("ids are positive integers, not {id}")));
+        return Err(E::custom(format!("ids are positive integers, not {id}")));
     }
     Ok(id)
 }
 
+/// Serde: an id in a payload, refused as malformed (`invalid`) before any lookup
+/// unless it is a positive integer.
+pub fn positive_id<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<i64, D::Error> {
+    positive(<i64 as serde::Deserialize>::deserialize(d)?)
+}
+
 /// Serde: a list of ids, each as [`positive_id`].
 pub fn positive_ids<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<i64>, D::Error> {
-    let ids = <Vec<i64> as serde::Deserialize>::deserialize(d)?;
-    if let Some(bad) = ids.iter().find(|&&id| id < 1) {
-        return Err(serde::de::Error::custom(format!("ids are positive integers, not {bad}")));
-    }
-    Ok(ids)
+    <Vec<i64> as serde::Deserialize>::deserialize(d)?.into_iter().map(positive).collect()
 }
 
 fn bounded_text(field: &str, raw: &str, max: usize) -> Result<String> {

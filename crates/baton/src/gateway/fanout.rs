@@ -171,18 +171,16 @@ impl Fanout {
     }
 
     /// `typing` from `origin` to the rest of the channel's room (volatile: never
-    /// queued), unless the user typed in this channel too often; returns whether it
-    /// was relayed.
-    pub async fn typing_from<A: ChatAdapter>(&self, origin: &SocketRef<A>, channel: ChannelId, user: UserId) -> bool {
+    /// queued), unless the user typed in this channel too often.
+    pub async fn typing_from<A: ChatAdapter>(&self, origin: &SocketRef<A>, channel: ChannelId, user: UserId) {
         if self.typing.check_key(&(user, channel)).is_err() {
             metrics::counter!(m::TYPING_DROPPED).increment(1);
-            return false;
+            return;
         }
         let typing = serde_json::json!({ "channelId": channel, "userId": user });
         if let Err(e) = origin.to(channel_room(channel)).volatile().emit("typing", &typing).await {
             tracing::debug!(error = %e, "typing broadcast failed");
         }
-        true
     }
 
     /// Forgets the rate state of users who stopped typing (a periodic clean-up).

@@ -212,10 +212,8 @@ drain_colour() {
         echo "$c: draining (baton drain --wait, up to $((window + 10))s)" >&2
         err=$(mktemp)
         # The token goes through the environment, not the command line where ps shows it.
-        if DRAIN_REPORT=$(BATON_ADMIN_TOKEN=$token timeout $((window + 10)) \
+        if ! DRAIN_REPORT=$(BATON_ADMIN_TOKEN=$token timeout $((window + 10)) \
             "$bin" drain --url "$(url_of "$c")" --wait --json 2>"$err"); then
-            :
-        else
             DRAIN_REPORT=
             warn "$c: baton drain failed ($(tail -n 1 "$err")); sending SIGTERM instead (baton drains on it too)"
             signal_colour "$c"

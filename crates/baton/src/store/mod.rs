@@ -262,8 +262,8 @@ impl Store {
     }
 
     /// The background check behind [`Store::is_up`]: a ping every `every`, each
-    /// bounded by the deadline. Runs until the store's last clone is dropped... or
-    /// its task is aborted (the server does at shut-down).
+    /// bounded by the deadline. Runs until its task is aborted (the server does at
+    /// shut-down).
     pub async fn watch_health(&self, every: Duration) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

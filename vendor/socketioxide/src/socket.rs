@@ -294,6 +294,9 @@ pub struct Socket<A: Adapter = LocalAdapter> {
     ack_sweep_at: AtomicUsize,
     ack_counter: AtomicI64,
     connected: AtomicBool,
+    /// Set by the first [`Socket::close`]: a socket is closed once, whichever of its
+    /// namespace DISCONNECT and its transport's close comes first.
+    closed: AtomicBool,
     pub(crate) parser: Parser,
     /// The socket id
     pub id: Sid,
@@ -324,6 +327,7 @@ impl<A: Adapter> Socket<A> {
             ack_sweep_at: AtomicUsize::new(ACK_SWEEP_MIN),
             ack_counter: AtomicI64::new(0),
             connected: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             parser,
             id: sid,
             #[cfg(feature = "extensions")]
@@ -801,6 +805,13 @@ impl<A: Adapter> Socket<A> {
     ///
     /// It maybe also close when the underlying transport is closed or failed.
     pub(crate) fn close(self: Arc<Self>, reason: DisconnectReason) {
+        // A client's DISCONNECT followed by its transport's close closes the socket
+        // twice. The second call found no disconnect handler (the first took it) and
+        // removed the socket from its rooms at once, while the first call's handler
+        // was still running: the handler then saw no rooms.
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
         self.set_connected(false);
 
         let disconnect_handler = { self.disconnect_handler.lock().unwrap().take() };

@@ -6,13 +6,13 @@
 //! with PROTOCOL.md's error.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Event, SocketRef};
 
-use super::extract::{InOrder, Live, Payload, Received, Turnstile, event};
+use super::extract::{InOrder, Live, Payload, Received, Ticket, Turnstile, event};
 use super::{
     Ack, Acked, COMMUNITY_NS_PREFIX, Refusal, Session, SocketSlot, answer, authenticate, channel_room, count_connect,
     room_channel, session, user_room,
@@ -26,9 +26,19 @@ use crate::reconnect::{self, Entry, Since};
 /// At most this many channels in one `join` (PROTOCOL.md).
 pub const MAX_JOIN: usize = 100;
 
-/// A community socket's session: who, where, and what to replay once connected.
+/// What a community socket's connect still has to do: the replay it asked for, and
+/// the first place in the socket's queue, held from admission so that the rejoin
+/// and replay run before any event of the socket and before its close's handler.
 struct Pending {
     since: Option<Since>,
+    turn: Mutex<Option<Ticket>>,
+}
+
+impl Pending {
+    /// The connect's place in the queue, once.
+    fn take_turn(&self) -> Option<Ticket> {
+        self.turn.lock().unwrap().take()
+    }
 }
 
 /// Admission on a community namespace (from the shared middleware): draining, the
@@ -43,10 +53,12 @@ pub(super) async fn admit<A: ChatAdapter>(
     let path = socket.ns().to_owned();
     app.namespaces.begin(&path);
     match check_admission(app, &path, &auth).await {
-        Ok((session, pending, slot)) => {
+        Ok((session, since, slot)) => {
+            let turnstile = Arc::new(Turnstile::default());
+            let pending = Pending { since, turn: Mutex::new(Some(turnstile.ticket())) };
             socket.extensions.insert(Arc::new(slot));
             socket.extensions.insert(Arc::new(session));
-            socket.extensions.insert(Arc::new(Turnstile::default()));
+            socket.extensions.insert(turnstile);
             socket.extensions.insert(Arc::new(pending));
             register_handlers(&socket);
             count_connect("community", "accepted");
@@ -65,7 +77,11 @@ pub(super) async fn admit<A: ChatAdapter>(
     }
 }
 
-async fn check_admission(app: &App, path: &str, auth: &serde_json::Value) -> Result<(Session, Pending, SocketSlot)> {
+async fn check_admission(
+    app: &App,
+    path: &str,
+    auth: &serde_json::Value,
+) -> Result<(Session, Option<Since>, SocketSlot)> {
     if app.drain.is_draining() {
         return Err(Error::new(Code::Draining, "this instance is draining; connect to another"));
     }
@@ -89,7 +105,7 @@ async fn check_admission(app: &App, path: &str, auth: &serde_json::Value) -> Res
         app.chat.user(user).await?;
         return Err(Error::forbidden("you are not a member of this community"));
     }
-    Ok((Session { user, community: Some(community) }, Pending { since }, slot))
+    Ok((Session { user, community: Some(community) }, since, slot))
 }
 
 fn parse_since(v: &serde_json::Value) -> Result<Since> {
@@ -106,14 +122,25 @@ fn parse_since(v: &serde_json::Value) -> Result<Since> {
 
 pub(super) async fn on_connect<A: ChatAdapter>(socket: SocketRef<A>, Live(app): Live) {
     app.namespaces.end(socket.ns());
+    // The socket's first turn, taken at admission: its events and its close's handler
+    // wait for the rejoin and replay below.
+    let pending = socket.extensions.get::<Arc<Pending>>();
+    let _turn = match pending.as_ref().and_then(|p| p.take_turn()) {
+        Some(ticket) => Some(ticket.wait().await),
+        None => None,
+    };
     let Some(session) = session(&socket) else {
         return;
     };
     let Some(community) = session.community else {
         return;
     };
-    let since = socket.extensions.get::<Arc<Pending>>().and_then(|p| p.since.clone());
+    let since = pending.and_then(|p| p.since.clone());
     metrics::gauge!(crate::metrics::SOCKETS, "namespace" => socket.ns().to_owned()).increment(1.0);
+    if !socket.connected() {
+        // Closed already: nothing to rejoin (its close's handler runs after this turn).
+        return;
+    }
     socket.join(user_room(session.user));
     if let Err(e) = recover(&app, &socket, session.user, community, since).await {
         tracing::warn!(sid = %socket.id, error = %e, "recovery failed; the client can join and page history");
@@ -452,8 +479,11 @@ async fn in_community(app: &App, user: UserId, community: CommunityId, channel: 
     app.chat.member_channel_in(user, channel, Some(community)).await.map(drop)
 }
 
-async fn on_disconnect<A: ChatAdapter>(socket: SocketRef<A>, Live(app): Live) {
+/// Runs in the socket's turn (after the connect's rejoin and every event before the
+/// close), so the rooms it reads are all the socket entered.
+async fn on_disconnect<A: ChatAdapter>(socket: SocketRef<A>, Live(app): Live, InOrder(turn): InOrder) {
     let socket = &socket;
+    let _turn = turn.wait().await;
     let Ok((user, community)) = session_of(socket) else { return };
     metrics::gauge!(crate::metrics::SOCKETS, "namespace" => socket.ns().to_owned()).decrement(1.0);
     app.drain.forget(&socket.id.to_string());

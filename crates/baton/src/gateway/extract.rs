@@ -105,7 +105,7 @@ impl Default for Turnstile {
 }
 
 impl Turnstile {
-    fn ticket(self: &Arc<Self>) -> Ticket {
+    pub(super) fn ticket(self: &Arc<Self>) -> Ticket {
         Ticket { number: self.issued.fetch_add(1, Ordering::SeqCst), turnstile: Some(self.clone()) }
     }
 }
@@ -168,6 +168,17 @@ impl<A: ChatAdapter> FromMessageParts<A> for InOrder {
             s.extensions.insert(t.clone());
             t
         });
+        Ok(InOrder(turnstile.ticket()))
+    }
+}
+
+/// The socket's close takes its place in the queue too: its handler runs after every
+/// event that arrived before it, and after the connect's own rejoin, so that what
+/// they enter (rooms, presence) is there for it to leave.
+impl<A: ChatAdapter> FromDisconnectParts<A> for InOrder {
+    type Error = std::convert::Infallible;
+    fn from_disconnect_parts(s: &Arc<Socket<A>>, _: DisconnectReason) -> Result<Self, Self::Error> {
+        let turnstile = s.extensions.get::<Arc<Turnstile>>().unwrap_or_default();
         Ok(InOrder(turnstile.ticket()))
     }
 }

@@ -448,3 +448,60 @@ async fn an_unknown_event_gets_an_invalid_ack() {
     assert_eq!(ack["error"]["code"], "invalid");
     assert!(matches!(s.next(QUIET).await, Ok(Incoming::Event { .. }) | Err(ClientError::Timeout)));
 }
+
+/// Many users, each with two sockets in one channel, all closing at once; then
+/// sockets that close with a `join` still in flight, and sockets that close while
+/// the connect's own rejoin is still running. Each user must end offline (the
+/// observer is told, and `GET .../presence` no longer lists them): no order of
+/// leaves, enters and closes may leave a stale presence entry behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_survives_simultaneous_disconnects_and_closes_mid_join() {
+    const USERS: usize = 12;
+    let app = spawn_app().await;
+    let c = app.populated_community(USERS, 1).await;
+    let ch = c.channels[0];
+    let ns = format!("/socket/commu-{}", c.cid);
+    let online = async || -> Vec<i64> {
+        let (_, body) = app.get(&format!("/api/channels/{ch}/presence"), &c.owner.token).await;
+        body["online"].as_array().unwrap().iter().map(|u| u.as_i64().unwrap()).collect()
+    };
+    let _watch = app.joined(c.cid, &c.owner, &[ch]).await;
+
+    // 1. Two sockets per user, in the channel, closed at the same moment.
+    let mut pairs = Vec::new();
+    for user in &c.users {
+        pairs.push((app.joined(c.cid, user, &[ch]).await, app.joined(c.cid, user, &[ch]).await));
+    }
+    assert_eq!(online().await.len(), USERS + 1);
+    futures::future::join_all(pairs.into_iter().map(|(a, b)| async move { tokio::join!(a.close(), b.close()) })).await;
+    eventually("every user of the pairs is offline", WAIT, async || online().await == vec![c.owner.id]).await;
+
+    // 2. A `join` still in flight when the socket closes (its ack never awaited).
+    for round in 0..3 {
+        let mut closing = Vec::new();
+        for user in &c.users {
+            let s = app.connect(&ns, user).await;
+            let _ack = s.emit_with_ack_deferred("join", json!({ "channels": [ch] })).await.unwrap();
+            closing.push(async move {
+                if round == 2 {
+                    drop(s); // cut, no DISCONNECT packet
+                } else {
+                    s.close().await;
+                }
+            });
+        }
+        futures::future::join_all(closing).await;
+        eventually(&format!("closed mid-join (round {round}): offline"), WAIT, async || {
+            online().await == vec![c.owner.id]
+        })
+        .await;
+    }
+
+    // 3. Closed while the connect's rejoin of the remembered channel runs.
+    for user in &c.users {
+        let s = app.connect(&ns, user).await;
+        drop(s);
+    }
+    eventually("closed mid-rejoin: offline", WAIT, async || online().await == vec![c.owner.id]).await;
+    app.stop().await;
+}

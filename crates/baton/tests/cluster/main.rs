@@ -302,6 +302,58 @@ async fn a_killed_instances_users_go_offline_within_30_seconds() {
     println!("presence: a SIGKILLed instance's user was reported offline after {took:?}");
 }
 
+/// The presence race of a cluster: each user has a socket on each of two instances
+/// in one channel, and both close at the same moment (then again with a `join`
+/// still in flight, then while the connect's rejoin runs). Every user must end
+/// offline in Redis, announced to an observer on either instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_disconnects_on_two_instances_leave_no_one_online() {
+    const USERS: usize = 12;
+    let cluster = Cluster::start(2).await;
+    let rest = cluster.rest(0);
+    let c = rest.populated_community(USERS, 1).await;
+    let ch = c.channels[0];
+    let ns = format!("/socket/commu-{}", c.cid);
+    let online = async || -> Vec<i64> {
+        let (_, body) = rest.get(&format!("/api/channels/{ch}/presence"), &c.owner.token).await;
+        body["online"].as_array().unwrap().iter().map(|u| u.as_i64().unwrap()).collect()
+    };
+    let _watch = cluster.rest(1).joined(c.cid, &c.owner, &[ch]).await;
+    let started = Instant::now();
+    let mut pairs = Vec::new();
+    for user in &c.users {
+        pairs
+            .push((cluster.rest(0).joined(c.cid, user, &[ch]).await, cluster.rest(1).joined(c.cid, user, &[ch]).await));
+    }
+    assert_eq!(online().await.len(), USERS + 1);
+    futures::future::join_all(pairs.into_iter().map(|(a, b)| async move { tokio::join!(a.close(), b.close()) })).await;
+    common::eventually("every user of the pairs is offline", WAIT, async || online().await == vec![c.owner.id]).await;
+    for round in 0..2 {
+        let mut closing = Vec::new();
+        for (i, user) in c.users.iter().enumerate() {
+            let s = cluster.rest(i % 2).connect(&ns, user).await;
+            let _ack = s.emit_with_ack_deferred("join", json!({ "channels": [ch] })).await.unwrap();
+            closing.push(async move {
+                if round == 0 {
+                    s.close().await;
+                } else {
+                    drop(s);
+                }
+            });
+        }
+        futures::future::join_all(closing).await;
+        common::eventually("closed mid-join: offline", WAIT, async || online().await == vec![c.owner.id]).await;
+    }
+    for (i, user) in c.users.iter().enumerate() {
+        drop(cluster.rest(i % 2).connect(&ns, user).await);
+    }
+    common::eventually("closed mid-rejoin: offline", WAIT, async || online().await == vec![c.owner.id]).await;
+    println!(
+        "presence: {USERS} users' simultaneous disconnects on two instances, all offline, in {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_removed_while_away_is_not_rejoined_on_another_instance() {
     let cluster = Cluster::start(2).await;

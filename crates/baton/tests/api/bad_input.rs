@@ -287,7 +287,8 @@ async fn a_malformed_packet_or_an_oversize_message_closes_only_that_transport() 
         .unwrap();
     wait_closed(&mut binary).await;
 
-    // Over --max-message (64 KiB by default) on a WebSocket: closed as well.
+    // Over --max-message (64 KiB by default) on a WebSocket: closed as well (with
+    // 1009: `a_websocket_message_over_the_limit_is_closed_with_1009`).
     let mut big = w.app.connect(&ns, &w.alice).await;
     let huge = json!({ "chatType": "new", "channelId": w.general, "content": "x".repeat(70 * 1024) });
     let _ = big.emit("chat", huge).await;
@@ -397,4 +398,39 @@ async fn a_disallowed_browser_origin_is_refused_before_the_socket_opens() {
     let same =
         baton_client::ClientOptions { headers: vec![("Origin".into(), w.app.base.clone())], ..Default::default() };
     assert!(Socket::connect_with(&w.app.base, "/", json!({ "token": w.alice.token }), same).await.is_ok());
+}
+
+/// A WebSocket message far over --max-message (20 MB) is answered with a Close
+/// frame carrying 1009 ("message too big"), read by the client once it has sent its
+/// message (the server reads and drops the rest instead of resetting the
+/// connection, which the client would see as 1006); the instance carries on.
+#[tokio::test]
+async fn a_websocket_message_over_the_limit_is_closed_with_1009() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let w = world().await;
+    let url = format!("{}/socket.io/?EIO=4&transport=websocket", w.app.base.replacen("http", "ws", 1));
+    for size in [70 * 1024, 20 << 20] {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        let open = ws.next().await.unwrap().unwrap();
+        assert!(open.to_text().unwrap().starts_with("0{"), "{open:?}");
+        // Sending may fail once the server has closed: what matters is what it said.
+        let _ = ws.send(Message::text(format!("4{}", "x".repeat(size)))).await;
+        let close = tokio::time::timeout(WAIT, async {
+            while let Some(Ok(msg)) = ws.next().await {
+                if let Message::Close(frame) = msg {
+                    return frame;
+                }
+            }
+            None
+        })
+        .await
+        .expect("closed in time");
+        let frame = close.unwrap_or_else(|| panic!("a {size}-byte message: no Close frame"));
+        assert_eq!(frame.code, CloseCode::Size, "a {size}-byte message: {frame:?}");
+    }
+    let a = w.app.joined(w.cid, &w.alice, &[w.general]).await;
+    assert_eq!(chat(&a, w.general, "after the big ones").await["written"], true);
 }

@@ -85,8 +85,8 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
     tokio::spawn(async move {
         let res = match setup.await {
             None => return,
-            Some(Ok((socket, rx))) => {
-                run_session(&engine, socket, rx).await;
+            Some(Ok((socket, rx, writer))) => {
+                run_session(&engine, socket, rx, writer).await;
                 Ok(())
             }
             Some(Err(e)) => Err(e),
@@ -131,20 +131,29 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // Boxed (baton patch): see `new_req`.
-    let (socket, rx) = Box::pin(init_session(&engine, conn, protocol, sid, req_data)).await?;
-    run_session(&engine, socket, rx).await;
+    let (socket, rx, writer) = Box::pin(init_session(&engine, conn, protocol, sid, req_data)).await?;
+    run_session(&engine, socket, rx, writer).await;
     Ok(())
 }
 
+/// The writing half of a session's websocket, handed back by its writer task when the
+/// session closes (baton patch), so that the session can end the websocket as it must.
+type Writer<S> = tokio::task::JoinHandle<SplitSink<WebSocketStream<S>, Message>>;
+
+/// How long a session closed for a message over the size limit keeps reading (and
+/// dropping) what the client is still sending, so that its Close frame is read rather
+/// than lost to a reset (baton patch; see [`close_too_big`]).
+const TOO_BIG_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The handshake of a websocket session (a new one, or the upgrade of a polling one); starts
-/// the writer and hands back the socket and the websocket's reading half.
+/// the writer and hands back the socket, the websocket's reading half and the writer.
 async fn init_session<H: EngineIoHandler, S>(
     engine: &Arc<EngineIo<H>>,
     conn: S,
     protocol: ProtocolVersion,
     sid: Option<Sid>,
     req_data: Parts,
-) -> Result<(Arc<Socket<H::Data>>, SplitStream<WebSocketStream<S>>), Error>
+) -> Result<(Arc<Socket<H::Data>>, SplitStream<WebSocketStream<S>>, Writer<S>), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -198,23 +207,26 @@ where
     let (tx, rx) = ws.split();
 
     // Pipe between websocket and internal socket channel.
-    tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx));
-    Ok((socket, rx))
+    let writer = tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx));
+    Ok((socket, rx, writer))
 }
 
-/// Reads the session's packets until the websocket closes or the session is cancelled.
+/// Reads the session's packets until the websocket closes or the session is cancelled,
+/// then ends the websocket once the writer has stopped.
 async fn run_session<H: EngineIoHandler, S>(
     engine: &Arc<EngineIo<H>>,
     socket: Arc<Socket<H::Data>>,
-    rx: SplitStream<WebSocketStream<S>>,
+    mut rx: SplitStream<WebSocketStream<S>>,
+    writer: Writer<S>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // pipe between internal socket channel and websocket
-    match forward_to_handler(engine, rx, &socket)
+    let outcome = forward_to_handler(engine, &mut rx, &socket)
         .with_cancellation_token(&socket.cancellation_token)
-        .await
-    {
+        .await;
+    let too_big = matches!(&outcome, Some(Err(Error::WsTransport(e))) if matches!(**e, tungstenite::Error::Capacity(_)));
+    match outcome {
         Some(Err(ref e)) => {
             let reason =
                 Option::<DisconnectReason>::from(e).unwrap_or(DisconnectReason::TransportError);
@@ -233,12 +245,53 @@ async fn run_session<H: EngineIoHandler, S>(
             tracing::debug!(sid = %socket.id, "socket is closing");
         }
     }
+    // The session is closed, so the writer stops (it watches the same cancellation) and
+    // hands its half of the websocket back.
+    let Ok(mut tx) = writer.await else { return };
+    if too_big {
+        close_too_big(rx, tx).await;
+    } else {
+        tx.close().await.ok();
+    }
+}
+
+/// Ends a websocket whose client sent a message over the size limit (baton patch): a
+/// Close frame with code 1009 ("message too big", RFC 6455 7.4.1), as Node's `ws` sends,
+/// then what the client is still sending is read and dropped, for at most
+/// [`TOO_BIG_LINGER`], until it closes its side or goes quiet for a second. Closing at once, with its message
+/// unread, would answer the client with a TCP reset, which it sees as an abnormal
+/// close (1006) and which can destroy the Close frame before it is read.
+async fn close_too_big<S>(rx: SplitStream<WebSocketStream<S>>, tx: SplitSink<WebSocketStream<S>, Message>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio::io::AsyncReadExt;
+    use tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
+
+    let Ok(mut ws) = rx.reunite(tx) else { return };
+    let frame = CloseFrame { code: CloseCode::Size, reason: "message too big".into() };
+    if ws.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let stream = ws.get_mut();
+    let mut buf = vec![0u8; 16 * 1024];
+    // Until the client closes its side, or stays quiet for a second (it has read the
+    // Close frame, answered it and waits for the server to close the connection).
+    let drop_the_rest = async {
+        let quiet = std::time::Duration::from_secs(1);
+        while let Ok(Ok(n)) = tokio::time::timeout(quiet, stream.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(TOO_BIG_LINGER, drop_the_rest).await;
 }
 
 /// Forwards all packets received from a websocket to a EngineIo [`Socket`]
 async fn forward_to_handler<H: EngineIoHandler, S>(
     engine: &Arc<EngineIo<H>>,
-    mut rx: SplitStream<WebSocketStream<S>>,
+    rx: &mut SplitStream<WebSocketStream<S>>,
     socket: &Arc<Socket<H::Data>>,
 ) -> Result<(), Error>
 where
@@ -306,7 +359,8 @@ async fn next_change<T>(
 async fn forward_to_socket<H: EngineIoHandler, S>(
     socket: Arc<Socket<H::Data>>,
     mut tx: SplitSink<WebSocketStream<S>, Message>,
-) where
+) -> SplitSink<WebSocketStream<S>, Message>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // A polling request that was in progress during the upgrade may still hold the lock.
@@ -317,7 +371,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
     else {
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
-        return;
+        return tx;
     };
     let InternalRx {
         buffered_rx,
@@ -413,7 +467,8 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
     tracing::trace!(sid = %socket.id, "ws closing flush");
 
     tx.flush().await.ok();
-    tx.close().await.ok();
+    // The caller closes the websocket (baton patch: see `run_session`).
+    tx
 }
 /// Send a Engine.IO [`OpenPacket`] to initiate a websocket connection
 async fn init_handshake<S>(

@@ -95,6 +95,25 @@ pub struct Config {
     #[arg(long, env = "BATON_MAX_MESSAGE", default_value_t = 64 * 1024, global = true)]
     pub max_message: usize,
 
+    /// How often the server pings each Engine.IO session; clients learn it in the
+    /// handshake. With `--ping-timeout`, how soon a silent client is noticed gone.
+    #[arg(long, env = "BATON_PING_INTERVAL", default_value = "25s", value_parser = humantime::parse_duration, global = true)]
+    pub ping_interval: Duration,
+
+    /// How long a session may leave a ping unanswered before it is closed.
+    #[arg(long, env = "BATON_PING_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration, global = true)]
+    pub ping_timeout: Duration,
+
+    /// How long a session may stay without a namespace after its handshake before it
+    /// is closed.
+    #[arg(long, env = "BATON_CONNECT_TIMEOUT", default_value = "45s", value_parser = humantime::parse_duration, global = true)]
+    pub connect_timeout: Duration,
+
+    /// How long an upgrade from long-polling to WebSocket may take before it is
+    /// abandoned and its session closed.
+    #[arg(long, env = "BATON_UPGRADE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub upgrade_timeout: Duration,
+
     /// Socket.IO sockets one user may have open on this instance, over every namespace
     /// (a browser tab has two: `/` and its community). Beyond it, a connect is
     /// refused with `rate_limited`.
@@ -199,6 +218,10 @@ impl std::fmt::Debug for Config {
             allowed_origins,
             max_http_body,
             max_message,
+            ping_interval,
+            ping_timeout,
+            connect_timeout,
+            upgrade_timeout,
             max_sockets_per_user,
             db_timeout,
             chat_rate,
@@ -223,6 +246,10 @@ impl std::fmt::Debug for Config {
             .field("allowed_origins", allowed_origins)
             .field("max_http_body", max_http_body)
             .field("max_message", max_message)
+            .field("ping_interval", ping_interval)
+            .field("ping_timeout", ping_timeout)
+            .field("connect_timeout", connect_timeout)
+            .field("upgrade_timeout", upgrade_timeout)
             .field("max_sockets_per_user", max_sockets_per_user)
             .field("db_timeout", db_timeout)
             .field("chat_rate", chat_rate)

@@ -3,8 +3,8 @@
 //! ([`Connection`], what a drain shuts a WebSocket's transport down with); the
 //! transport limits every instance applies ([`with_limits`], and
 //! [`detach_from_read_buffer`] so a session does not pin hyper's read buffer); and
-//! giving the memory freed by connection handshakes back to the system
-//! ([`trim_after_connection_bursts`]).
+//! giving memory freed by connection bursts and floods of dead sessions back to the
+//! system ([`return_freed_memory`]).
 //!
 //! Invariant kept here: a [`Connection`] reaches its descriptor only while the
 //! connection is open (the descriptor is forgotten before it is closed), so a shut
@@ -13,7 +13,6 @@
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -34,14 +33,6 @@ use crate::config::Config;
 /// [`Connection`] handle.
 pub struct Listener(pub TcpListener);
 
-/// Connections accepted since start, by every [`Listener`] of the process.
-static ACCEPTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// How many connections the process has accepted since it started.
-pub fn accepted() -> u64 {
-    ACCEPTED.load(Ordering::Relaxed)
-}
-
 /// An accepted TCP connection, tracked so that a [`Connection`] can shut it down
 /// while it is open.
 pub struct TrackedStream {
@@ -56,7 +47,6 @@ impl axum::serve::Listener for Listener {
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         // axum's own accept loop (it retries, and backs off on errors such as EMFILE).
         let (stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
-        ACCEPTED.fetch_add(1, Ordering::Relaxed);
         // Chat packets are small and latency-bound: no Nagle delay.
         let _ = stream.set_nodelay(true);
         let fd = Arc::new(Mutex::new(Some(stream.as_raw_fd())));
@@ -144,7 +134,7 @@ const SOCKET_BUFFER_PACKETS: usize = 1024;
 /// most this much per read. 3 KiB less per idle connection.
 const WS_READ_BUFFER: usize = 1024;
 
-/// Applies baton's limits to a Socket.IO builder.
+/// Applies baton's limits and timings to a Socket.IO builder.
 ///
 /// socketioxide bounds long-polling bodies with `max_payload` only; a WebSocket
 /// message is otherwise bounded at 64 MiB, so both transports get `--max-message`.
@@ -160,6 +150,10 @@ pub fn with_limits<A: Adapter>(builder: SocketIoBuilder<A>, config: &Config) -> 
         .ws_max_frame_size(config.max_message)
         .max_buffer_size(SOCKET_BUFFER_PACKETS)
         .ws_read_buffer_size(WS_READ_BUFFER)
+        .ping_interval(config.ping_interval)
+        .ping_timeout(config.ping_timeout)
+        .connect_timeout(config.connect_timeout)
+        .upgrade_timeout(config.upgrade_timeout)
 }
 
 /// Middleware in front of the Socket.IO layer: gives the request its own copy of
@@ -194,35 +188,58 @@ pub async fn detach_from_read_buffer(mut req: Request) -> Request {
     req
 }
 
-/// Gives the memory that connection handshakes freed back to the system once a burst
-/// of new connections has settled (a second with no accept, or every 10 s while they
-/// keep coming). Each handshake's 16 KiB HTTP read buffer is freed after the upgrade,
-/// between the connection's long-lived blocks, and glibc keeps those holes: about 10
-/// KiB of resident memory per idle connection (docs/benchmarks.md). `malloc_trim`
-/// returns their pages; it runs on the blocking pool and costs nothing while no
-/// connection arrives.
-pub async fn trim_after_connection_bursts() {
+/// Gives memory the allocator holds free back to the system once a wave of frees has
+/// settled. glibc keeps freed chunks in its arenas and returns only the top of a heap
+/// on its own; a burst of connections (each handshake frees a 16 KiB HTTP read buffer
+/// between long-lived blocks: about 10 KiB of resident memory per idle connection,
+/// docs/benchmarks.md) or a flood of sessions that end on their own timers (never
+/// connected, never polled, never upgraded: 80 MiB for 10,000 of them) leaves
+/// megabytes of holes behind. Every second this reads how much the allocator holds
+/// free (`mallinfo2`); when that has grown by [`WORTH_TRIMMING`] since the last trim
+/// and stopped growing (or kept growing for 10 s), `malloc_trim` returns the free
+/// pages, on the blocking pool. Quiet, it costs one `mallinfo2` a second.
+pub async fn return_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (mut seen, mut untrimmed_ticks) = (accepted(), 0u32);
+        // The least free memory held since the last trim, and the last reading.
+        let mut floor = free_held();
+        let mut last = floor;
+        let mut worth_since: Option<std::time::Instant> = None;
         loop {
             tick.tick().await;
-            let accepted = accepted();
-            let settled = accepted == seen;
-            seen = accepted;
-            if untrimmed_ticks == 0 && settled {
-                continue; // nothing new since the last trim
+            let free = free_held();
+            floor = floor.min(free);
+            let growing = free > last;
+            last = free;
+            if free < floor + WORTH_TRIMMING {
+                worth_since = None;
+                continue;
             }
-            untrimmed_ticks += 1;
-            if settled || untrimmed_ticks >= 10 {
-                untrimmed_ticks = 0;
-                let started = std::time::Instant::now();
-                // SAFETY: malloc_trim only walks the allocator's arenas, under their locks.
-                let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
-                tracing::debug!(took = ?started.elapsed(), "returned freed memory to the system");
+            let since = *worth_since.get_or_insert_with(std::time::Instant::now);
+            if growing && since.elapsed() < Duration::from_secs(10) {
+                continue; // still freeing: trim once it settles
             }
+            let started = std::time::Instant::now();
+            // SAFETY: malloc_trim only walks the allocator's arenas, under their locks.
+            let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+            tracing::debug!(took = ?started.elapsed(), free_mib = free >> 20, "returned freed memory to the system");
+            // Trimmed pages still count as free chunks: the next trim waits for new frees.
+            floor = free_held();
+            last = floor;
+            worth_since = None;
         }
     }
+}
+
+/// Free memory grown by this much since the last trim is returned to the system.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const WORTH_TRIMMING: usize = 4 << 20;
+
+/// Bytes the allocator holds in free chunks, over all its arenas.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn free_held() -> usize {
+    // SAFETY: mallinfo2 only reads the allocator's statistics, under its arena locks.
+    unsafe { libc::mallinfo2() }.fordblks
 }

@@ -163,7 +163,7 @@ impl Server {
         let store = app.chat.store().clone();
         let mut background = vec![
             tokio::spawn(background_tasks(app.clone())),
-            tokio::spawn(listener::trim_after_connection_bursts()),
+            tokio::spawn(listener::return_freed_memory()),
             tokio::spawn(async move { store.watch_health(DB_CHECK_EVERY).await }),
         ];
         if let Some(registry) = registry.clone() {

@@ -7,6 +7,7 @@
 mod common;
 mod harness;
 mod member;
+mod memory;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -415,14 +415,23 @@ async function refreshCommunities() {
   }
 }
 
-function onNotify(n) {
-  let ch = state.channels.get(n.channelId);
+/**
+ * Someone else wrote a new message in a channel: one more unread unless it is in
+ * view. It arrives once per connection (PROTOCOL.md v1.1): as `new-chat` where this
+ * page's community socket follows the channel, as `notify` on `/` everywhere else.
+ */
+function countNew(communityId, channelId) {
+  let ch = state.channels.get(channelId);
   if (!ch) {
-    ch = { communityId: n.communityId, unread: 0 };
-    state.channels.set(n.channelId, ch);
+    ch = { communityId, unread: 0 };
+    state.channels.set(channelId, ch);
     refreshUnread();
   }
-  if (!(n.channelId === state.currentChid && isViewing())) ch.unread += 1;
+  if (!(channelId === state.currentChid && isViewing())) ch.unread += 1;
+}
+
+function onNotify(n) {
+  countNew(n.communityId, n.channelId);
   if (!state.communities.has(n.communityId)) refreshCommunities();
   const view = state.views.get(n.communityId);
   if (view && !view.list.some((c) => c.id === n.channelId)) refreshChannels(view);
@@ -626,7 +635,13 @@ async function loadPage(view, chid, initial = false) {
 function onMessage(view, m) {
   const typing = view.typing.get(m.channelId);
   if (typing?.delete(m.senderId)) renderTyping();
-  if (view === currentView() && m.channelId === state.currentChid) scheduleRender();
+  // A live creation (its eventSeq is its seq) by someone else. What a reconnect
+  // replays is counted by the refresh after `recovered`.
+  const live = view.conn !== "reconnecting";
+  if (live && m.eventSeq === m.seq && !m.deleted && m.senderId !== state.me?.id) {
+    countNew(m.communityId, m.channelId);
+    scheduleRender();
+  } else if (view === currentView() && m.channelId === state.currentChid) scheduleRender();
 }
 
 function onClientState(view, s) {
@@ -654,6 +669,7 @@ function onClientState(view, s) {
       }
       view.typing.clear();
       refreshChannels(view);
+      refreshUnread();
     } else {
       view.conn = "connected";
     }

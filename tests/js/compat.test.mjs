@@ -2,7 +2,7 @@
 // and over HTTP long-polling, against a real baton process.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { io } from "socket.io-client";
+import { io, Manager } from "socket.io-client";
 import { startBaton, rest, once, until } from "./baton.mjs";
 
 let baton, api;
@@ -71,6 +71,56 @@ for (const transport of ["websocket", "polling"]) {
       assert.ok(!cSeen.includes("new-chat"), "carol, outside the private channel, saw nothing");
     } finally {
       for (const s of [a, b, c, bRoot]) s.close();
+    }
+  });
+
+  test(`${transport}: one delivery per connection: no notify where the same connection gets new-chat (v1.1)`, async () => {
+    const alice = await api.user(`alice-once-${transport}`);
+    const bob = await api.user(`bob-once-${transport}`);
+    const cid = await api.community(alice, [bob]);
+    const ch = await api.channel(cid, alice, "general", false, [bob]);
+    // Bob's page: `/` and the community multiplexed on one connection (socket.io-client's
+    // default); and another device: `/` alone, on a connection of its own.
+    const page = new Manager(baton.base, opts());
+    const b = page.socket(`/socket/commu-${cid}`, { auth: { token: bob.token } });
+    const bRoot = page.socket("/", { auth: { token: bob.token } });
+    const device = io(`${baton.base}/`, { ...opts({ token: bob.token }), forceNew: true });
+    const seen = { newChat: [], rootNotify: [], deviceNotify: [] };
+    b.on("new-chat", (m) => seen.newChat.push(m.content));
+    bRoot.on("notify", (n) => seen.rootNotify.push(n.preview));
+    device.on("notify", (n) => seen.deviceNotify.push(n.preview));
+    const ready = Promise.all([once(b, "rejoined"), once(bRoot, "unread"), once(device, "unread")]);
+    // Posts as alice; resolves once the other device has its notify and a round trip on
+    // Bob's connection has come back (a notify sent to bRoot would have come first).
+    const post = async (content) => {
+      await api.call("POST", `/api/channels/${ch}/messages`, alice.token, { content });
+      await until(() => seen.deviceNotify.includes(content), 5000, `the other device's notify of ${content}`);
+      if (b.connected) await b.emitWithAck("history", { channelId: ch, limit: 1 });
+    };
+    try {
+      await ready;
+      await b.emitWithAck("join", { channels: [ch] });
+      await post("one");
+      await until(() => seen.newChat.includes("one"), 5000, "new-chat");
+      assert.deepEqual(seen.rootNotify, [], "the connection in the room got new-chat only");
+
+      await b.emitWithAck("leave", { channels: [ch] });
+      await post("two");
+      await until(() => seen.rootNotify.includes("two"), 5000, "notify once the room is left");
+      assert.ok(!seen.newChat.includes("two"));
+
+      await b.emitWithAck("join", { channels: [ch] });
+      await post("three");
+      await until(() => seen.newChat.includes("three"), 5000, "new-chat after joining again");
+      assert.deepEqual(seen.rootNotify, ["two"]);
+
+      // The community socket goes, `/` stays on the connection: notify again.
+      b.disconnect();
+      await post("four");
+      await until(() => seen.rootNotify.includes("four"), 5000, "notify once the community socket is gone");
+      assert.deepEqual(seen.rootNotify, ["two", "four"]);
+    } finally {
+      for (const s of [b, bRoot, device]) s.close();
     }
   });
 

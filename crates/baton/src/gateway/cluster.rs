@@ -62,6 +62,7 @@ async fn resync_with<A: ChatAdapter>(app: &App, io: &SocketIo<A>) {
                 kept.push(entry);
             } else {
                 socket.leave(channel_room(entry.channel));
+                super::root::follow_leaves(io, socket.id, vec![channel_room(entry.channel)]);
             }
         }
     }

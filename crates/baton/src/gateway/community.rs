@@ -15,7 +15,7 @@ use socketioxide::extract::{AckSender, Event, SocketRef};
 use super::extract::{InOrder, Live, Payload, Received, Ticket, Turnstile, event};
 use super::{
     Ack, Acked, COMMUNITY_NS_PREFIX, Refusal, Session, SocketSlot, answer, authenticate, channel_room, count_connect,
-    room_channel, session, user_room,
+    room_channel, root, session, user_room,
 };
 use crate::adapter::ChatAdapter;
 use crate::app::App;
@@ -120,7 +120,7 @@ fn parse_since(v: &serde_json::Value) -> Result<Since> {
     Ok(since)
 }
 
-pub(super) async fn on_connect<A: ChatAdapter>(socket: SocketRef<A>, Live(app): Live) {
+pub(super) async fn on_connect<A: ChatAdapter>(socket: SocketRef<A>, io: SocketIo<A>, Live(app): Live) {
     app.namespaces.end(socket.ns());
     // The socket's first turn, taken at admission: its events and its close's handler
     // wait for the rejoin and replay below.
@@ -142,7 +142,7 @@ pub(super) async fn on_connect<A: ChatAdapter>(socket: SocketRef<A>, Live(app): 
         return;
     }
     socket.join(user_room(session.user));
-    if let Err(e) = recover(&app, &socket, session.user, community, since).await {
+    if let Err(e) = recover(&app, &io, &socket, session.user, community, since).await {
         tracing::warn!(sid = %socket.id, error = %e, "recovery failed; the client can join and page history");
     }
 }
@@ -150,6 +150,7 @@ pub(super) async fn on_connect<A: ChatAdapter>(socket: SocketRef<A>, Live(app): 
 /// Rejoin, `rejoined`, replay, `recovered` (PROTOCOL.md, Recovery).
 async fn recover<A: ChatAdapter>(
     app: &App,
+    io: &SocketIo<A>,
     socket: &SocketRef<A>,
     user: UserId,
     community: CommunityId,
@@ -170,7 +171,7 @@ async fn recover<A: ChatAdapter>(
     if let Err(e) = app.fanout.joins.forget(user, community, &lost).await {
         tracing::warn!(user, community, error = %e, "could not forget channels the user left");
     }
-    let rejoined = enter_rooms(app, socket, user, community, &rejoined).await;
+    let rejoined = enter_rooms(app, io, socket, user, community, &rejoined).await;
     emit(socket, "rejoined", &serde_json::json!({ "channels": rejoined }));
     if since.is_some() {
         let replayable: Vec<(ChannelId, i64)> = asked.into_iter().filter(|(c, _)| rejoined.contains(c)).collect();
@@ -186,12 +187,13 @@ fn emit<A: ChatAdapter, T: serde::Serialize + ?Sized>(socket: &SocketRef<A>, eve
     }
 }
 
-/// Puts the socket in the channels' rooms, remembers them for reconnects, and
-/// announces users who just came online there. The rooms are joined whatever
-/// happens to the remembering: Redis trouble costs a reconnect its rejoin, not the
-/// live connection its messages.
+/// Puts the socket in the channels' rooms (and its connection's `/` socket, see
+/// [`root::follow_joins`]), remembers them for reconnects, and announces users who
+/// just came online there. The rooms are joined whatever happens to the remembering:
+/// Redis trouble costs a reconnect its rejoin, not the live connection its messages.
 async fn enter_rooms<A: ChatAdapter>(
     app: &App,
+    io: &SocketIo<A>,
     socket: &SocketRef<A>,
     user: UserId,
     community: CommunityId,
@@ -200,7 +202,9 @@ async fn enter_rooms<A: ChatAdapter>(
     if channels.is_empty() {
         return Vec::new();
     }
-    socket.join(channels.iter().map(|c| channel_room(*c)).collect::<Vec<_>>());
+    let rooms: Vec<String> = channels.iter().map(|c| channel_room(*c)).collect();
+    socket.join(rooms.clone());
+    root::follow_joins(io, socket.id, rooms);
     if let Err(e) = app.fanout.joins.remember(user, community, channels).await {
         tracing::warn!(user, community, error = %e, "could not remember joined channels");
     }
@@ -218,21 +222,25 @@ async fn enter_rooms<A: ChatAdapter>(
     let still = app.chat.member_channels_among(user, community, channels).await.unwrap_or_else(|_| channels.to_vec());
     let gone: Vec<ChannelId> = channels.iter().copied().filter(|c| !still.contains(c)).collect();
     if !gone.is_empty() {
-        leave_rooms(app, socket, user, community, &gone).await;
+        leave_rooms(app, io, socket, user, community, &gone).await;
         let _ = app.fanout.joins.forget(user, community, &gone).await;
     }
     still
 }
 
-/// Takes the socket out of the channels' rooms and announces users who went offline.
+/// Takes the socket (and its connection's `/` socket) out of the channels' rooms and
+/// announces users who went offline.
 async fn leave_rooms<A: ChatAdapter>(
     app: &App,
+    io: &SocketIo<A>,
     socket: &SocketRef<A>,
     user: UserId,
     community: CommunityId,
     channels: &[ChannelId],
 ) {
-    socket.leave(channels.iter().map(|c| channel_room(*c)).collect::<Vec<_>>());
+    let rooms: Vec<String> = channels.iter().map(|c| channel_room(*c)).collect();
+    socket.leave(rooms.clone());
+    root::follow_leaves(io, socket.id, rooms);
     for &channel in channels {
         let entry = presence_entry(socket, user, community, channel);
         match app.fanout.presence.leave(&entry).await {
@@ -316,11 +324,12 @@ async fn on_join<A: ChatAdapter>(
     received: Received<{ event::JOIN }>,
     InOrder(turn): InOrder,
     socket: SocketRef<A>,
+    io: SocketIo<A>,
     ack: AckSender<A>,
     payload: Payload,
 ) {
     let _turn = turn.wait().await;
-    answer(received, ack, Ack(join(&app, &socket, payload).await));
+    answer(received, ack, Ack(join(&app, &io, &socket, payload).await));
 }
 
 async fn on_leave<A: ChatAdapter>(
@@ -328,11 +337,12 @@ async fn on_leave<A: ChatAdapter>(
     received: Received<{ event::LEAVE }>,
     InOrder(turn): InOrder,
     socket: SocketRef<A>,
+    io: SocketIo<A>,
     ack: AckSender<A>,
     payload: Payload,
 ) {
     let _turn = turn.wait().await;
-    answer(received, ack, Ack(leave(&app, &socket, payload).await));
+    answer(received, ack, Ack(leave(&app, &io, &socket, payload).await));
 }
 
 /// Apply, ack, publish: the ack follows the commit (durable now, for the sender's
@@ -413,7 +423,12 @@ fn session_of<A: ChatAdapter>(socket: &SocketRef<A>) -> Result<(UserId, Communit
     Ok((session.user, community))
 }
 
-async fn join<A: ChatAdapter>(app: &App, socket: &SocketRef<A>, payload: Payload) -> Result<serde_json::Value> {
+async fn join<A: ChatAdapter>(
+    app: &App,
+    io: &SocketIo<A>,
+    socket: &SocketRef<A>,
+    payload: Payload,
+) -> Result<serde_json::Value> {
     let (user, community) = session_of(socket)?;
     let channels = ChannelList::parse(payload)?;
     let joined = app.chat.member_channels_among(user, community, &channels).await?;
@@ -422,17 +437,22 @@ async fn join<A: ChatAdapter>(app: &App, socket: &SocketRef<A>, payload: Payload
         let refusal = app.chat.join_refusal(user, community, channel).await?;
         rejected.push(serde_json::json!({ "channelId": channel, "code": refusal.code }));
     }
-    let joined = enter_rooms(app, socket, user, community, &joined).await;
+    let joined = enter_rooms(app, io, socket, user, community, &joined).await;
     Ok(serde_json::json!({ "joined": joined, "rejected": rejected }))
 }
 
-async fn leave<A: ChatAdapter>(app: &App, socket: &SocketRef<A>, payload: Payload) -> Result<serde_json::Value> {
+async fn leave<A: ChatAdapter>(
+    app: &App,
+    io: &SocketIo<A>,
+    socket: &SocketRef<A>,
+    payload: Payload,
+) -> Result<serde_json::Value> {
     let (user, community) = session_of(socket)?;
     let channels = ChannelList::parse(payload)?;
     if let Err(e) = app.fanout.joins.forget(user, community, &channels).await {
         tracing::warn!(user, community, error = %e, "could not forget left channels");
     }
-    leave_rooms(app, socket, user, community, &channels).await;
+    leave_rooms(app, io, socket, user, community, &channels).await;
     Ok(serde_json::json!({ "left": channels }))
 }
 
@@ -481,19 +501,22 @@ async fn in_community(app: &App, user: UserId, community: CommunityId, channel: 
 
 /// Runs in the socket's turn (after the connect's rejoin and every event before the
 /// close), so the rooms it reads are all the socket entered.
-async fn on_disconnect<A: ChatAdapter>(socket: SocketRef<A>, Live(app): Live, InOrder(turn): InOrder) {
+async fn on_disconnect<A: ChatAdapter>(socket: SocketRef<A>, io: SocketIo<A>, Live(app): Live, InOrder(turn): InOrder) {
     let socket = &socket;
     let _turn = turn.wait().await;
     let Ok((user, community)) = session_of(socket) else { return };
     metrics::gauge!(crate::metrics::SOCKETS, "namespace" => socket.ns().to_owned()).decrement(1.0);
     app.drain.forget(&socket.id.to_string());
+    // Leaving the rooms is the namespace's job; the connection's `/` socket, which may
+    // stay, leaves them here, so it gets `notify` for those channels again.
+    let channels: Vec<ChannelId> = socket.rooms().iter().filter_map(|r| room_channel(r)).collect();
+    root::follow_leaves(&io, socket.id, channels.iter().map(|c| channel_room(*c)).collect());
     if app.drain.is_draining() {
         // Moved by the drain: the presence entries stay for the grace period (see
         // `server::leave_cluster`), so a user who reconnects elsewhere never flaps.
         return;
     }
-    // Leaving the rooms is the namespace's job; this only updates presence.
-    for channel in socket.rooms().iter().filter_map(|r| room_channel(r)) {
+    for channel in channels {
         let entry = presence_entry(socket, user, community, channel);
         match app.fanout.presence.leave(&entry).await {
             Ok(true) => app.fanout.presence_from(socket, channel, user, false).await,

@@ -112,8 +112,9 @@ impl Fanout {
         }
     }
 
-    /// `notify` on `/` to every member of the channel but the sender: `members` if the
-    /// write read them, else read now.
+    /// `notify` on `/` to every member of the channel but the sender, except on
+    /// connections that get the message as `new-chat` (their `/` socket is in the
+    /// channel's room: `root.rs`): `members` if the write read them, else read now.
     async fn notify(&self, message: &Message, members: Option<&[UserId]>) {
         let read;
         let members = match members {
@@ -143,7 +144,7 @@ impl Fanout {
         };
         on_io!(&self.io, |io| {
             if let Some(root) = io.of("/") {
-                emit(root.to(rooms), "notify", &notify).await;
+                emit(root.to(rooms).except(channel_room(message.channel_id)), "notify", &notify).await;
             }
         });
     }
@@ -190,11 +191,13 @@ impl Fanout {
 
     /// Tells the user's own line that they were added to or removed from a channel.
     /// A removal also takes every socket of theirs out of the channel's room at once,
-    /// on every instance, forgets the channel for their reconnects, and updates presence.
+    /// on every instance (their `/` sockets too, which follow it: `root.rs`), forgets
+    /// the channel for their reconnects, and updates presence.
     pub async fn membership(&self, community: CommunityId, channel: ChannelId, user: UserId, member: bool) {
         if !member {
             on_io!(&self.io, |io| {
-                if let Some(ns) = namespace(io, community).await {
+                let community = namespace(io, community).await;
+                for ns in community.into_iter().chain(io.of("/")) {
                     let sockets = ns.to(user_room(user));
                     if let Err(e) = sockets.clone().leave(channel_room(channel)).await {
                         tracing::warn!(channel, user, error = %e, "cluster-wide room leave failed; leaving locally");

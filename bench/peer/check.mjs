@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { io as connect } from 'socket.io-client';
+import { io as connect, Manager } from 'socket.io-client';
 
 const HERE = new URL('.', import.meta.url).pathname;
 const PG = { host: process.env.PGHOST ?? '127.0.0.1', port: process.env.PGPORT ?? '5432', user: process.env.PGUSER ?? 'postgres' };
@@ -272,6 +272,44 @@ test('Socket.IO: chat across instances, acks, idempotence, notify, modify, delet
   await sleep(200);
   assert.equal(alice.seen.filter(([e]) => e === 'new-chat').length, 1, 'the repeat was not broadcast, nor her own message echoed');
   bobRoot.close();
+});
+
+test('Socket.IO: one delivery per connection (v1.1): no notify where the same connection gets new-chat', async () => {
+  // A channel of its own (the drain check counts the first channel's events). Bob's page
+  // on B: `/` and the community multiplexed on one connection; his other device, `/`
+  // alone. Alice sends on A.
+  const created = await api(ports.A, 'POST', `/api/communities/${ctx.cid}/channels`, { token: ctx.alice.token, body: { name: `once-${run}` } });
+  const ch = created.body.id;
+  assert.equal((await api(ports.B, 'POST', `/api/channels/${ch}/members`, { token: ctx.bob.token })).status, 201);
+  const alice = ctx.aliceSocket;
+  await alice.emitWithAck('join', { channels: [ch] });
+  const page = new Manager(`http://127.0.0.1:${ports.B}`, { transports: ['websocket'], reconnectionDelay: 200 });
+  const b = page.socket(`/socket/commu-${ctx.cid}`, { auth: { token: ctx.bob.token } });
+  const line = page.socket('/', { auth: { token: ctx.bob.token } });
+  const device = client(`http://127.0.0.1:${ports.B}/`, { auth: { token: ctx.bob.token } });
+  const notified = [];
+  line.on('notify', (n) => notified.push(n.preview));
+  try {
+    await Promise.all([once(b, 'rejoined'), once(line, 'unread'), once(device, 'unread')]);
+    await b.emitWithAck('join', { channels: [ch] });
+    const send = async (content) => {
+      const onDevice = once(device, 'notify');
+      await alice.emitWithAck('chat', { chatType: 'new', channelId: ch, content });
+      assert.equal((await onDevice).preview, content);
+      // A round trip on Bob's connection: a notify sent to `line` would have come first.
+      await b.emitWithAck('history', { channelId: ch, limit: 1 });
+    };
+    const live = once(b, 'new-chat');
+    await send('once');
+    assert.equal((await live).content, 'once');
+    assert.deepEqual(notified, [], 'the connection in the room got new-chat only');
+    await b.emitWithAck('leave', { channels: [ch] });
+    await send('as notify');
+    assert.deepEqual(notified, ['as notify']);
+  } finally {
+    await alice.emitWithAck('leave', { channels: [ch] }); // her rejoin in the drain check: the first channel only
+    for (const s of [b, line, device]) s.close();
+  }
 });
 
 test('drain: transports closed, the client reconnects on its own, rejoined and replayed elsewhere', async () => {

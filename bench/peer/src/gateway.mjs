@@ -69,6 +69,14 @@ export class Gateway {
     this.io.on('connection', async (socket) => {
       const { user } = socket.data;
       socket.join(userRoom(user));
+      // One delivery per connection (PROTOCOL.md v1.1): this `/` socket is in the rooms
+      // of the channels its connection's community sockets are in, and `notify` skips
+      // those rooms. Here: the channels they joined before `/` connected.
+      for (const sibling of socket.client.sockets.values()) {
+        if (sibling.nsp.name.startsWith(NS_PREFIX)) {
+          for (const room of sibling.rooms) if (roomChannel(room) !== null) socket.join(room);
+        }
+      }
       try {
         socket.emit('unread', await this.app.chat.unread(user));
       } catch (e) {
@@ -198,8 +206,9 @@ export class Gateway {
     socket.on('disconnecting', () => {
       // Moved by a drain: presence entries stay until this instance's heartbeat lapses
       // (the grace period), so a user who reconnects elsewhere never flaps.
-      if (this.app.isDraining()) return;
       const channels = [...socket.rooms].map(roomChannel).filter((c) => c !== null);
+      for (const room of channels.map(channelRoom)) lineOf(socket)?.leave(room);
+      if (this.app.isDraining()) return;
       const nsp = socket.nsp;
       this.#track(async () => {
         for (const channel of channels) {
@@ -274,6 +283,7 @@ export class Gateway {
     if (channels.length === 0) return [];
     const { state, store } = this.app;
     socket.join(channels.map(channelRoom));
+    lineOf(socket)?.join(channels.map(channelRoom));
     await state.remember(user, community, channels).catch((e) => warn('remember joins', e));
     for (const channel of channels) {
       try {
@@ -297,6 +307,7 @@ export class Gateway {
   async #leaveRooms(socket, user, community, channels) {
     for (const channel of channels) {
       socket.leave(channelRoom(channel));
+      lineOf(socket)?.leave(channelRoom(channel));
       try {
         if (await this.app.state.leave(community, channel, user, socket.id)) {
           socket.to(channelRoom(channel)).emit('presence', { channelId: channel, userId: user, online: false });
@@ -319,7 +330,11 @@ export class Gateway {
     if (created.change === 'new') await this.#notify(m);
   }
 
-  /** `notify` on `/` to every member of the channel but the sender: one broadcast to their user rooms. */
+  /**
+   * `notify` on `/` to every member of the channel but the sender: one broadcast to their
+   * user rooms, except connections whose `/` socket is in the channel's room (they get
+   * `new-chat`: PROTOCOL.md v1.1).
+   */
   async #notify(m) {
     let members;
     try {
@@ -331,7 +346,7 @@ export class Gateway {
     const rooms = [];
     for (const u of members) if (u !== m.senderId) rooms.push(userRoom(u));
     if (rooms.length === 0) return;
-    this.io.to(rooms).emit('notify', {
+    this.io.to(rooms).except(channelRoom(m.channelId)).emit('notify', {
       communityId: m.communityId,
       channelId: m.channelId,
       seq: m.seq,
@@ -355,6 +370,7 @@ export class Gateway {
   async membershipChanged(community, channel, user, member) {
     if (!member) {
       this.communityNs(community).in(userRoom(user)).socketsLeave(channelRoom(channel));
+      this.io.in(userRoom(user)).socketsLeave(channelRoom(channel));
       await this.app.state.forget(user, community, [channel]).catch((e) => warn('forget', e));
       try {
         if (await this.app.state.removeUser(channel, user)) this.presence(community, channel, user, false);
@@ -372,6 +388,11 @@ export class Gateway {
       if (nsp) nsp.local.to(channelRoom(r.id)).emit('position', { channelId: r.id, lastSeq: r.last_seq });
     }
   }
+}
+
+/** The `/` socket of the socket's connection (socket.io-client multiplexes namespaces on one), if any. */
+function lineOf(socket) {
+  return socket.client.nsps.get('/');
 }
 
 function channelList(p) {

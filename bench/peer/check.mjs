@@ -3,7 +3,7 @@
 //
 // Starts its own redis-server on a free port and its own database
 // (peer_bench_check_<pid>) on PostgreSQL at PGHOST/PGPORT (default 127.0.0.1:5432,
-// user postgres, trust auth), two peer instances (A and B) sharing them, and a small
+// user postgres, trust auth; PGUSER and PGPASSWORD override), two peer instances (A and B) sharing them, and a small
 // readiness-aware TCP balancer in front (the first instance whose /readyz is 200 gets
 // each new connection). Everything it started is stopped and dropped at the end.
 

@@ -5,8 +5,10 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod faults;
 mod harness;
 mod member;
+mod proxy;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -1,0 +1,172 @@
+//! A TCP proxy the tests control: it listens on a free port of 127.0.0.1 and
+//! forwards every connection to one target (a Redis or a PostgreSQL), and the test
+//! switches what the network does at run time with [`Proxy::set`]:
+//! - [`Mode::Pass`]: bytes flow both ways as they come.
+//! - [`Mode::Refuse`]: every open connection is reset at once, and new ones are
+//!   accepted and reset (the peer sees "connection reset", as from a server that
+//!   died or a firewall that rejects).
+//! - [`Mode::Blackhole`]: connections stay open, new ones are accepted, and nothing
+//!   is forwarded either way: the peer sees a silent hang, as in a partition. Bytes
+//!   wait in the buffers; switching back to `Pass` delivers them late, as TCP does
+//!   when a partition heals (so a statement sent before its client gave up may
+//!   still run afterwards).
+//! - [`Mode::Delay`]: each chunk is forwarded after the delay, in each direction.
+//!
+//! One proxy stands between one instance and one service, so one instance alone can
+//! be cut off. The invariant it keeps: in `Pass` it is byte-for-byte transparent
+//! (order kept, nothing added or dropped), and it never loses bytes it has read,
+//! whatever the mode (a connection it resets loses what was in flight, as a real
+//! reset does). Dropping the proxy stops it and cuts its connections.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Pass,
+    Refuse,
+    Blackhole,
+    Delay(Duration),
+}
+
+pub struct Proxy {
+    pub port: u16,
+    mode: watch::Sender<Mode>,
+    accepted: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Starts a proxy to `127.0.0.1:target`, in `Pass`.
+    pub async fn start(target: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (mode, watcher) = watch::channel(Mode::Pass);
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else { continue };
+                counter.fetch_add(1, Ordering::Relaxed);
+                let _ = client.set_nodelay(true);
+                if *watcher.borrow() == Mode::Refuse {
+                    reset(client);
+                    continue;
+                }
+                tokio::spawn(forward(client, target, watcher.clone()));
+            }
+        });
+        Proxy { port, mode, accepted, task }
+    }
+
+    pub fn set(&self, mode: Mode) {
+        self.mode.send_replace(mode);
+    }
+
+    /// Connections accepted so far (the service's clients reconnecting show here).
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        // The connections' tasks end when they see the mode change.
+        self.mode.send_replace(Mode::Refuse);
+    }
+}
+
+/// Closes with a RST (linger 0), not a FIN.
+// A zero linger does not block on drop (it resets at once): the deprecation is about
+// non-zero ones.
+#[allow(deprecated)]
+fn reset(stream: TcpStream) {
+    let _ = stream.set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+async fn forward(client: TcpStream, target: u16, mode: watch::Receiver<Mode>) {
+    let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
+        reset(client);
+        return;
+    };
+    let _ = server.set_nodelay(true);
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let up = pump(&mut client_read, &mut server_write, mode.clone());
+    let down = pump(&mut server_read, &mut client_write, mode);
+    // Either direction ending (EOF, error, Refuse) ends the connection: the services
+    // here never half-close.
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
+    let client = client_read.reunite(client_write).unwrap();
+    let server = server_read.reunite(server_write).unwrap();
+    reset(client);
+    reset(server);
+}
+
+/// Copies one direction, obeying the mode before each chunk. Returns when the
+/// source ends or the mode becomes `Refuse`.
+async fn pump(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    mut mode: watch::Receiver<Mode>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // Blackhole: read nothing (the peer's writes back up, as in a partition).
+        let current = *mode.borrow_and_update();
+        match current {
+            Mode::Refuse => return,
+            Mode::Blackhole => {
+                if mode.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Mode::Pass | Mode::Delay(_) => {}
+        }
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            changed = mode.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        // What was read is forwarded whatever the mode turns to meanwhile (unless it
+        // is Refuse: a reset loses what is in flight).
+        loop {
+            let current = *mode.borrow_and_update();
+            match current {
+                Mode::Refuse => return,
+                Mode::Blackhole => {
+                    if mode.changed().await.is_err() {
+                        return;
+                    }
+                }
+                Mode::Delay(d) => {
+                    tokio::time::sleep(d).await;
+                    break;
+                }
+                Mode::Pass => break,
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}

@@ -979,3 +979,99 @@ async fn fault_pubsub_overflow() {
         fault.elapsed()
     );
 }
+
+/// The resident memory of process `pid`, from /proc.
+fn rss(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).map(|v| v.trim().to_owned()).unwrap_or_default()
+}
+
+/// A slow consumer: a socket.io-client member in its own process (slow-reader.cjs)
+/// is stopped with SIGSTOP while its rooms get ~1,000 large messages, then let go
+/// with SIGCONT. The instance keeps serving the others, and the stopped client,
+/// once it runs again, holds every eventSeq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_slow_consumer() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let cluster = Cluster::start(2).await;
+    // Five users: members 0..3 chat, the fifth is the node process, on instance 1.
+    let mut t = Traffic::start(&cluster, 5).await;
+    let slow = t.members.pop().unwrap();
+    t.homes.pop();
+    let channels: Vec<String> = t.c.channels.iter().map(|c| c.to_string()).collect();
+    let modules = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/js/node_modules");
+    assert!(
+        std::path::Path::new(modules).join("socket.io-client").exists(),
+        "socket.io-client is installed in tests/js (cd tests/js && npm ci)"
+    );
+    let mut node = tokio::process::Command::new("node")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster/slow-reader.cjs"))
+        .env("NODE_PATH", modules)
+        .env("BASE", cluster.base(1))
+        .env("CID", t.c.cid.to_string())
+        .env("TOKEN", &slow.user.token)
+        .env("CHANNELS", channels.join(","))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    drop(slow);
+    let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(WAIT * 2, lines.next_line()).await.expect("the node member is ready").unwrap();
+    assert_eq!(ready.as_deref(), Some(r#"{"ready":true}"#));
+    let pid = node.id().unwrap() as i32;
+    t.rounds(2).await;
+    let instance_pid = cluster.instances[1].pid();
+    let rss_before = rss(instance_pid);
+    // SAFETY: signals a child process of this test.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let stopped = Instant::now();
+    t.during_fault = true;
+    for _ in 0..5 {
+        t.burst(&[0, 1, 2, 3], 50, 3900).await;
+        let (status, _) = cluster.rest(1).request(reqwest::Method::GET, "/healthz", None, None).await;
+        assert_eq!(status, 200, "the instance of the stopped client keeps answering");
+    }
+    let resumed_between = t.delivery_resumed(0, 1, Instant::now()).await;
+    // Stopped for 5 s at least, chatting on.
+    t.rounds_while(Duration::from_secs(5).saturating_sub(stopped.elapsed()), Duration::from_secs(5), || true).await;
+    t.during_fault = false;
+    let rss_during = rss(instance_pid);
+    let stopped_for = stopped.elapsed();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let continued = Instant::now();
+    let report = t.check().await;
+    let expected: BTreeMap<String, i64> =
+        t.c.channels.iter().map(|ch| (ch.to_string(), t.members[0].contiguous(*ch))).collect();
+    let mut stdin = node.stdin.take().unwrap();
+    stdin.write_all(format!("expect {}\n", json!(expected)).as_bytes()).await.unwrap();
+    let line = tokio::time::timeout(Duration::from_secs(45), lines.next_line())
+        .await
+        .expect("the node member reports")
+        .unwrap()
+        .expect("a line");
+    let caught_up = continued.elapsed();
+    let seen: serde_json::Value = serde_json::from_str(&line).unwrap();
+    for (ch, last) in &expected {
+        assert_eq!(seen["held"][ch].as_i64(), Some(*last), "the slow consumer holds all of {ch}: {seen}");
+    }
+    assert_eq!(seen["foreign"], 0, "{seen}");
+    let status = node.wait().await.unwrap();
+    assert!(status.success());
+    println!(
+        "fault slow consumer figures: {report}, a socket.io-client process stopped {stopped_for:?} while {} messages \
+         went to its rooms, instance RSS {rss_before} before and {rss_during} during, the others' live delivery \
+         during it within {resumed_between:?}; after SIGCONT the consumer held everything within {caught_up:?}: \
+         received {} ({} duplicates), filled from history {}, connects {}, disconnects {}, incomplete replays {}",
+        expected.values().sum::<i64>(),
+        seen["raw"],
+        seen["duplicates"],
+        seen["filled"],
+        seen["connects"],
+        seen["disconnects"],
+        seen["incomplete"],
+    );
+}

@@ -715,6 +715,13 @@ async fn fault_one_instance_cut_from_redis() {
         assert!(readyz.first(0, 503, fault).is_some(), "the cut instance's /readyz said 503");
         // Members 1 and 2 are on the two instances that still reach Redis.
         let between_others = t.delivery_resumed(1, 2, Instant::now()).await;
+        // A client of the cut instance reconnects to it: served, with its rooms (the
+        // checker sees its `rejoined`) and what it missed.
+        t.members[3].go_away();
+        let started = Instant::now();
+        let base = cluster.base(0).to_owned();
+        t.members[3].connect_to(&base).await.expect("a reconnect to the cut instance is served");
+        let reconnect_took = started.elapsed();
         t.during_fault = false;
         let refusals = t.fault_refusals(&[0, 1, 2, 3, 4, 5]);
         assert!(refusals.is_empty(), "sends are acked whatever Redis does: {refusals:?}");
@@ -726,7 +733,8 @@ async fn fault_one_instance_cut_from_redis() {
         let report = t.check().await;
         println!(
             "fault {name} figures: {report}, live delivery between the other instances during the fault within \
-             {between_others:?}, cross-instance delivery to and from the cut instance resumed after {resumed:?}, \
+             {between_others:?}, a reconnect to the cut instance recovered in {reconnect_took:?}, cross-instance \
+             delivery to and from the cut instance resumed after {resumed:?}, \
              /readyz said {} (the others 200 throughout: {others_ready})",
             readyz.summary(fault, healed)
         );
@@ -828,6 +836,20 @@ async fn fault_one_instance_cut_from_postgres() {
     assert!(refusals_cut.keys().all(|c| c == "unavailable"), "{refusals_cut:?}");
     assert!(refusals_cut.get("unavailable").is_some_and(|n| *n > 0), "the cut instance's sends were refused");
     let refusals_other = t.fault_refusals(&[1, 3]);
+    // Still cut: a new connect and a REST read on the cut instance are answered too.
+    let deadline = Duration::from_millis(2500);
+    let started = Instant::now();
+    let auth = json!({ "token": t.c.users[0].token, "since": {} });
+    let connect = baton_client::Socket::connect(cluster.base(0), &format!("/socket/commu-{}", t.c.cid), auth).await;
+    let connect_took = started.elapsed();
+    assert_eq!(connect.err(), Some(baton_client::ClientError::Refused("unavailable".into())));
+    assert!(connect_took < deadline, "a connect to the cut instance was answered after {connect_took:?}");
+    let started = Instant::now();
+    let path = format!("/api/channels/{}/messages", t.c.channels[0]);
+    let (status, body) = cluster.rest(0).get(&path, &t.c.users[0].token).await;
+    let rest_took = started.elapsed();
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (503, Some("unavailable")), "{body}");
+    assert!(rest_took < deadline, "a REST read on the cut instance was answered after {rest_took:?}");
     let fault_ended = Instant::now();
     set_one(&cluster, 0, "postgres", Mode::Pass);
     let healed = Instant::now();
@@ -837,7 +859,8 @@ async fn fault_one_instance_cut_from_postgres() {
     let report = t.check().await;
     println!(
         "fault one instance cut from postgres figures: {report}, cut instance's slowest answer {cut_slowest:?} \
-         (refusals {refusals_cut:?}; on the other instance {refusals_other:?}), chat on the cut instance back after \
+         (refusals {refusals_cut:?}; on the other instance {refusals_other:?}), a connect refused `unavailable` \
+         after {connect_took:?}, a REST read 503 after {rest_took:?}, chat on the cut instance back after \
          {resumed:?}, /readyz said {} (slowest probe during the fault {probe_slowest:?}, fault {:?})",
         readyz.summary(fault, healed),
         fault_ended - fault,

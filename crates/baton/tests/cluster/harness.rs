@@ -224,10 +224,15 @@ impl Cluster {
     /// Kills instance `i` (SIGKILL) if it runs, and starts it again with the same
     /// name, port and proxies; waits until it is ready.
     pub async fn restart(&mut self, i: usize) {
+        self.respawn(i).await;
+        self.wait_ready(i).await;
+    }
+
+    /// Like [`Cluster::restart`], without waiting for `/readyz` (which may stay 503).
+    pub async fn respawn(&mut self, i: usize) {
         let _ = self.instances[i].child.kill().await;
         let child = self.spawn(&self.instances[i]);
         self.instances[i].child = child;
-        self.wait_ready(i).await;
     }
 
     fn spawn(&self, instance: &Instance) -> Child {

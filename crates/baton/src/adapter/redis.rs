@@ -4,7 +4,10 @@
 //! socketioxide-redis 0.4 with fred 10, as its example wires it, does not survive a
 //! Redis restart, and [`ResilientDriver`] exists for each way it fails:
 //! - fred without a reconnect policy never reconnects: emits never return. Both
-//!   clients here reconnect forever (exponential back-off, 50 ms to 1 s).
+//!   clients here reconnect forever (exponential back-off, 50 ms to 1 s), the first
+//!   connect included (fred's `fail_fast`, on by default, gives up on a first
+//!   connect that fails: an instance started while Redis was unreachable stayed out
+//!   of the cluster).
 //! - fred reconnects, but the adapter's shard subscriptions are not restored (fred's
 //!   `manage_subscriptions()` does not do it for this adapter): the driver tracks the
 //!   channels it was asked for and SSUBSCRIBEs them again on every reconnect.
@@ -102,7 +105,11 @@ impl RedisLink {
     /// at start: the instance serves its own clients and joins the cluster when
     /// Redis answers.
     pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let config = Config::from_url(url).map_err(|e| anyhow::anyhow!("bad REDIS_URL: {e}"))?;
+        let mut config = Config::from_url(url).map_err(|e| anyhow::anyhow!("bad REDIS_URL: {e}"))?;
+        // fred's default (fail fast) ends a client's connection task when its first
+        // connect fails, and it never reconnects: an instance started while Redis was
+        // unreachable never joined the cluster. Retry the first connect like any other.
+        config.fail_fast = false;
         let mut builder = Builder::from_config(config);
         builder
             .with_performance_config(|p| {

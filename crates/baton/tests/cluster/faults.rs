@@ -696,6 +696,45 @@ async fn fault_redis_blackholed_for_every_instance() {
     redis_out_of_reach_of_every_instance("redis blackholed", Mode::Blackhole).await;
 }
 
+/// Redis slow for every instance (each chunk delayed through the proxies): a
+/// little (the round trip under `--redis-timeout`), then a lot (over it). Sends are
+/// acked throughout; once Redis is fast again, nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_redis_slow() {
+    let cluster = Cluster::start_with(2, proxied(true, false, &[])).await;
+    let mut t = Traffic::start(&cluster, 4).await;
+    let readyz = Readyz::watch(&cluster);
+    t.rounds(2).await;
+    for delay in [Duration::from_millis(100), Duration::from_millis(300)] {
+        let fault = Instant::now();
+        set_all(&cluster, "redis", Mode::Delay(delay));
+        t.during_fault = true;
+        t.rounds_while(FAULT, FAULT, || true).await;
+        // Under the timeout (500 ms), Redis is slow but up: broadcasts cross.
+        let during = if delay * 2 < Duration::from_millis(500) {
+            Some(t.delivery_resumed(0, 1, Instant::now()).await)
+        } else {
+            None
+        };
+        t.during_fault = false;
+        let refusals = t.fault_refusals(&[0, 1, 2, 3]);
+        assert!(refusals.is_empty(), "sends are acked whatever Redis does: {refusals:?}");
+        let slowest = t.assert_answered_within(&[0, 1, 2, 3], WAIT);
+        set_all(&cluster, "redis", Mode::Pass);
+        let healed = Instant::now();
+        let resumed = t.delivery_resumed(0, 1, healed).await;
+        t.rounds(2).await;
+        let report = t.check().await;
+        println!(
+            "fault redis slow ({delay:?} a chunk each way) figures: {report}, slowest answer {slowest:?}, a \
+             cross-instance probe during the fault arrived within {during:?}, cross-instance delivery after the heal \
+             within {resumed:?}, /readyz said {}",
+            readyz.summary(fault, healed)
+        );
+        t.forget_fault();
+    }
+}
+
 /// One instance cut from Redis (refused, then later blackholed) while the other two
 /// keep working: their members keep delivering to each other live; the cut
 /// instance's members are acked and, once it is back, hold everything.
@@ -752,7 +791,7 @@ async fn fault_postgres_slow() {
     let mut t = Traffic::start(&cluster, 4).await;
     let readyz = Readyz::watch(&cluster);
     t.rounds(2).await;
-    for delay in [Duration::from_millis(30), Duration::from_millis(150)] {
+    for delay in [Duration::from_millis(30), Duration::from_millis(45), Duration::from_millis(150)] {
         let fault = Instant::now();
         set_all(&cluster, "postgres", Mode::Delay(delay));
         t.during_fault = true;
@@ -1143,4 +1182,41 @@ async fn common_wait_healthz(cluster: &Cluster, i: usize) {
         reqwest::get(format!("{}/healthz", cluster.base(i))).await.is_ok_and(|r| r.status() == 200)
     })
     .await;
+}
+
+/// An instance (re)started while its PostgreSQL is blackholed: it does not hang
+/// half-started; it exits with an error within a bound (a supervisor restarts it),
+/// and once the partition heals a restart serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_instance_started_while_postgres_is_blackholed() {
+    let mut cluster = Cluster::start_with(2, proxied(false, true, &[("BATON_DB_TIMEOUT", "1s")])).await;
+    let mut t = Traffic::start(&cluster, 4).await;
+    t.rounds(2).await;
+    set_one(&cluster, 0, "postgres", Mode::Blackhole);
+    let started = Instant::now();
+    cluster.respawn(0).await;
+    let exited = cluster.instances[0].exits_within(Duration::from_secs(15)).await;
+    let took = started.elapsed();
+    let healthz = reqwest::get(format!("{}/healthz", cluster.base(0))).await.map(|r| r.status().as_u16()).ok();
+    assert!(
+        exited.is_some_and(|s| !s.success()),
+        "an instance that cannot reach its database at start exits with an error within 15 s: {exited:?} after \
+         {took:?} (/healthz {healthz:?})"
+    );
+    set_one(&cluster, 0, "postgres", Mode::Pass);
+    let healed = Instant::now();
+    cluster.restart(0).await;
+    let ready = healed.elapsed();
+    for i in [0, 2] {
+        t.members[i].go_away();
+        t.reconnect(i).await;
+    }
+    let resumed = t.delivery_resumed(0, 1, Instant::now()).await;
+    t.rounds(2).await;
+    let report = t.check().await;
+    println!(
+        "fault instance started while postgres is blackholed figures: {report}, it exited ({:?}) {took:?} after the \
+         start, restarted and ready {ready:?} after the heal, cross-instance delivery within {resumed:?}",
+        exited.unwrap()
+    );
 }

@@ -131,6 +131,11 @@ impl Instance {
         tokio::time::timeout(within, self.child.wait()).await.expect("the instance exits in time").unwrap()
     }
 
+    /// Its exit status if it exits within `within`, else None (it still runs).
+    pub async fn exits_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(within, self.child.wait()).await.ok().map(|status| status.unwrap())
+    }
+
     pub fn rest(&self) -> Rest {
         Rest::new(self.base.clone())
     }

@@ -60,6 +60,9 @@ pub struct Traffic {
     probes: usize,
     pub reconnects: usize,
     pub during_fault: bool,
+    /// Users other than the members with a socket in the channels' rooms (the
+    /// checker's presence check expects them too).
+    pub also_online: Vec<i64>,
 }
 
 /// What the checker found (everything it asserts held).
@@ -76,6 +79,8 @@ pub struct Report {
     pub answered_during_fault: usize,
     pub refused_during_fault: usize,
     pub reconnects: usize,
+    /// How long after the other checks presence listed exactly the connected users.
+    pub presence_right_after: Duration,
 }
 
 impl std::fmt::Display for Report {
@@ -83,7 +88,8 @@ impl std::fmt::Display for Report {
         write!(
             f,
             "acked {}, lost {}, raw duplicates {}, ack p50/p99 during the fault {:?}/{:?} ({} answered, {} refused), \
-             resent {} unanswered + {} refused ({} had been written), filled from history {}, reconnects {}",
+             resent {} unanswered + {} refused ({} had been written), filled from history {}, reconnects {}, \
+             presence right {:?} after the other checks",
             self.acked,
             self.lost,
             self.raw_duplicates,
@@ -96,6 +102,7 @@ impl std::fmt::Display for Report {
             self.written_though_unacked,
             self.filled_from_history,
             self.reconnects,
+            self.presence_right_after,
         )
     }
 }
@@ -129,6 +136,7 @@ impl Traffic {
             probes: 0,
             reconnects: 0,
             during_fault: false,
+            also_online: Vec::new(),
         }
     }
 
@@ -489,6 +497,33 @@ impl Traffic {
                 assert_eq!(r, &mine, "{}'s rooms were restored", m.user.username);
             }
         }
+        // Presence: exactly the users with a socket in the room (all the members, and
+        // whoever else the scenario keeps connected), once the cluster has settled.
+        let mut online: Vec<i64> =
+            self.members.iter().map(|m| m.user.id).chain(self.also_online.iter().copied()).collect();
+        online.sort();
+        online.dedup();
+        let started = Instant::now();
+        for ch in self.c.channels.clone() {
+            let rest = self.rest();
+            let path = format!("/api/channels/{ch}/presence");
+            let mut last = json!(null);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let (status, body) = rest.get(&path, &self.c.owner.token).await;
+                let mut listed: Vec<i64> =
+                    body["online"].as_array().into_iter().flatten().filter_map(|u| u.as_i64()).collect();
+                listed.sort();
+                if status == 200 && listed == online {
+                    break;
+                }
+                last = body;
+                assert!(Instant::now() < deadline, "presence of {ch} is {last}, not {online:?}, after 30 s");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = last;
+        }
+        let presence_right_after = started.elapsed();
         let mut times: Vec<Duration> =
             self.fault_sends().filter(|s| !matches!(s.first, Sent::NoAck(_))).map(|s| s.took).collect();
         times.sort();
@@ -505,6 +540,7 @@ impl Traffic {
             answered_during_fault: times.len(),
             refused_during_fault: self.fault_sends().filter(|s| matches!(s.first, Sent::Refused(_))).count(),
             reconnects: self.reconnects,
+            presence_right_after,
         }
     }
 }
@@ -907,11 +943,17 @@ async fn fault_one_instance_cut_from_postgres() {
 }
 
 /// One instance killed (SIGKILL) and restarted 5 times under traffic: its members
-/// move to the others and back; nothing acked is lost, nothing is stored twice.
+/// move to the others and back; nothing acked is lost, nothing is stored twice, and
+/// a user who went down with it and did not come back is offline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_crash_loop() {
     let mut cluster = Cluster::start(3).await;
-    let mut t = Traffic::start(&cluster, 6).await;
+    // Seven users; the seventh, on instance 0, goes down with its first kill and
+    // never comes back: the checker's presence check expects it offline, though an
+    // instance under the same name is back within a second.
+    let mut t = Traffic::start(&cluster, 7).await;
+    let mut gone = t.members.pop();
+    t.homes.pop();
     t.rest_via = 2;
     t.rounds(2).await;
     let fault = Instant::now();
@@ -919,6 +961,7 @@ async fn fault_crash_loop() {
     let mut restarts = Vec::new();
     for _ in 0..5 {
         cluster.instances[0].kill().await;
+        drop(gone.take());
         t.rounds_while(Duration::from_secs(1), Duration::from_secs(1), || true).await;
         let started = Instant::now();
         let (_, ()) = tokio::join!(cluster.restart(0), t.rounds(3));
@@ -1080,6 +1123,7 @@ async fn fault_slow_consumer() {
         .kill_on_drop(true)
         .spawn()
         .expect("node runs");
+    t.also_online.push(slow.user.id);
     drop(slow);
     let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
     let ready = tokio::time::timeout(WAIT * 2, lines.next_line()).await.expect("the node member is ready").unwrap();

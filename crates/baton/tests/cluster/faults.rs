@@ -1264,3 +1264,34 @@ async fn fault_instance_started_while_postgres_is_blackholed() {
         exited.unwrap()
     );
 }
+
+/// An instance frozen (SIGSTOP, as a stalled VM) for longer than the registry's
+/// dead-instance delay, then let go (SIGCONT): meanwhile the others take its users
+/// offline. Its clients' sends were answered late or not at all; resent, each is
+/// stored once. Once it runs again its users, still connected to it, must be online
+/// again (the checker's presence check).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_instance_frozen_past_the_dead_instance_delay() {
+    let cluster = Cluster::start(2).await;
+    let mut t = Traffic::start(&cluster, 4).await;
+    t.rounds(2).await;
+    let pid = cluster.instances[0].pid() as i32;
+    // SAFETY: signals a child process of this test.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let frozen = Instant::now();
+    t.during_fault = true;
+    // 15 s of silence (DEAD_AFTER) plus a beat (5 s), and a margin.
+    t.rounds_while(Duration::from_secs(22), Duration::from_secs(22), || true).await;
+    t.during_fault = false;
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let thawed = Instant::now();
+    let resumed = t.delivery_resumed(0, 1, thawed).await;
+    t.rounds(2).await;
+    let report = t.check().await;
+    println!(
+        "fault instance frozen past the dead-instance delay figures: {report}, frozen {:?}, cross-instance delivery \
+         from it resumed {resumed:?} after SIGCONT",
+        thawed - frozen
+    );
+}

@@ -625,10 +625,10 @@ impl Readyz {
             .map(|p| p.at - since)
     }
 
-    /// The slowest probe of `instance` between `from` and `to`.
+    /// The slowest answered probe of `instance` between `from` and `to`.
     pub fn slowest(&self, instance: usize, from: Instant, to: Instant) -> Duration {
         let probes = self.probes();
-        let it = probes.iter().filter(|p| p.instance == instance && p.at >= from && p.at <= to);
+        let it = probes.iter().filter(|p| p.instance == instance && p.at >= from && p.at <= to && p.status.is_some());
         it.map(|p| p.took).max().unwrap_or_default()
     }
 
@@ -640,21 +640,30 @@ impl Readyz {
             .all(|p| p.status == Some(status))
     }
 
-    /// What each instance said: 503 this long after the fault began, 200 again this
-    /// long after it healed, the slowest probe during the fault.
+    /// What each instance said between the fault and the heal (how many probes got
+    /// 200, 503, or no answer within 1 s; when the first 503 came; the slowest
+    /// answer), and how long after the heal it said 200 again.
     pub fn summary(&self, fault: Instant, healed: Instant) -> String {
+        let probes = self.probes();
         let mut parts = Vec::new();
         for (i, name) in self.names.iter().enumerate() {
-            let down = self.first(i, 503, fault).filter(|d| fault + *d <= healed + Duration::from_secs(1));
-            let up = self.first(i, 200, healed);
+            let during: Vec<&Probe> =
+                probes.iter().filter(|p| p.instance == i && p.at >= fault && p.at <= healed).collect();
+            let count = |status: Option<u16>| during.iter().filter(|p| p.status == status).count();
+            let (ok, unready, silent) = (count(Some(200)), count(Some(503)), count(None));
             let slowest = self.slowest(i, fault, healed);
-            parts.push(match down {
-                Some(d) => format!(
-                    "{name} 503 after {d:?}, 200 again {:?} after the heal (slowest probe {slowest:?})",
-                    up.unwrap_or_default()
-                ),
-                None => format!("{name} 200 throughout (slowest probe {slowest:?})"),
-            });
+            let mut said = format!("{name} 200 x{ok}, 503 x{unready}, no answer x{silent}");
+            if let Some(d) = self.first(i, 503, fault).filter(|d| fault + *d <= healed) {
+                said.push_str(&format!(", first 503 after {d:?}"));
+            }
+            if unready + silent > 0 {
+                match self.first(i, 200, healed) {
+                    Some(up) => said.push_str(&format!(", 200 again {up:?} after the heal")),
+                    None => said.push_str(", not 200 again yet"),
+                }
+            }
+            said.push_str(&format!(" (slowest answer {slowest:?})"));
+            parts.push(said);
         }
         parts.join("; ")
     }
@@ -887,59 +896,62 @@ async fn fault_postgres_down_for_the_cluster() {
     );
 }
 
-/// One instance's PostgreSQL blackholed (a silent partition): its members' sends
-/// are answered `unavailable` within the deadline (1 s), its /readyz says 503 with
-/// every probe answered within 1 s, the other instance goes on, and the cut one
-/// recovers when the partition heals, without a restart.
+/// One instance's PostgreSQL blackholed (a silent partition), later refused (reset
+/// connections): its members' sends are answered `unavailable` within the deadline
+/// (1 s), and so are a new connect and a REST read; its /readyz says 503 with every
+/// probe answered within 1 s; the other instance goes on; and the cut one recovers
+/// when the network does, without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_one_instance_cut_from_postgres() {
     let cluster = Cluster::start_with(2, proxied(false, true, &[("BATON_DB_TIMEOUT", "1s")])).await;
     let mut t = Traffic::start(&cluster, 4).await;
     let readyz = Readyz::watch(&cluster);
     t.rounds(2).await;
-    let fault = Instant::now();
-    set_one(&cluster, 0, "postgres", Mode::Blackhole);
-    t.during_fault = true;
-    t.rounds_while(FAULT, FAULT * 4, || readyz.first(0, 503, fault).is_some()).await;
-    t.during_fault = false;
-    assert!(readyz.first(0, 503, fault).is_some(), "the cut instance's /readyz said 503");
-    let probe_slowest = readyz.slowest(0, fault, Instant::now());
-    assert!(probe_slowest < Duration::from_secs(1), "every /readyz probe answered within 1 s: {probe_slowest:?}");
-    // Members 0 and 2 are on the cut instance, 1 and 3 on the other.
-    let cut_slowest = t.assert_answered_within(&[0, 2], Duration::from_millis(2500));
-    let refusals_cut = t.fault_refusals(&[0, 2]);
-    assert!(refusals_cut.keys().all(|c| c == "unavailable"), "{refusals_cut:?}");
-    assert!(refusals_cut.get("unavailable").is_some_and(|n| *n > 0), "the cut instance's sends were refused");
-    let refusals_other = t.fault_refusals(&[1, 3]);
-    // Still cut: a new connect and a REST read on the cut instance are answered too.
-    let deadline = Duration::from_millis(2500);
-    let started = Instant::now();
-    let auth = json!({ "token": t.c.users[0].token, "since": {} });
-    let connect = baton_client::Socket::connect(cluster.base(0), &format!("/socket/commu-{}", t.c.cid), auth).await;
-    let connect_took = started.elapsed();
-    assert_eq!(connect.err(), Some(baton_client::ClientError::Refused("unavailable".into())));
-    assert!(connect_took < deadline, "a connect to the cut instance was answered after {connect_took:?}");
-    let started = Instant::now();
-    let path = format!("/api/channels/{}/messages", t.c.channels[0]);
-    let (status, body) = cluster.rest(0).get(&path, &t.c.users[0].token).await;
-    let rest_took = started.elapsed();
-    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (503, Some("unavailable")), "{body}");
-    assert!(rest_took < deadline, "a REST read on the cut instance was answered after {rest_took:?}");
-    let fault_ended = Instant::now();
-    set_one(&cluster, 0, "postgres", Mode::Pass);
-    let healed = Instant::now();
-    // Back without a restart: a send on the cut instance is acked and crosses.
-    let resumed = t.delivery_resumed(0, 1, healed).await;
-    t.rounds(2).await;
-    let report = t.check().await;
-    println!(
-        "fault one instance cut from postgres figures: {report}, cut instance's slowest answer {cut_slowest:?} \
-         (refusals {refusals_cut:?}; on the other instance {refusals_other:?}), a connect refused `unavailable` \
-         after {connect_took:?}, a REST read 503 after {rest_took:?}, chat on the cut instance back after \
-         {resumed:?}, /readyz said {} (slowest probe during the fault {probe_slowest:?}, fault {:?})",
-        readyz.summary(fault, healed),
-        fault_ended - fault,
-    );
+    for (name, mode) in [("blackholed", Mode::Blackhole), ("refused", Mode::Refuse)] {
+        let fault = Instant::now();
+        set_one(&cluster, 0, "postgres", mode);
+        t.during_fault = true;
+        t.rounds_while(FAULT, FAULT * 4, || readyz.first(0, 503, fault).is_some()).await;
+        t.during_fault = false;
+        assert!(readyz.first(0, 503, fault).is_some(), "the cut instance's /readyz said 503");
+        let probe_slowest = readyz.slowest(0, fault, Instant::now());
+        assert!(probe_slowest < Duration::from_secs(1), "every /readyz probe answered within 1 s: {probe_slowest:?}");
+        // Members 0 and 2 are on the cut instance, 1 and 3 on the other.
+        let cut_slowest = t.assert_answered_within(&[0, 2], Duration::from_millis(2500));
+        let refusals_cut = t.fault_refusals(&[0, 2]);
+        assert!(refusals_cut.keys().all(|c| c == "unavailable"), "{refusals_cut:?}");
+        assert!(refusals_cut.get("unavailable").is_some_and(|n| *n > 0), "the cut instance's sends were refused");
+        let refusals_other = t.fault_refusals(&[1, 3]);
+        // Still cut: a new connect and a REST read on the cut instance are answered too.
+        let deadline = Duration::from_millis(2500);
+        let started = Instant::now();
+        let auth = json!({ "token": t.c.users[0].token, "since": {} });
+        let ns = format!("/socket/commu-{}", t.c.cid);
+        let connect = baton_client::Socket::connect(cluster.base(0), &ns, auth).await;
+        let connect_took = started.elapsed();
+        assert_eq!(connect.err(), Some(baton_client::ClientError::Refused("unavailable".into())));
+        assert!(connect_took < deadline, "a connect to the cut instance was answered after {connect_took:?}");
+        let started = Instant::now();
+        let path = format!("/api/channels/{}/messages", t.c.channels[0]);
+        let (status, body) = cluster.rest(0).get(&path, &t.c.users[0].token).await;
+        let rest_took = started.elapsed();
+        assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (503, Some("unavailable")), "{body}");
+        assert!(rest_took < deadline, "a REST read on the cut instance was answered after {rest_took:?}");
+        set_one(&cluster, 0, "postgres", Mode::Pass);
+        let healed = Instant::now();
+        // Back without a restart: a send on the cut instance is acked and crosses.
+        let resumed = t.delivery_resumed(0, 1, healed).await;
+        t.rounds(2).await;
+        let report = t.check().await;
+        println!(
+            "fault one instance {name} from postgres figures: {report}, cut instance's slowest answer \
+             {cut_slowest:?} (refusals {refusals_cut:?}; on the other instance {refusals_other:?}), a connect refused \
+             `unavailable` after {connect_took:?}, a REST read 503 after {rest_took:?}, chat on the cut instance back \
+             after {resumed:?}, /readyz said {}",
+            readyz.summary(fault, healed),
+        );
+        t.forget_fault();
+    }
 }
 
 /// One instance killed (SIGKILL) and restarted 5 times under traffic: its members
@@ -955,6 +967,7 @@ async fn fault_crash_loop() {
     let mut gone = t.members.pop();
     t.homes.pop();
     t.rest_via = 2;
+    let readyz = Readyz::watch(&cluster);
     t.rounds(2).await;
     let fault = Instant::now();
     t.during_fault = true;
@@ -976,15 +989,17 @@ async fn fault_crash_loop() {
     }
     t.during_fault = false;
     let crash_loop = fault.elapsed();
+    let healed = Instant::now();
     let resumed = t.delivery_resumed(0, 1, Instant::now()).await;
     t.rounds(2).await;
     let report = t.check().await;
     restarts.sort();
     println!(
         "fault crash loop figures: {report}, 5 kills in {crash_loop:?} (kill to ready {:?}..{:?}), cross-instance \
-         delivery from the restarted instance within {resumed:?}",
+         delivery from the restarted instance within {resumed:?}, /readyz said {}",
         restarts[0],
-        restarts.last().unwrap()
+        restarts.last().unwrap(),
+        readyz.summary(fault, healed)
     );
 }
 
@@ -1129,6 +1144,7 @@ async fn fault_slow_consumer() {
     let ready = tokio::time::timeout(WAIT * 2, lines.next_line()).await.expect("the node member is ready").unwrap();
     assert_eq!(ready.as_deref(), Some(r#"{"ready":true}"#));
     let pid = node.id().unwrap() as i32;
+    let readyz = Readyz::watch(&cluster);
     t.rounds(2).await;
     let instance_pid = cluster.instances[1].pid();
     let rss_before = rss(instance_pid);
@@ -1150,6 +1166,7 @@ async fn fault_slow_consumer() {
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
     let continued = Instant::now();
+    let said = readyz.summary(stopped, continued);
     let report = t.check().await;
     let expected: BTreeMap<String, i64> =
         t.c.channels.iter().map(|ch| (ch.to_string(), t.members[0].contiguous(*ch))).collect();
@@ -1172,7 +1189,8 @@ async fn fault_slow_consumer() {
         "fault slow consumer figures: {report}, a socket.io-client process stopped {stopped_for:?} while {} messages \
          went to its rooms, instance RSS {rss_before} before and {rss_during} during, the others' live delivery \
          during it within {resumed_between:?}; after SIGCONT the consumer held everything within {caught_up:?}: \
-         received {} ({} duplicates), filled from history {}, connects {}, disconnects {}, incomplete replays {}",
+         received {} ({} duplicates), filled from history {}, connects {}, disconnects {}, incomplete replays {}; \
+         /readyz said {said}",
         expected.values().sum::<i64>(),
         seen["raw"],
         seen["duplicates"],
@@ -1274,6 +1292,7 @@ async fn fault_instance_started_while_postgres_is_blackholed() {
 async fn fault_instance_frozen_past_the_dead_instance_delay() {
     let cluster = Cluster::start(2).await;
     let mut t = Traffic::start(&cluster, 4).await;
+    let readyz = Readyz::watch(&cluster);
     t.rounds(2).await;
     let pid = cluster.instances[0].pid() as i32;
     // SAFETY: signals a child process of this test.
@@ -1291,7 +1310,8 @@ async fn fault_instance_frozen_past_the_dead_instance_delay() {
     let report = t.check().await;
     println!(
         "fault instance frozen past the dead-instance delay figures: {report}, frozen {:?}, cross-instance delivery \
-         from it resumed {resumed:?} after SIGCONT",
-        thawed - frozen
+         from it resumed {resumed:?} after SIGCONT, /readyz said {}",
+        thawed - frozen,
+        readyz.summary(frozen, thawed)
     );
 }

@@ -841,6 +841,17 @@ async fn fault_postgres_slow() {
         set_all(&cluster, "postgres", Mode::Delay(delay));
         t.during_fault = true;
         t.rounds_while(FAULT, FAULT, || true).await;
+        // A reconnect with `since` (admission and replay read the database) is
+        // answered too: recovered, or refused.
+        t.members[3].go_away();
+        let started = Instant::now();
+        let base = cluster.base(1).to_owned();
+        let reconnect = t.members[3].connect_within(&base, Duration::from_secs(10)).await;
+        let reconnect_took = started.elapsed();
+        assert!(
+            matches!(&reconnect, Ok(()) | Err(baton_client::ClientError::Refused(_))),
+            "a reconnect while the database is slow is answered: {reconnect:?} after {reconnect_took:?}"
+        );
         t.during_fault = false;
         set_all(&cluster, "postgres", Mode::Pass);
         let healed = Instant::now();
@@ -852,7 +863,12 @@ async fn fault_postgres_slow() {
         let report = t.check().await;
         println!(
             "fault postgres slow ({delay:?} a chunk each way) figures: {report}, slowest answer {slowest:?}, \
-             refusals {refusals:?}, cross-instance delivery resumed after {resumed:?}, /readyz said {}",
+             refusals {refusals:?}, a reconnect with since {} in {reconnect_took:?}, cross-instance delivery resumed \
+             after {resumed:?}, /readyz said {}",
+            match &reconnect {
+                Ok(()) => "recovered".to_owned(),
+                Err(e) => e.to_string(),
+            },
             readyz.summary(fault, healed)
         );
         t.forget_fault();

@@ -98,15 +98,22 @@ impl Member {
 
     /// (Re)connects to `base` with `since`, and takes events until `recovered`.
     pub async fn connect_to(&mut self, base: &str) -> Result<(), ClientError> {
+        self.connect_within(base, WAIT).await
+    }
+
+    /// [`Member::connect_to`], with `wait` as the bound of the connect and of each
+    /// event until `recovered`.
+    pub async fn connect_within(&mut self, base: &str, wait: Duration) -> Result<(), ClientError> {
         let started = Instant::now();
         let since: serde_json::Map<String, Value> =
             self.channels.iter().map(|c| (c.to_string(), json!(self.contiguous(*c)))).collect();
         let auth = json!({ "token": self.user.token, "since": since });
-        let socket = Socket::connect(base, &format!("/socket/commu-{}", self.cid), auth).await?;
+        let options = baton_client::ClientOptions { connect_timeout: wait, ..Default::default() };
+        let socket = Socket::connect_with(base, &format!("/socket/commu-{}", self.cid), auth, options).await?;
         self.base = base.to_owned();
         self.socket = Some(socket);
         loop {
-            match self.socket.as_mut().unwrap().next(WAIT).await? {
+            match self.socket.as_mut().unwrap().next(wait).await? {
                 Incoming::Event { name, args } => {
                     let done = name == "recovered";
                     self.absorb(&name, args.into_iter().next().unwrap_or(Value::Null));

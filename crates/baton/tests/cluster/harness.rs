@@ -202,28 +202,16 @@ impl Cluster {
             } else {
                 None
             };
-            let mut instance = Instance {
-                name: format!("baton-{i}"),
-                base: String::new(),
-                port: free_port(),
-                redis_proxy,
-                postgres_proxy,
-                child: cluster.placeholder_child(),
-            };
-            instance.base = format!("http://127.0.0.1:{}", instance.port);
-            instance.child = cluster.spawn(&instance);
+            let (name, port) = (format!("baton-{i}"), free_port());
+            let child = cluster.spawn(&name, port, redis_proxy.as_ref(), postgres_proxy.as_ref());
+            let base = format!("http://127.0.0.1:{port}");
+            let instance = Instance { name, base, port, redis_proxy, postgres_proxy, child };
             cluster.instances.push(instance);
         }
         for i in 0..n {
             cluster.wait_ready(i).await;
         }
         cluster
-    }
-
-    /// A child that has already exited, to fill [`Instance::child`] until the real
-    /// one is spawned.
-    fn placeholder_child(&self) -> Child {
-        Command::new("true").spawn().unwrap()
     }
 
     /// Kills instance `i` (SIGKILL) if it runs, and starts it again with the same
@@ -236,17 +224,19 @@ impl Cluster {
     /// Like [`Cluster::restart`], without waiting for `/readyz` (which may stay 503).
     pub async fn respawn(&mut self, i: usize) {
         let _ = self.instances[i].child.kill().await;
-        let child = self.spawn(&self.instances[i]);
+        let instance = &self.instances[i];
+        let child =
+            self.spawn(&instance.name, instance.port, instance.redis_proxy.as_ref(), instance.postgres_proxy.as_ref());
         self.instances[i].child = child;
     }
 
-    fn spawn(&self, instance: &Instance) -> Child {
-        let (name, port) = (&instance.name, instance.port);
-        let redis_url = match &instance.redis_proxy {
+    /// Starts the baton process `name` on `port`, through the proxies given.
+    fn spawn(&self, name: &str, port: u16, redis_proxy: Option<&Proxy>, postgres_proxy: Option<&Proxy>) -> Child {
+        let redis_url = match redis_proxy {
             Some(proxy) => format!("redis://127.0.0.1:{}", proxy.port),
             None => self.redis.url(),
         };
-        let database_url = match &instance.postgres_proxy {
+        let database_url = match postgres_proxy {
             Some(proxy) => {
                 let mut url = url::Url::parse(&self.database_url).unwrap();
                 url.set_host(Some("127.0.0.1")).unwrap();

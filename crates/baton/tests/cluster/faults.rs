@@ -1331,3 +1331,62 @@ async fn fault_instance_frozen_past_the_dead_instance_delay() {
         readyz.summary(frozen, thawed)
     );
 }
+
+/// One instance's connections to Redis silently dropped (a NAT or load balancer
+/// that lost its state: nothing is forwarded on them again, nothing closes them;
+/// new connections work): the instance must notice and connect again, within a
+/// bound, so that cross-instance delivery resumes both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_one_instance_redis_connections_silently_dropped() {
+    let cluster = Cluster::start_with(2, proxied(true, false, &[])).await;
+    let mut t = Traffic::start(&cluster, 4).await;
+    let readyz = Readyz::watch(&cluster);
+    t.rounds(2).await;
+    let proxy = cluster.instances[0].redis_proxy.as_ref().unwrap();
+    let accepted = proxy.accepted();
+    let fault = Instant::now();
+    proxy.strand();
+    t.during_fault = true;
+    t.rounds_while(FAULT, FAULT, || true).await;
+    t.during_fault = false;
+    let from_it = t.delivery_resumed(0, 1, fault).await;
+    let to_it = t.delivery_resumed(1, 0, fault).await;
+    let reconnected = proxy.accepted() - accepted;
+    t.rounds(2).await;
+    let report = t.check().await;
+    println!(
+        "fault one instance's redis connections silently dropped figures: {report}, cross-instance delivery from it \
+         resumed {from_it:?} after the drop, to it {to_it:?}, new connections to Redis {reconnected}, /readyz said {}",
+        readyz.summary(fault, Instant::now())
+    );
+}
+
+/// One instance's connections to PostgreSQL silently dropped, new ones working:
+/// its members' sends are answered throughout (`unavailable` at worst, within the
+/// deadline), and chat works again on it within a bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_one_instance_postgres_connections_silently_dropped() {
+    let cluster = Cluster::start_with(2, proxied(false, true, &[("BATON_DB_TIMEOUT", "1s")])).await;
+    let mut t = Traffic::start(&cluster, 4).await;
+    let readyz = Readyz::watch(&cluster);
+    t.rounds(2).await;
+    let proxy = cluster.instances[0].postgres_proxy.as_ref().unwrap();
+    let accepted = proxy.accepted();
+    let fault = Instant::now();
+    proxy.strand();
+    t.during_fault = true;
+    t.rounds_while(FAULT, FAULT, || true).await;
+    t.during_fault = false;
+    let slowest = t.assert_answered_within(&[0, 2], Duration::from_millis(2500));
+    let refusals = t.fault_refusals(&[0, 2]);
+    let resumed = t.delivery_resumed(0, 1, fault).await;
+    let reconnected = proxy.accepted() - accepted;
+    t.rounds(2).await;
+    let report = t.check().await;
+    println!(
+        "fault one instance's postgres connections silently dropped figures: {report}, its slowest answer \
+         {slowest:?}, refusals {refusals:?}, chat on it and across back {resumed:?} after the drop, new connections \
+         to PostgreSQL {reconnected}, /readyz said {}",
+        readyz.summary(fault, Instant::now())
+    );
+}

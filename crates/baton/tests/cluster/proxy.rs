@@ -12,6 +12,10 @@
 //!   still run afterwards).
 //! - [`Mode::Delay`]: each chunk is forwarded after the delay, in each direction.
 //!
+//! Besides the mode, [`Proxy::strand`] silently drops every connection open at that
+//! moment, for good (nothing forwarded ever again, nothing closed), while new ones
+//! pass: what a NAT, load balancer or firewall that loses its connection state does.
+//!
 //! One proxy stands between one instance and one service, so one instance alone can
 //! be cut off. The invariant it keeps: in `Pass` it is byte-for-byte transparent
 //! (order kept, nothing added or dropped), and it never loses bytes it has read,
@@ -39,6 +43,8 @@ pub struct Proxy {
     pub port: u16,
     mode: watch::Sender<Mode>,
     accepted: Arc<AtomicUsize>,
+    /// Connections accepted before the latest [`Proxy::strand`] have an older epoch.
+    epoch: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -50,6 +56,8 @@ impl Proxy {
         let (mode, watcher) = watch::channel(Mode::Pass);
         let accepted = Arc::new(AtomicUsize::new(0));
         let counter = accepted.clone();
+        let epoch = Arc::new(AtomicUsize::new(0));
+        let epochs = epoch.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else { continue };
@@ -59,10 +67,18 @@ impl Proxy {
                     reset(client);
                     continue;
                 }
-                tokio::spawn(forward(client, target, watcher.clone()));
+                let strand = Strand { born: epochs.load(Ordering::SeqCst), epoch: epochs.clone() };
+                tokio::spawn(forward(client, target, watcher.clone(), strand));
             }
         });
-        Proxy { port, mode, accepted, task }
+        Proxy { port, mode, accepted, epoch, task }
+    }
+
+    /// Silently drops every connection open now, for good; later ones pass.
+    pub fn strand(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        // Wakes the connections' pumps so they see it.
+        self.mode.send_modify(|_| {});
     }
 
     pub fn set(&self, mode: Mode) {
@@ -92,7 +108,20 @@ fn reset(stream: TcpStream) {
     drop(stream);
 }
 
-async fn forward(client: TcpStream, target: u16, mode: watch::Receiver<Mode>) {
+/// Whether a connection was open at the latest [`Proxy::strand`].
+#[derive(Clone)]
+struct Strand {
+    born: usize,
+    epoch: Arc<AtomicUsize>,
+}
+
+impl Strand {
+    fn stranded(&self) -> bool {
+        self.epoch.load(Ordering::SeqCst) > self.born
+    }
+}
+
+async fn forward(client: TcpStream, target: u16, mode: watch::Receiver<Mode>, strand: Strand) {
     let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
         reset(client);
         return;
@@ -100,8 +129,8 @@ async fn forward(client: TcpStream, target: u16, mode: watch::Receiver<Mode>) {
     let _ = server.set_nodelay(true);
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
-    let up = pump(&mut client_read, &mut server_write, mode.clone());
-    let down = pump(&mut server_read, &mut client_write, mode);
+    let up = pump(&mut client_read, &mut server_write, mode.clone(), strand.clone());
+    let down = pump(&mut server_read, &mut client_write, mode, strand);
     // Either direction ending (EOF, error, Refuse) ends the connection: the services
     // here never half-close.
     tokio::select! {
@@ -115,14 +144,21 @@ async fn forward(client: TcpStream, target: u16, mode: watch::Receiver<Mode>) {
 }
 
 /// Copies one direction, obeying the mode before each chunk. Returns when the
-/// source ends or the mode becomes `Refuse`.
+/// source ends or the mode becomes `Refuse`; once stranded, forwards nothing more
+/// and returns only on `Refuse`.
 async fn pump(
     from: &mut tokio::net::tcp::OwnedReadHalf,
     to: &mut tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
+    strand: Strand,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
+        while strand.stranded() {
+            if *mode.borrow_and_update() == Mode::Refuse || mode.changed().await.is_err() {
+                return;
+            }
+        }
         // Blackhole: read nothing (the peer's writes back up, as in a partition).
         let current = *mode.borrow_and_update();
         match current {
@@ -148,7 +184,10 @@ async fn pump(
             }
         };
         // What was read is forwarded whatever the mode turns to meanwhile (unless it
-        // is Refuse: a reset loses what is in flight).
+        // is Refuse: a reset loses what is in flight; or the connection is stranded).
+        if strand.stranded() {
+            continue;
+        }
         loop {
             let current = *mode.borrow_and_update();
             match current {

@@ -1347,17 +1347,18 @@ async fn fault_one_instance_redis_connections_silently_dropped() {
     let fault = Instant::now();
     proxy.strand();
     t.during_fault = true;
-    t.rounds_while(FAULT, FAULT, || true).await;
-    t.during_fault = false;
     let from_it = t.delivery_resumed(0, 1, fault).await;
     let to_it = t.delivery_resumed(1, 0, fault).await;
+    let back = Instant::now();
+    t.rounds_while(FAULT, FAULT, || true).await;
+    t.during_fault = false;
     let reconnected = proxy.accepted() - accepted;
     t.rounds(2).await;
     let report = t.check().await;
     println!(
         "fault one instance's redis connections silently dropped figures: {report}, cross-instance delivery from it \
          resumed {from_it:?} after the drop, to it {to_it:?}, new connections to Redis {reconnected}, /readyz said {}",
-        readyz.summary(fault, Instant::now())
+        readyz.summary(fault, back)
     );
 }
 
@@ -1375,11 +1376,12 @@ async fn fault_one_instance_postgres_connections_silently_dropped() {
     let fault = Instant::now();
     proxy.strand();
     t.during_fault = true;
+    let resumed = t.delivery_resumed(0, 1, fault).await;
+    let back = Instant::now();
     t.rounds_while(FAULT, FAULT, || true).await;
     t.during_fault = false;
     let slowest = t.assert_answered_within(&[0, 2], Duration::from_millis(2500));
     let refusals = t.fault_refusals(&[0, 2]);
-    let resumed = t.delivery_resumed(0, 1, fault).await;
     let reconnected = proxy.accepted() - accepted;
     t.rounds(2).await;
     let report = t.check().await;
@@ -1387,6 +1389,6 @@ async fn fault_one_instance_postgres_connections_silently_dropped() {
         "fault one instance's postgres connections silently dropped figures: {report}, its slowest answer \
          {slowest:?}, refusals {refusals:?}, chat on it and across back {resumed:?} after the drop, new connections \
          to PostgreSQL {reconnected}, /readyz said {}",
-        readyz.summary(fault, Instant::now())
+        readyz.summary(fault, back)
     );
 }

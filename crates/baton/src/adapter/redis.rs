@@ -8,6 +8,11 @@
 //!   connect included (fred's `fail_fast`, on by default, gives up on a first
 //!   connect that fails: an instance started while Redis was unreachable stayed out
 //!   of the cluster).
+//! - fred does not notice a connection that went silent without closing (a NAT or
+//!   load balancer that lost its state): commands time out on it for ever, and its
+//!   unresponsive check never fires while commands keep being written. When the
+//!   health check's PING times out twice in a row on a connection fred holds open,
+//!   both clients are made to connect again.
 //! - fred reconnects, but the adapter's shard subscriptions are not restored (fred's
 //!   `manage_subscriptions()` does not do it for this adapter): the driver tracks the
 //!   channels it was asked for and SSUBSCRIBEs them again on every reconnect.
@@ -23,7 +28,7 @@
 //!   eventSeq gaps and the `position` emit are what let clients repair them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -68,7 +73,12 @@ impl From<fred::error::Error> for RedisError {
 #[derive(Debug)]
 pub struct Health {
     up: AtomicBool,
+    /// Health checks in a row whose PING timed out on a connection fred holds open.
+    silent: AtomicU32,
 }
+
+/// Silent health checks in a row after which the connections are replaced.
+const SILENT_CHECKS: u32 = 2;
 
 impl Health {
     pub fn is_up(&self) -> bool {
@@ -123,7 +133,7 @@ impl RedisLink {
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2));
         let commands = builder.build()?;
         let subscriber = builder.build_subscriber_client()?;
-        let health = Arc::new(Health { up: AtomicBool::new(false) });
+        let health = Arc::new(Health { up: AtomicBool::new(false), silent: AtomicU32::new(0) });
         commands.connect();
         subscriber.connect();
         let up = tokio::time::timeout(timeout * 3, async {
@@ -178,7 +188,25 @@ impl RedisLink {
     /// Checks Redis with a PING; returns the state if it changed. On recovery the
     /// pub/sub channels are subscribed again (the subscriber may not have noticed).
     pub async fn check(&self) -> Option<bool> {
-        let up = tokio::time::timeout(self.timeout, self.commands.ping::<String>(None)).await.is_ok_and(|r| r.is_ok());
+        let ping = tokio::time::timeout(self.timeout, self.commands.ping::<String>(None)).await;
+        let up = ping.as_ref().is_ok_and(|r| r.is_ok());
+        // A PING that times out on a connection fred holds open: the connection may
+        // have gone silent without closing (a NAT or load balancer that lost its
+        // state, a partition), which fred does not notice; its commands would time
+        // out for ever. After a few such checks, both connections are replaced.
+        let timed_out = match &ping {
+            Err(_) => true,
+            Ok(Err(e)) => *e.kind() == fred::error::ErrorKind::Timeout,
+            Ok(Ok(_)) => false,
+        };
+        let silent = timed_out && self.commands.is_connected();
+        if !silent {
+            self.health.silent.store(0, Ordering::SeqCst);
+        } else if self.health.silent.fetch_add(1, Ordering::SeqCst) + 1 >= SILENT_CHECKS {
+            self.health.silent.store(0, Ordering::SeqCst);
+            tracing::warn!("redis does not answer on an open connection: connecting again");
+            self.reconnect();
+        }
         if !self.health.set(up) {
             return None;
         }
@@ -190,6 +218,19 @@ impl RedisLink {
             tracing::warn!("redis is unreachable: delivering to this instance's clients only");
         }
         Some(up)
+    }
+
+    /// Has both clients drop their connections and connect again, in the background.
+    fn reconnect(&self) {
+        let timeout = self.timeout * 4;
+        let commands = self.commands.clone();
+        let subscriber = self.driver.inner.subscriber.clone();
+        tokio::spawn(async move {
+            let _ = tokio::join!(
+                tokio::time::timeout(timeout, commands.force_reconnection()),
+                tokio::time::timeout(timeout, subscriber.force_reconnection()),
+            );
+        });
     }
 
     pub async fn quit(&self) {

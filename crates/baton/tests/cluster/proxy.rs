@@ -15,6 +15,8 @@
 //! Besides the mode, [`Proxy::strand`] silently drops every connection open at that
 //! moment, for good (nothing forwarded ever again, nothing closed), while new ones
 //! pass: what a NAT, load balancer or firewall that loses its connection state does.
+//! [`Proxy::strand_if_client_sent`] drops only the connections whose client sent
+//! some bytes (e.g. Redis's pub/sub connection, by its `SSUBSCRIBE`).
 //!
 //! One proxy stands between one instance and one service, so one instance alone can
 //! be cut off. The invariant it keeps: in `Pass` it is byte-for-byte transparent
@@ -22,8 +24,8 @@
 //! whatever the mode (a connection it resets loses what was in flight, as a real
 //! reset does). Dropping the proxy stops it and cuts its connections.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,8 +45,8 @@ pub struct Proxy {
     pub port: u16,
     mode: watch::Sender<Mode>,
     accepted: Arc<AtomicUsize>,
-    /// Connections accepted before the latest [`Proxy::strand`] have an older epoch.
-    epoch: Arc<AtomicUsize>,
+    /// The connections open (and some that closed since).
+    conns: Arc<Mutex<Vec<Weak<Conn>>>>,
     task: JoinHandle<()>,
 }
 
@@ -56,8 +58,8 @@ impl Proxy {
         let (mode, watcher) = watch::channel(Mode::Pass);
         let accepted = Arc::new(AtomicUsize::new(0));
         let counter = accepted.clone();
-        let epoch = Arc::new(AtomicUsize::new(0));
-        let epochs = epoch.clone();
+        let conns: Arc<Mutex<Vec<Weak<Conn>>>> = Arc::default();
+        let registry = conns.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else { continue };
@@ -67,18 +69,39 @@ impl Proxy {
                     reset(client);
                     continue;
                 }
-                let strand = Strand { born: epochs.load(Ordering::SeqCst), epoch: epochs.clone() };
-                tokio::spawn(forward(client, target, watcher.clone(), strand));
+                let conn = Arc::new(Conn::default());
+                let mut open = registry.lock().unwrap();
+                open.retain(|c| c.strong_count() > 0);
+                open.push(Arc::downgrade(&conn));
+                drop(open);
+                tokio::spawn(forward(client, target, watcher.clone(), conn));
             }
         });
-        Proxy { port, mode, accepted, epoch, task }
+        Proxy { port, mode, accepted, conns, task }
     }
 
     /// Silently drops every connection open now, for good; later ones pass.
-    pub fn strand(&self) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+    pub fn strand(&self) -> usize {
+        self.strand_where(|_| true)
+    }
+
+    /// Silently drops, for good, the open connections whose client has sent
+    /// `pattern` among its first 4 KiB; how many.
+    pub fn strand_if_client_sent(&self, pattern: &[u8]) -> usize {
+        self.strand_where(|head| head.windows(pattern.len()).any(|w| w == pattern))
+    }
+
+    fn strand_where(&self, which: impl Fn(&[u8]) -> bool) -> usize {
+        let mut n = 0;
+        for conn in self.conns.lock().unwrap().iter().filter_map(Weak::upgrade) {
+            if which(&conn.head.lock().unwrap()) {
+                conn.stranded.store(true, Ordering::SeqCst);
+                n += 1;
+            }
+        }
         // Wakes the connections' pumps so they see it.
         self.mode.send_modify(|_| {});
+        n
     }
 
     pub fn set(&self, mode: Mode) {
@@ -108,20 +131,24 @@ fn reset(stream: TcpStream) {
     drop(stream);
 }
 
-/// Whether a connection was open at the latest [`Proxy::strand`].
-#[derive(Clone)]
-struct Strand {
-    born: usize,
-    epoch: Arc<AtomicUsize>,
+/// One proxied connection: whether it was stranded, and the first bytes its client
+/// sent (to pick connections by what they said).
+#[derive(Default)]
+struct Conn {
+    stranded: AtomicBool,
+    head: Mutex<Vec<u8>>,
 }
 
-impl Strand {
+/// How many of a client's first bytes a connection keeps.
+const HEAD: usize = 4096;
+
+impl Conn {
     fn stranded(&self) -> bool {
-        self.epoch.load(Ordering::SeqCst) > self.born
+        self.stranded.load(Ordering::SeqCst)
     }
 }
 
-async fn forward(client: TcpStream, target: u16, mode: watch::Receiver<Mode>, strand: Strand) {
+async fn forward(client: TcpStream, target: u16, mode: watch::Receiver<Mode>, conn: Arc<Conn>) {
     let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
         reset(client);
         return;
@@ -129,8 +156,8 @@ async fn forward(client: TcpStream, target: u16, mode: watch::Receiver<Mode>, st
     let _ = server.set_nodelay(true);
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
-    let up = pump(&mut client_read, &mut server_write, mode.clone(), strand.clone());
-    let down = pump(&mut server_read, &mut client_write, mode, strand);
+    let up = pump(&mut client_read, &mut server_write, mode.clone(), &conn, true);
+    let down = pump(&mut server_read, &mut client_write, mode, &conn, false);
     // Either direction ending (EOF, error, Refuse) ends the connection: the services
     // here never half-close.
     tokio::select! {
@@ -150,11 +177,12 @@ async fn pump(
     from: &mut tokio::net::tcp::OwnedReadHalf,
     to: &mut tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
-    strand: Strand,
+    conn: &Conn,
+    from_client: bool,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        while strand.stranded() {
+        while conn.stranded() {
             if *mode.borrow_and_update() == Mode::Refuse || mode.changed().await.is_err() {
                 return;
             }
@@ -185,7 +213,12 @@ async fn pump(
         };
         // What was read is forwarded whatever the mode turns to meanwhile (unless it
         // is Refuse: a reset loses what is in flight; or the connection is stranded).
-        if strand.stranded() {
+        if from_client {
+            let mut head = conn.head.lock().unwrap();
+            let room = HEAD.saturating_sub(head.len()).min(n);
+            head.extend_from_slice(&buf[..room]);
+        }
+        if conn.stranded() {
             continue;
         }
         loop {

@@ -1,7 +1,10 @@
 //! The fault scenarios of issue 13 ("faults answered in bounded time"): Redis and
-//! PostgreSQL refused, blackholed, slowed or stopped (for the whole cluster or one
-//! instance), a slow consumer, a pub/sub overflow, a crash loop and an expired
-//! token, each under traffic from members on several instances.
+//! PostgreSQL refused, blackholed, slowed, stopped or their connections silently
+//! dropped (for the whole cluster or one instance), an instance started while they
+//! are out of reach, a slow consumer, a pub/sub overflow, a crash loop, an instance
+//! frozen past the dead-instance delay and an expired token, each under traffic
+//! from members on several instances. The network faults go through the
+//! per-instance proxies of `proxy.rs`.
 //!
 //! [`Traffic`] owns the members and every send they made; [`Traffic::check`] is the
 //! checker every scenario ends with. Its invariant, checked against every member's
@@ -10,9 +13,11 @@
 //! then stored exactly once; each channel's eventSeqs in the database are 1..lastSeq
 //! without a gap; after recovery every member holds every eventSeq of its channels
 //! and shows at each one the message the database has there; no member received an
-//! event of a channel it is not in; every `rejoined` named all the member's channels.
-//! Each scenario prints one `fault <name> figures:` line; the only timing asserted is
-//! "answered within its deadline".
+//! event of a channel it is not in; every `rejoined` named all the member's channels;
+//! presence lists exactly the users connected. Each scenario prints one
+//! `fault <name> figures:` line; the only timing asserted is "answered within its
+//! deadline", besides bounds on recovery (30 s) that only a fault never recovered
+//! from can miss.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

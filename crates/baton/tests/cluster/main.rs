@@ -2,6 +2,8 @@
 //! PostgreSQL database; instances are killed with SIGKILL and Redis is restarted
 //! under traffic. Each test prints its figures (messages, members, lost, raw
 //! duplicates, recovery times); the assertions are about correctness only.
+//! `faults.rs` holds the fault scenarios (network faults through `proxy.rs`), with
+//! the checker they share.
 
 #[path = "../common/mod.rs"]
 mod common;

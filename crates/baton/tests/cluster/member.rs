@@ -2,7 +2,8 @@
 //! channel (dropping ones it already has), reconnects with `since` set to what it
 //! holds without a hole, and fills gaps from `history` when `position` (or silence)
 //! says it is behind. It counts what it received before dedupe, so the tests can
-//! report raw duplicates.
+//! report raw duplicates. The invariant: `seen` holds each eventSeq once, however
+//! often it arrived, and `contiguous` never counts past a hole.
 //!
 //! For the fault checker it also keeps what it would show at each eventSeq (the
 //! message's clientMsgId), counts events of channels it is not in, and can send

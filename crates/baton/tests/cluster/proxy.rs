@@ -21,8 +21,9 @@
 //! One proxy stands between one instance and one service, so one instance alone can
 //! be cut off. The invariant it keeps: in `Pass` it is byte-for-byte transparent
 //! (order kept, nothing added or dropped), and it never loses bytes it has read,
-//! whatever the mode (a connection it resets loses what was in flight, as a real
-//! reset does). Dropping the proxy stops it and cuts its connections.
+//! whatever the mode, except on a connection it resets or strands (which loses what
+//! was in flight, as a real reset or a lost NAT entry does). Dropping the proxy stops
+//! it and cuts its connections.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};

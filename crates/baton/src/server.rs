@@ -225,6 +225,7 @@ async fn cluster_tasks(app: Arc<App>, registry: Registry) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_beat = tokio::time::Instant::now();
     let mut ticks: u64 = 0;
+    let mut beaten = false;
     loop {
         tick.tick().await;
         ticks += 1;
@@ -234,8 +235,16 @@ async fn cluster_tasks(app: Arc<App>, registry: Registry) {
         }
         if tokio::time::Instant::now() >= next_beat && link.health.is_up() {
             next_beat = tokio::time::Instant::now() + BEAT;
-            if let Err(e) = registry.beat().await {
-                tracing::warn!(error = %e, "registry heartbeat failed");
+            match registry.beat().await {
+                // Taken for dead while it was silent with Redis up (a paused
+                // process): the others took its users offline, who are still
+                // connected here. File them again, as after a Redis outage.
+                Ok(true) if beaten => {
+                    tracing::warn!("this instance was taken for dead: filing its presence again");
+                    gateway::resync(&app).await;
+                }
+                Ok(_) => beaten = true,
+                Err(e) => tracing::warn!(error = %e, "registry heartbeat failed"),
             }
             gateway::reap_dead_instances(&app, &registry).await;
         }

@@ -4,7 +4,16 @@
 //! socketioxide-redis 0.4 with fred 10, as its example wires it, does not survive a
 //! Redis restart, and [`ResilientDriver`] exists for each way it fails:
 //! - fred without a reconnect policy never reconnects: emits never return. Both
-//!   clients here reconnect forever (exponential back-off, 50 ms to 1 s).
+//!   clients here reconnect forever (exponential back-off, 50 ms to 1 s), the first
+//!   connect included (fred's `fail_fast`, on by default, gives up on a first
+//!   connect that fails: an instance started while Redis was unreachable stayed out
+//!   of the cluster).
+//! - fred does not notice a connection that went silent without closing (a NAT or
+//!   load balancer that lost its state): commands time out on it for ever, and its
+//!   unresponsive check never fires while commands keep being written; nothing at
+//!   all is written on the pub/sub connection. The health check PINGs on both; when
+//!   a PING times out twice in a row on a connection fred holds open, that client
+//!   (both, for the command connection) is made to connect again.
 //! - fred reconnects, but the adapter's shard subscriptions are not restored (fred's
 //!   `manage_subscriptions()` does not do it for this adapter): the driver tracks the
 //!   channels it was asked for and SSUBSCRIBEs them again on every reconnect.
@@ -20,7 +29,7 @@
 //!   eventSeq gaps and the `position` emit are what let clients repair them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -65,7 +74,15 @@ impl From<fred::error::Error> for RedisError {
 #[derive(Debug)]
 pub struct Health {
     up: AtomicBool,
+    /// Health checks in a row whose PING timed out on the command connection while
+    /// fred held it open.
+    silent: AtomicU32,
+    /// The same for the pub/sub connection.
+    silent_pubsub: AtomicU32,
 }
+
+/// Silent health checks in a row after which the connections are replaced.
+const SILENT_CHECKS: u32 = 2;
 
 impl Health {
     pub fn is_up(&self) -> bool {
@@ -102,7 +119,11 @@ impl RedisLink {
     /// at start: the instance serves its own clients and joins the cluster when
     /// Redis answers.
     pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let config = Config::from_url(url).map_err(|e| anyhow::anyhow!("bad REDIS_URL: {e}"))?;
+        let mut config = Config::from_url(url).map_err(|e| anyhow::anyhow!("bad REDIS_URL: {e}"))?;
+        // fred's default (fail fast) ends a client's connection task when its first
+        // connect fails, and it never reconnects: an instance started while Redis was
+        // unreachable never joined the cluster. Retry the first connect like any other.
+        config.fail_fast = false;
         let mut builder = Builder::from_config(config);
         builder
             .with_performance_config(|p| {
@@ -116,7 +137,11 @@ impl RedisLink {
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2));
         let commands = builder.build()?;
         let subscriber = builder.build_subscriber_client()?;
-        let health = Arc::new(Health { up: AtomicBool::new(false) });
+        let health = Arc::new(Health {
+            up: AtomicBool::new(false),
+            silent: AtomicU32::new(0),
+            silent_pubsub: AtomicU32::new(0),
+        });
         commands.connect();
         subscriber.connect();
         let up = tokio::time::timeout(timeout * 3, async {
@@ -171,7 +196,41 @@ impl RedisLink {
     /// Checks Redis with a PING; returns the state if it changed. On recovery the
     /// pub/sub channels are subscribed again (the subscriber may not have noticed).
     pub async fn check(&self) -> Option<bool> {
-        let up = tokio::time::timeout(self.timeout, self.commands.ping::<String>(None)).await.is_ok_and(|r| r.is_ok());
+        let subscriber = &self.driver.inner.subscriber;
+        let (ping, pubsub_ping) = tokio::join!(
+            tokio::time::timeout(self.timeout, self.commands.ping::<fred::types::Value>(None)),
+            tokio::time::timeout(self.timeout, subscriber.ping::<fred::types::Value>(None)),
+        );
+        let up = ping.as_ref().is_ok_and(|r| r.is_ok());
+        // A PING that times out on a connection fred holds open: the connection may
+        // have gone silent without closing (a NAT or load balancer that lost its
+        // state, a partition), which fred does not notice; its commands would time
+        // out for ever, and nothing would ever arrive on the pub/sub one. After a few
+        // such checks in a row the connection is replaced (both, for the command
+        // connection's: Redis is then as good as unreachable).
+        let silent = |ping: &Result<FredResult<_>, _>| match ping {
+            Err(_) => true,
+            Ok(Err(e)) => *e.kind() == fred::error::ErrorKind::Timeout,
+            Ok(Ok(_)) => false,
+        };
+        let counts = |count: &AtomicU32, silent: bool| {
+            if !silent {
+                count.store(0, Ordering::SeqCst);
+                return false;
+            }
+            let replace = count.fetch_add(1, Ordering::SeqCst) + 1 >= SILENT_CHECKS;
+            if replace {
+                count.store(0, Ordering::SeqCst);
+            }
+            replace
+        };
+        if counts(&self.health.silent, silent(&ping) && self.commands.is_connected()) {
+            tracing::warn!("redis does not answer on an open connection: connecting again");
+            self.reconnect(true);
+        } else if counts(&self.health.silent_pubsub, silent(&pubsub_ping) && subscriber.is_connected()) {
+            tracing::warn!("redis does not answer on the open pub/sub connection: connecting it again");
+            self.reconnect(false);
+        }
         if !self.health.set(up) {
             return None;
         }
@@ -183,6 +242,22 @@ impl RedisLink {
             tracing::warn!("redis is unreachable: delivering to this instance's clients only");
         }
         Some(up)
+    }
+
+    /// Has the pub/sub client, and the command one if `commands`, drop its
+    /// connection and connect again, in the background.
+    fn reconnect(&self, commands: bool) {
+        let timeout = self.timeout * 4;
+        let client = self.commands.clone();
+        let subscriber = self.driver.inner.subscriber.clone();
+        tokio::spawn(async move {
+            let commands = async {
+                if commands {
+                    let _ = tokio::time::timeout(timeout, client.force_reconnection()).await;
+                }
+            };
+            let _ = tokio::join!(commands, tokio::time::timeout(timeout, subscriber.force_reconnection()));
+        });
     }
 
     pub async fn quit(&self) {

@@ -39,21 +39,27 @@ impl Registry {
         self.link.key("instances")
     }
 
-    pub async fn beat(&self) -> Result<()> {
-        self.stamp(now_ms()).await
+    /// Beats; true if this instance was not in the registry: at its first beat, or
+    /// after another instance took it for dead (it was silent for [`DEAD_AFTER`]: a
+    /// paused process, a stalled machine) and removed it, its presence with it.
+    pub async fn beat(&self) -> Result<bool> {
+        Ok(self.stamp(now_ms()).await? == 1)
     }
 
-    /// Records `at` (Unix ms) as this instance's last beat.
-    async fn stamp(&self, at: i64) -> Result<()> {
+    /// Records `at` (Unix ms) as this instance's last beat; 1 if it was not there.
+    async fn stamp(&self, at: i64) -> Result<i64> {
         let entry = (at as f64, self.id.as_str());
-        self.link.run(self.link.commands.zadd::<i64, _, _>(self.instances(), None, None, false, false, entry)).await?;
-        Ok(())
+        Ok(self
+            .link
+            .run(self.link.commands.zadd::<i64, _, _>(self.instances(), None, None, false, false, entry))
+            .await?)
     }
 
     /// Dates this instance's last beat so that the others find it dead `grace` from
     /// now, and reap its presence then (a drained instance's grace period).
     pub async fn expire_after(&self, grace: Duration) -> Result<()> {
-        self.stamp(now_ms() - DEAD_AFTER.as_millis() as i64 + grace.as_millis() as i64).await
+        self.stamp(now_ms() - DEAD_AFTER.as_millis() as i64 + grace.as_millis() as i64).await?;
+        Ok(())
     }
 
     /// Other instances silent for longer than [`DEAD_AFTER`].

@@ -3,6 +3,13 @@
 //! process is killed when the harness is dropped. Needs `BATON_TEST_POSTGRES`
 //! (scripts/test sets it) and `redis-server` on the PATH. `TEST_LOG=1` shows the
 //! instances' logs.
+//!
+//! [`Cluster::start_with`] can put a [`Proxy`] between each instance and Redis
+//! and/or PostgreSQL (one per instance and service, so one instance alone can be
+//! cut off), run the cluster on an [`OwnPostgres`] that the test may stop, give
+//! Redis extra settings and the instances extra environment. The invariant: nothing
+//! here touches the shared Redis or stops the shared PostgreSQL; what a test breaks
+//! is its own.
 
 use std::net::TcpListener;
 use std::process::Stdio;
@@ -12,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 use crate::common::{Rest, fresh_postgres_database};
+use crate::proxy::Proxy;
 
 /// The admin token every test instance accepts.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
@@ -42,22 +50,29 @@ fn output() -> Stdio {
 pub struct Redis {
     pub port: u16,
     child: Child,
+    extra: Vec<String>,
 }
 
 impl Redis {
     pub async fn start() -> Redis {
-        Self::start_on(free_port()).await
+        Self::start_on(free_port(), Vec::new()).await
     }
 
-    async fn start_on(port: u16) -> Redis {
+    /// With extra `redis-server` arguments (e.g. `--client-output-buffer-limit`).
+    pub async fn start_with(args: Vec<String>) -> Redis {
+        Self::start_on(free_port(), args).await
+    }
+
+    async fn start_on(port: u16, extra: Vec<String>) -> Redis {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&extra)
             .stdout(output())
             .stderr(output())
             .kill_on_drop(true)
             .spawn()
             .expect("redis-server is installed (scripts/test installs it)");
-        let redis = Redis { port, child };
+        let redis = Redis { port, child, extra };
         redis.wait_ready().await;
         redis
     }
@@ -90,14 +105,18 @@ impl Redis {
 
     /// Starts Redis again on the same port, empty.
     pub async fn start_again(&mut self) {
-        *self = Self::start_on(self.port).await;
+        *self = Self::start_on(self.port, self.extra.clone()).await;
     }
 }
 
-/// One baton process.
+/// One baton process, and the proxies it reaches Redis and PostgreSQL through
+/// (when the cluster was started with them).
 pub struct Instance {
     pub name: String,
     pub base: String,
+    pub port: u16,
+    pub redis_proxy: Option<Proxy>,
+    pub postgres_proxy: Option<Proxy>,
     child: Child,
 }
 
@@ -112,6 +131,11 @@ impl Instance {
         tokio::time::timeout(within, self.child.wait()).await.expect("the instance exits in time").unwrap()
     }
 
+    /// Its exit status if it exits within `within`, else None (it still runs).
+    pub async fn exits_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(within, self.child.wait()).await.ok().map(|status| status.unwrap())
+    }
+
     pub fn rest(&self) -> Rest {
         Rest::new(self.base.clone())
     }
@@ -121,25 +145,67 @@ impl Instance {
     }
 }
 
+/// How [`Cluster::start_with`] builds the cluster.
+#[derive(Default)]
+pub struct Options {
+    /// Each instance reaches Redis through its own [`Proxy`].
+    pub proxy_redis: bool,
+    /// Each instance reaches PostgreSQL through its own [`Proxy`].
+    pub proxy_postgres: bool,
+    /// The database is on an [`OwnPostgres`] (kept in [`Cluster::own_postgres`]),
+    /// which the test may stop and start.
+    pub own_postgres: bool,
+    /// Extra `redis-server` arguments.
+    pub redis_args: Vec<String>,
+    /// Extra environment for every instance (after the defaults, so it wins).
+    pub env: Vec<(&'static str, String)>,
+}
+
 pub struct Cluster {
     pub redis: Redis,
     pub instances: Vec<Instance>,
     pub database_url: String,
+    /// Set with [`Options::own_postgres`]; dropped after the instances.
+    pub own_postgres: Option<OwnPostgres>,
+    env: Vec<(&'static str, String)>,
 }
 
 impl Cluster {
     /// Starts Redis, a fresh database and `n` instances, and waits until every
     /// instance is ready.
     pub async fn start(n: usize) -> Cluster {
-        let admin = std::env::var("BATON_TEST_POSTGRES")
-            .ok()
-            .filter(|s| !s.is_empty())
-            .expect("the cluster tests need PostgreSQL: set BATON_TEST_POSTGRES (scripts/test does)");
+        Self::start_with(n, Options::default()).await
+    }
+
+    /// Like [`Cluster::start`], built as `options` say.
+    pub async fn start_with(n: usize, options: Options) -> Cluster {
+        let own_postgres = if options.own_postgres { Some(OwnPostgres::start().await) } else { None };
+        let admin = match &own_postgres {
+            Some(pg) => pg.url(),
+            None => std::env::var("BATON_TEST_POSTGRES")
+                .ok()
+                .filter(|s| !s.is_empty())
+                .expect("the cluster tests need PostgreSQL: set BATON_TEST_POSTGRES (scripts/test does)"),
+        };
         let database_url = fresh_postgres_database(&admin).await;
-        let redis = Redis::start().await;
-        let mut cluster = Cluster { redis, instances: Vec::new(), database_url };
+        let redis = if options.redis_args.is_empty() {
+            Redis::start().await
+        } else {
+            Redis::start_with(options.redis_args).await
+        };
+        let mut cluster = Cluster { redis, instances: Vec::new(), database_url, own_postgres, env: options.env };
         for i in 0..n {
-            let instance = cluster.spawn(&format!("baton-{i}"));
+            let redis_proxy = if options.proxy_redis { Some(Proxy::start(cluster.redis.port).await) } else { None };
+            let postgres_proxy = if options.proxy_postgres {
+                let url = url::Url::parse(&cluster.database_url).unwrap();
+                Some(Proxy::start(url.port().unwrap_or(5432)).await)
+            } else {
+                None
+            };
+            let (name, port) = (format!("baton-{i}"), free_port());
+            let child = cluster.spawn(&name, port, redis_proxy.as_ref(), postgres_proxy.as_ref());
+            let base = format!("http://127.0.0.1:{port}");
+            let instance = Instance { name, base, port, redis_proxy, postgres_proxy, child };
             cluster.instances.push(instance);
         }
         for i in 0..n {
@@ -148,13 +214,43 @@ impl Cluster {
         cluster
     }
 
-    fn spawn(&self, name: &str) -> Instance {
-        let port = free_port();
-        let child = baton_command()
+    /// Kills instance `i` (SIGKILL) if it runs, and starts it again with the same
+    /// name, port and proxies; waits until it is ready.
+    pub async fn restart(&mut self, i: usize) {
+        self.respawn(i).await;
+        self.wait_ready(i).await;
+    }
+
+    /// Like [`Cluster::restart`], without waiting for `/readyz` (which may stay 503).
+    pub async fn respawn(&mut self, i: usize) {
+        let _ = self.instances[i].child.kill().await;
+        let instance = &self.instances[i];
+        let child =
+            self.spawn(&instance.name, instance.port, instance.redis_proxy.as_ref(), instance.postgres_proxy.as_ref());
+        self.instances[i].child = child;
+    }
+
+    /// Starts the baton process `name` on `port`, through the proxies given.
+    fn spawn(&self, name: &str, port: u16, redis_proxy: Option<&Proxy>, postgres_proxy: Option<&Proxy>) -> Child {
+        let redis_url = match redis_proxy {
+            Some(proxy) => format!("redis://127.0.0.1:{}", proxy.port),
+            None => self.redis.url(),
+        };
+        let database_url = match postgres_proxy {
+            Some(proxy) => {
+                let mut url = url::Url::parse(&self.database_url).unwrap();
+                url.set_host(Some("127.0.0.1")).unwrap();
+                url.set_port(Some(proxy.port)).unwrap();
+                url.to_string()
+            }
+            None => self.database_url.clone(),
+        };
+        let mut command = baton_command();
+        command
             .arg("serve")
             .env("BATON_LISTEN", format!("127.0.0.1:{port}"))
-            .env("DATABASE_URL", &self.database_url)
-            .env("REDIS_URL", self.redis.url())
+            .env("DATABASE_URL", database_url)
+            .env("REDIS_URL", redis_url)
             .env("BATON_INSTANCE_ID", name)
             .env("BATON_POSITION_INTERVAL", "1s")
             .env("BATON_DRAIN_WINDOW", "2s")
@@ -162,13 +258,11 @@ impl Cluster {
             .env("BATON_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("BATON_CHAT_RATE", "1000")
             .env("BATON_CHAT_BURST", "1000")
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdout(output())
-            .stderr(output())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the baton binary runs");
-        Instance { name: name.into(), base: format!("http://127.0.0.1:{port}"), child }
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        command.stdout(output()).stderr(output()).kill_on_drop(true).spawn().expect("the baton binary runs")
     }
 
     pub async fn wait_ready(&self, i: usize) {

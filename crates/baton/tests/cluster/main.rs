@@ -2,12 +2,16 @@
 //! PostgreSQL database; instances are killed with SIGKILL and Redis is restarted
 //! under traffic. Each test prints its figures (messages, members, lost, raw
 //! duplicates, recovery times); the assertions are about correctness only.
+//! `faults.rs` holds the fault scenarios (network faults through `proxy.rs`), with
+//! the checker they share.
 
 #[path = "../common/mod.rs"]
 mod common;
+mod faults;
 mod harness;
 mod member;
 mod memory;
+mod proxy;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

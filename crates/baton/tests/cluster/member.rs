@@ -2,7 +2,13 @@
 //! channel (dropping ones it already has), reconnects with `since` set to what it
 //! holds without a hole, and fills gaps from `history` when `position` (or silence)
 //! says it is behind. It counts what it received before dedupe, so the tests can
-//! report raw duplicates.
+//! report raw duplicates. The invariant: `seen` holds each eventSeq once, however
+//! often it arrived, and `contiguous` never counts past a hole.
+//!
+//! For the fault checker it also keeps what it would show at each eventSeq (the
+//! message's clientMsgId), counts events of channels it is not in, and can send
+//! without insisting on `written: true` ([`Member::try_send`]), so a refused or
+//! unanswered send can be resent later with the same clientMsgId.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -32,6 +38,22 @@ pub struct Member {
     pub rejoined: Vec<Vec<i64>>,
     /// Time from each reconnect attempt to its `recovered`.
     pub recoveries: Vec<Duration>,
+    /// What is shown at each (channel, eventSeq): the message's clientMsgId (empty
+    /// for none), as first received.
+    pub shown: BTreeMap<(i64, i64), String>,
+    /// Chat events received for channels this member is not in.
+    pub foreign: usize,
+}
+
+/// How a send ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    /// `written: true`, at this eventSeq.
+    Acked(i64),
+    /// An ack with `written: false`: its error code.
+    Refused(String),
+    /// No ack: timed out, or the transport closed (or was not open).
+    NoAck(String),
 }
 
 impl Member {
@@ -50,6 +72,8 @@ impl Member {
             filled_from_history: 0,
             rejoined: Vec::new(),
             recoveries: Vec::new(),
+            shown: BTreeMap::new(),
+            foreign: 0,
         };
         m.connect_to(base).await.expect("first connect");
         let ack = m.socket().emit_with_ack("join", json!({ "channels": channels }), WAIT).await.unwrap();
@@ -75,15 +99,22 @@ impl Member {
 
     /// (Re)connects to `base` with `since`, and takes events until `recovered`.
     pub async fn connect_to(&mut self, base: &str) -> Result<(), ClientError> {
+        self.connect_within(base, WAIT).await
+    }
+
+    /// [`Member::connect_to`], with `wait` as the bound of the connect and of each
+    /// event until `recovered`.
+    pub async fn connect_within(&mut self, base: &str, wait: Duration) -> Result<(), ClientError> {
         let started = Instant::now();
         let since: serde_json::Map<String, Value> =
             self.channels.iter().map(|c| (c.to_string(), json!(self.contiguous(*c)))).collect();
         let auth = json!({ "token": self.user.token, "since": since });
-        let socket = Socket::connect(base, &format!("/socket/commu-{}", self.cid), auth).await?;
+        let options = baton_client::ClientOptions { connect_timeout: wait, ..Default::default() };
+        let socket = Socket::connect_with(base, &format!("/socket/commu-{}", self.cid), auth, options).await?;
         self.base = base.to_owned();
         self.socket = Some(socket);
         loop {
-            match self.socket.as_mut().unwrap().next(WAIT).await? {
+            match self.socket.as_mut().unwrap().next(wait).await? {
                 Incoming::Event { name, args } => {
                     let done = name == "recovered";
                     self.absorb(&name, args.into_iter().next().unwrap_or(Value::Null));
@@ -104,9 +135,13 @@ impl Member {
                 let channel = arg["channelId"].as_i64().unwrap();
                 let seq = arg["eventSeq"].as_i64().unwrap();
                 self.received_raw += 1;
+                if !self.channels.contains(&channel) {
+                    self.foreign += 1;
+                }
                 if !self.seen.entry(channel).or_default().insert(seq) {
                     self.duplicates += 1;
                 }
+                self.show(channel, seq, &arg);
             }
             "position" => {
                 let channel = arg["channelId"].as_i64().unwrap();
@@ -119,6 +154,71 @@ impl Member {
             }
             _ => {}
         }
+    }
+
+    fn show(&mut self, channel: i64, seq: i64, message: &Value) {
+        let cmid = message["clientMsgId"].as_str().unwrap_or_default().to_owned();
+        self.shown.entry((channel, seq)).or_insert(cmid);
+    }
+
+    /// Whether the transport is open (after taking what has arrived).
+    pub fn is_connected(&mut self) -> bool {
+        self.drain()
+    }
+
+    /// Drops the connection without a goodbye (the client goes away).
+    pub fn go_away(&mut self) {
+        self.drain();
+        self.socket = None;
+    }
+
+    /// Sends a new message with its clientMsgId and reports how it ended, whatever
+    /// that was; an acked one is held (the sender is not sent its own message).
+    pub async fn try_send(&mut self, channel: i64, content: &str, client_msg_id: &str, wait: Duration) -> Sent {
+        let Some(socket) = self.socket.as_ref() else { return Sent::NoAck("not connected".into()) };
+        let event =
+            json!({ "chatType": "new", "channelId": channel, "content": content, "clientMsgId": client_msg_id });
+        match socket.emit_with_ack("chat", event, wait).await {
+            Err(e) => Sent::NoAck(e.to_string()),
+            Ok(ack) if ack["written"] == true => {
+                let seq = ack["chatInfo"]["eventSeq"].as_i64().unwrap();
+                self.seen.entry(channel).or_default().insert(seq);
+                self.show(channel, seq, &ack["chatInfo"]);
+                Sent::Acked(seq)
+            }
+            Ok(ack) => Sent::Refused(ack["error"]["code"].as_str().unwrap_or("?").to_owned()),
+        }
+    }
+
+    /// Sends the messages `(content, clientMsgId)` of `burst` to `channel` pipelined
+    /// (all emitted before any ack is awaited); how each ended, in order.
+    pub async fn burst(&mut self, channel: i64, burst: &[(String, String)], wait: Duration) -> Vec<Sent> {
+        let Some(socket) = self.socket.as_ref() else {
+            return burst.iter().map(|_| Sent::NoAck("not connected".into())).collect();
+        };
+        let mut pending = Vec::new();
+        for (content, cmid) in burst {
+            let event = json!({ "chatType": "new", "channelId": channel, "content": content, "clientMsgId": cmid });
+            pending.push(socket.emit_with_ack_deferred("chat", event).await);
+        }
+        let mut out = Vec::new();
+        for ack in pending {
+            let ack = match ack {
+                Ok(future) => future.wait(wait).await,
+                Err(e) => Err(e),
+            };
+            out.push(match ack {
+                Err(e) => Sent::NoAck(e.to_string()),
+                Ok(ack) if ack["written"] == true => {
+                    let seq = ack["chatInfo"]["eventSeq"].as_i64().unwrap();
+                    self.seen.entry(channel).or_default().insert(seq);
+                    self.show(channel, seq, &ack["chatInfo"]);
+                    Sent::Acked(seq)
+                }
+                Ok(ack) => Sent::Refused(ack["error"]["code"].as_str().unwrap_or("?").to_owned()),
+            });
+        }
+        out
     }
 
     /// Takes what has arrived; false if the transport closed.
@@ -150,6 +250,7 @@ impl Member {
         // The sender is not sent its own message: the ack is how it holds it.
         let seq = ack["chatInfo"]["eventSeq"].as_i64().unwrap();
         self.seen.entry(channel).or_default().insert(seq);
+        self.show(channel, seq, &ack["chatInfo"]);
         Ok(seq)
     }
 
@@ -190,9 +291,11 @@ impl Member {
             .await
             .unwrap();
         for m in page["messages"].as_array().unwrap() {
-            if self.seen.entry(channel).or_default().insert(m["eventSeq"].as_i64().unwrap()) {
+            let seq = m["eventSeq"].as_i64().unwrap();
+            if self.seen.entry(channel).or_default().insert(seq) {
                 self.filled_from_history += 1;
             }
+            self.show(channel, seq, m);
         }
     }
 }

@@ -120,8 +120,10 @@ pub struct Config {
     #[arg(long, env = "BATON_MAX_SOCKETS_PER_USER", default_value_t = 100, global = true)]
     pub max_sockets_per_user: usize,
 
-    /// How long any use of the database may take (a connection from the pool, a
-    /// statement, a transaction) before the request fails with `unavailable`.
+    /// How long a request (a socket event, a connect's admission, a REST call) may
+    /// wait on the database, all its queries together, and each use of it (a
+    /// connection from the pool, a statement, a transaction) on its own, before it
+    /// fails with `unavailable`.
     #[arg(long, env = "BATON_DB_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
     pub db_timeout: Duration,
 

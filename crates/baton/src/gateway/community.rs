@@ -15,7 +15,7 @@ use socketioxide::extract::{AckSender, Event, SocketRef};
 use super::extract::{InOrder, Live, Payload, Received, Ticket, Turnstile, event};
 use super::{
     Ack, Acked, COMMUNITY_NS_PREFIX, Refusal, Session, SocketSlot, answer, authenticate, channel_room, count_connect,
-    room_channel, root, session, user_room,
+    room_channel, root, session, user_room, within_deadline,
 };
 use crate::adapter::ChatAdapter;
 use crate::app::App;
@@ -52,7 +52,7 @@ pub(super) async fn admit<A: ChatAdapter>(
 ) -> Result<(), Refusal> {
     let path = socket.ns().to_owned();
     app.namespaces.begin(&path);
-    match check_admission(app, &path, &auth).await {
+    match within_deadline(app, std::time::Instant::now(), check_admission(app, &path, &auth)).await {
         Ok((session, since, slot)) => {
             let turnstile = Arc::new(Turnstile::default());
             let pending = Pending { since, turn: Mutex::new(Some(turnstile.ticket())) };
@@ -142,6 +142,9 @@ pub(super) async fn on_connect<A: ChatAdapter>(socket: SocketRef<A>, io: SocketI
         return;
     }
     socket.join(user_room(session.user));
+    // Not one request under one deadline: each query of the rejoin and replay has its
+    // own, so that a slow database makes recovery slower rather than leave the client
+    // without `recovered`.
     if let Err(e) = recover(&app, &io, &socket, session.user, community, since).await {
         tracing::warn!(sid = %socket.id, error = %e, "recovery failed; the client can join and page history");
     }
@@ -329,7 +332,8 @@ async fn on_join<A: ChatAdapter>(
     payload: Payload,
 ) {
     let _turn = turn.wait().await;
-    answer(received, ack, Ack(join(&app, &io, &socket, payload).await));
+    let joined = within_deadline(&app, received.at, join(&app, &io, &socket, payload)).await;
+    answer(received, ack, Ack(joined));
 }
 
 async fn on_leave<A: ChatAdapter>(
@@ -342,7 +346,8 @@ async fn on_leave<A: ChatAdapter>(
     payload: Payload,
 ) {
     let _turn = turn.wait().await;
-    answer(received, ack, Ack(leave(&app, &io, &socket, payload).await));
+    let left = within_deadline(&app, received.at, leave(&app, &io, &socket, payload)).await;
+    answer(received, ack, Ack(left));
 }
 
 /// Apply, ack, publish: the ack follows the commit (durable now, for the sender's
@@ -357,7 +362,9 @@ async fn on_chat<A: ChatAdapter>(
     payload: Payload,
 ) {
     let _turn = turn.wait().await;
-    match chat(&app, &socket, payload).await {
+    // The broadcast follows the ack outside the request's deadline: it must not be
+    // cut short because the write took most of it.
+    match within_deadline(&app, received.at, chat(&app, &socket, payload)).await {
         Ok(created) => {
             answer(received, ack, Ack(Ok(Wrote { written: true, chat_info: &created.message })));
             app.fanout.publish_from(&created, &socket).await;
@@ -375,7 +382,8 @@ async fn on_read<A: ChatAdapter>(
     payload: Payload,
 ) {
     let _turn = turn.wait().await;
-    answer(received, ack, Ack(read(&app, &socket, payload).await));
+    let read = within_deadline(&app, received.at, read(&app, &socket, payload)).await;
+    answer(received, ack, Ack(read));
 }
 
 async fn on_history<A: ChatAdapter>(
@@ -385,7 +393,8 @@ async fn on_history<A: ChatAdapter>(
     ack: AckSender<A>,
     payload: Payload,
 ) {
-    answer(received, ack, Ack(history(&app, &socket, payload).await));
+    let page = within_deadline(&app, received.at, history(&app, &socket, payload)).await;
+    answer(received, ack, Ack(page));
 }
 
 async fn on_typing<A: ChatAdapter>(

@@ -20,6 +20,7 @@ use socketioxide::socket::Sid;
 use super::extract::Live;
 use super::{
     COMMUNITY_NS_PREFIX, Refusal, Session, authenticate, count_connect, refuse, room_channel, session, user_room,
+    within_deadline,
 };
 use crate::adapter::ChatAdapter;
 use crate::app::App;
@@ -42,7 +43,7 @@ pub(super) async fn admit<A: ChatAdapter>(
         app.chat.user(user).await?;
         Ok::<_, crate::error::Error>((user, slot))
     };
-    let (user, slot) = admitted.await.map_err(|e| {
+    let (user, slot) = within_deadline(app, std::time::Instant::now(), admitted).await.map_err(|e| {
         e.report("root connect");
         count_connect("root", e.code.as_str());
         Refusal(e)

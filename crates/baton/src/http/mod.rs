@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
@@ -29,7 +29,11 @@ pub type AppState = Arc<App>;
 
 /// The whole HTTP surface but Socket.IO, which the caller layers on top.
 pub fn router(app: AppState) -> Router {
-    let api = Router::new().merge(accounts::router()).merge(communities::router()).merge(channels::router());
+    let api = Router::new()
+        .merge(accounts::router())
+        .merge(communities::router())
+        .merge(channels::router())
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), within_deadline));
     Router::new()
         .nest("/api", api)
         .merge(ops::router())
@@ -38,6 +42,13 @@ pub fn router(app: AppState) -> Router {
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(no_such_endpoint)
         .with_state(app)
+}
+
+/// Serves a REST call as one request: its uses of the database end `--db-timeout`
+/// after it arrived, so it is answered (503 `unavailable` at worst) within that.
+async fn within_deadline(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let ends = tokio::time::Instant::now() + app.config.db_timeout;
+    crate::store::within_request(ends, next.run(req)).await
 }
 
 /// Unknown paths and methods get the protocol's error body too.

@@ -136,17 +136,36 @@ impl GroupCommit {
         self.pools.close().await;
     }
 
-    /// Queues a new message and waits for the commit that holds it.
+    /// Queues a new message and waits for the commit that holds it, until the request
+    /// it serves ends (see [`super::within_request`]). A request that gave up before
+    /// a writer took it is not written (the writer skips it); one that gave up while
+    /// its batch was being written has an unknown outcome, like a batch that overran
+    /// its own deadline.
     pub async fn write(&self, message: NewMessage) -> Result<Option<Written>, sqlx::Error> {
         let (reply, answer) = oneshot::channel();
-        self.queue.send(Request { message, reply }).await.map_err(|_| sqlx::Error::PoolClosed)?;
-        // A writer that went away (the runtime shutting down) answers nothing.
-        answer.await.unwrap_or(Err(sqlx::Error::PoolClosed))
+        let deadline = self.pools.deadline;
+        let ends = super::request_ends();
+        let queued = async {
+            self.queue.send(Request { message, reply }).await.map_err(|_| sqlx::Error::PoolClosed)?;
+            // A writer that went away (the runtime shutting down) answers nothing.
+            answer.await.unwrap_or(Err(sqlx::Error::PoolClosed))
+        };
+        match ends {
+            Some(ends) => tokio::time::timeout_at(ends, queued)
+                .await
+                .unwrap_or_else(|_| Err(super::deadline_error("insert_messages", deadline))),
+            None => queued.await,
+        }
     }
 }
 
-/// Writes one batch and answers each of its requests.
-async fn write_batch(pools: &Pools, requests: Vec<Request>) {
+/// Writes one batch and answers each of its requests; those whose requester gave up
+/// waiting (its request ended) are not written.
+async fn write_batch(pools: &Pools, mut requests: Vec<Request>) {
+    requests.retain(|r| !r.reply.is_closed());
+    if requests.is_empty() {
+        return;
+    }
     metrics::histogram!(m::DB_BATCH_ROWS).record(requests.len() as f64);
     // Later requests with an earlier one's clientMsgId are answered with its message:
     // request i is answered with writes[plan[i].0], fresh if it is the one that wrote it.

@@ -119,6 +119,31 @@ impl Pools {
     }
 }
 
+tokio::task_local! {
+    /// When the request being served must be answered by: its uses of the database
+    /// share this one deadline ([`within_request`]).
+    static REQUEST_ENDS: tokio::time::Instant;
+}
+
+/// Serves `work` as one request that must be answered by `ends`: each use of the
+/// database it makes ends by then, however many it makes (each is also bounded by
+/// `--db-timeout` on its own). So a request answers `unavailable` within its
+/// deadline, not within several deadlines one after the other.
+pub async fn within_request<F: std::future::Future>(ends: tokio::time::Instant, work: F) -> F::Output {
+    REQUEST_ENDS.scope(ends, work).await
+}
+
+/// When the request being served ends, if the work runs as one ([`within_request`]).
+fn request_ends() -> Option<tokio::time::Instant> {
+    REQUEST_ENDS.try_with(|ends| *ends).ok()
+}
+
+/// How long a use of the database may take: `deadline`, or less if the request it
+/// serves ends sooner.
+pub(crate) fn time_left(deadline: Duration) -> Duration {
+    request_ends().map_or(deadline, |ends| ends.saturating_duration_since(tokio::time::Instant::now()).min(deadline))
+}
+
 /// What a use of the database that overran its deadline answers: for a query, the
 /// error `unavailable` is made of; for a group write, a failure whose outcome is
 /// unknown (it may have committed), which is retried by nobody.
@@ -151,7 +176,8 @@ impl std::fmt::Debug for Store {
 }
 
 /// Runs `$body` with `$p` bound to the [`Pool`]'s dialect pool (the body is compiled
-/// once per dialect), within the pool's deadline (past it, the body is dropped,
+/// once per dialect), within the pool's deadline or what is left of the request's
+/// ([`time_left`]; past it, the body is dropped,
 /// which rolls back an open transaction, and the result is [`Deadlined`]), and
 /// records its time under the query's name.
 macro_rules! on_pool {
@@ -164,9 +190,10 @@ macro_rules! on_pool {
                 $crate::store::Dialect::Postgres($p) => $body,
             }
         };
-        let result = match tokio::time::timeout(pool.deadline, run).await {
+        let deadline = $crate::store::time_left(pool.deadline);
+        let result = match tokio::time::timeout(deadline, run).await {
             Ok(result) => result,
-            Err(_) => $crate::store::Deadlined::timed_out($query, pool.deadline),
+            Err(_) => $crate::store::Deadlined::timed_out($query, deadline),
         };
         metrics::histogram!($crate::metrics::DB_SECONDS, "query" => $query).record(started.elapsed().as_secs_f64());
         result

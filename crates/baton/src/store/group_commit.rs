@@ -36,7 +36,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::communities::channel_access;
 use super::messages::message_by_client_id;
-use super::{ChannelId, CommunityId, Message, MessageId, Pools, UserId, is_unique_violation, on_pool};
+use super::{ChannelId, CommunityId, Dialect, Message, MessageId, Pools, UserId, is_unique_violation, on_pool};
 use crate::error::AlreadyLogged;
 use crate::metrics as m;
 
@@ -78,7 +78,7 @@ enum BatchError {
     Commit(sqlx::Error),
 }
 
-impl super::Deadlined for Result<BatchWritten, BatchError> {
+impl<T> super::Deadlined for Result<T, BatchError> {
     /// A batch that overran its deadline may have committed: its outcome is unknown.
     fn timed_out(query: &'static str, deadline: std::time::Duration) -> Self {
         Err(BatchError::Commit(super::deadline_error(query, deadline)))
@@ -188,8 +188,11 @@ async fn write_batch(pools: &Pools, mut requests: Vec<Request>) {
     match insert_messages(pools, &writes).await {
         Ok(written) => {
             for (r, (index, fresh)) in requests.into_iter().zip(plan) {
-                let answer = written.messages[index].clone().map(|message| Written {
-                    inserted: if fresh { Inserted::Fresh(message) } else { Inserted::Existing(message) },
+                let answer = written.messages[index].clone().map(|inserted| Written {
+                    inserted: match inserted {
+                        Inserted::Fresh(message) if fresh => Inserted::Fresh(message),
+                        Inserted::Fresh(message) | Inserted::Existing(message) => Inserted::Existing(message),
+                    },
                     members: written.members.get(&r.message.channel).cloned(),
                 });
                 let _ = r.reply.send(Ok(answer));
@@ -219,15 +222,17 @@ fn copy_of(error: &sqlx::Error) -> sqlx::Error {
 }
 
 /// How a `new` message was written: freshly, or found by its clientMsgId.
+#[derive(Clone)]
 pub enum Inserted {
     Fresh(Message),
     Existing(Message),
 }
 
-/// What [`insert_messages`] wrote: in the order of its input, each message, or
-/// `None` where it was refused; and the members of every channel of the batch.
+/// What [`insert_messages`] wrote: in the order of its input, each message (fresh,
+/// or found by its clientMsgId), or `None` where it was refused; and the members of
+/// every channel of the batch.
 struct BatchWritten {
-    messages: Vec<Option<Message>>,
+    messages: Vec<Option<Inserted>>,
     members: HashMap<ChannelId, Arc<[UserId]>>,
 }
 
@@ -312,6 +317,16 @@ async fn insert_alone(pools: &Pools, message: &NewMessage) -> Result<Option<Writ
 /// once committed, with the members of each channel (who gets the `notify`). The
 /// caller keeps clientMsgIds unique within `messages`.
 async fn insert_messages(pools: &Pools, messages: &[NewMessage]) -> Result<BatchWritten, BatchError> {
+    if pools.is_sqlite() {
+        insert_messages_in_steps(pools, messages).await
+    } else {
+        insert_messages_at_once(pools, messages).await
+    }
+}
+
+/// [`insert_messages`] in one transaction of several statements (SQLite, where a
+/// statement costs no round trip).
+async fn insert_messages_in_steps(pools: &Pools, messages: &[NewMessage]) -> Result<BatchWritten, BatchError> {
     let ids = messages.iter().map(|m| m.channel).collect::<std::collections::BTreeSet<_>>();
     let ids = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
     // Ids are integers, inlined as such. SQLite has one writer and no row locks.
@@ -410,14 +425,149 @@ async fn insert_messages(pools: &Pools, messages: &[NewMessage]) -> Result<Batch
             }
             let mut written = written.into_iter();
             tx.commit().await.map_err(BatchError::Commit)?;
-            let messages = accepted.iter().map(|ok| if *ok { written.next() } else { None }).collect();
+            let messages =
+                accepted.iter().map(|ok| if *ok { written.next().map(Inserted::Fresh) } else { None }).collect();
             Ok(BatchWritten { messages, members })
         }
         .await
     })
 }
 
-/// The statements of a group write of `messages` (see [`insert_messages`]): per
+/// [`insert_messages`] on PostgreSQL in one statement, so one round trip per batch
+/// (five in steps: BEGIN, the locked read, the numbering, the insert, COMMIT, which
+/// made most of a small room's database cost, docs/benchmarks.md). Its parts, as
+/// common table expressions, in the order they take effect:
+/// - `input`: the batch, from arrays, with each message's place (`ord`);
+/// - `locked`: its channels, locked in id order (so two batches cannot deadlock),
+///   with their latest `last_seq` (a lock waited for re-reads the row);
+/// - `members`, `valid`: the messages whose channel exists, is in the community the
+///   sender acts in, and has the sender as a member; the others are refused;
+/// - `existing`: valid messages whose clientMsgId this sender already used in the
+///   channel: answered with that message, not written again;
+/// - `numbered`: the rest, numbered per channel after its `last_seq`, in batch order;
+/// - `bumped`: the channels' `last_seq` and `last_event_at` moved past them;
+/// - `inserted`: the messages written.
+///
+/// A statement runs in a transaction of its own: all of it commits, or none of it.
+/// A clientMsgId another batch committed after this statement's snapshot fails the
+/// unique constraint, and the batch is written row by row ([`insert_alone`]), as in
+/// steps.
+const INSERT_AT_ONCE: &str = "\
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::bigint[])
+        WITH ORDINALITY AS i(channel_id, sender_id, content, client_msg_id, community_id, created_at, ord)
+), locked AS (
+    SELECT id, community_id, last_seq FROM channels
+    WHERE id IN (SELECT channel_id FROM input) ORDER BY id FOR UPDATE
+), members AS (
+    SELECT channel_id, array_agg(user_id) AS users FROM channel_members
+    WHERE channel_id IN (SELECT id FROM locked) GROUP BY channel_id
+), valid AS (
+    SELECT i.*, l.last_seq FROM input i
+    JOIN locked l ON l.id = i.channel_id
+    JOIN members m ON m.channel_id = i.channel_id
+    WHERE i.sender_id = ANY(m.users) AND (i.community_id IS NULL OR i.community_id = l.community_id)
+), existing AS (
+    SELECT v.ord, x.id, x.seq, x.event_seq, x.content, x.created_at, x.edited_at, x.deleted FROM valid v
+    JOIN messages x ON x.channel_id = v.channel_id AND x.sender_id = v.sender_id AND x.client_msg_id = v.client_msg_id
+), numbered AS (
+    SELECT v.*, v.last_seq + row_number() OVER (PARTITION BY v.channel_id ORDER BY v.ord) AS seq FROM valid v
+    WHERE v.ord NOT IN (SELECT ord FROM existing)
+), bumped AS (
+    UPDATE channels c SET last_seq = n.top, last_event_at = n.at
+    FROM (SELECT channel_id, max(seq) AS top, max(created_at) AS at FROM numbered GROUP BY channel_id) n
+    WHERE c.id = n.channel_id
+    RETURNING c.id
+), inserted AS (
+    INSERT INTO messages (channel_id, seq, event_seq, sender_id, content, client_msg_id, created_at, deleted)
+    SELECT channel_id, seq, seq, sender_id, content, client_msg_id, created_at, FALSE FROM numbered
+    RETURNING id, channel_id, seq
+)
+SELECT i.ord, l.community_id, m.users, ins.id, ins.seq,
+       x.id, x.seq, x.event_seq, x.content, x.created_at, x.edited_at, x.deleted
+FROM input i
+LEFT JOIN locked l ON l.id = i.channel_id
+LEFT JOIN members m ON m.channel_id = i.channel_id
+LEFT JOIN numbered n ON n.ord = i.ord
+LEFT JOIN inserted ins ON ins.channel_id = n.channel_id AND ins.seq = n.seq
+LEFT JOIN existing x ON x.ord = i.ord
+ORDER BY i.ord";
+
+/// One row of [`INSERT_AT_ONCE`]'s answer: the message's place, its channel's
+/// community and members, then the written message's id and seq, or the one its
+/// clientMsgId found (id, seq, event_seq, content, created_at, edited_at, deleted).
+type AtOnceRow = (
+    i64,
+    Option<CommunityId>,
+    Option<Vec<UserId>>,
+    Option<MessageId>,
+    Option<i64>,
+    Option<MessageId>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<bool>,
+);
+
+/// [`insert_messages`] in one statement ([`INSERT_AT_ONCE`]), on PostgreSQL.
+async fn insert_messages_at_once(pools: &Pools, messages: &[NewMessage]) -> Result<BatchWritten, BatchError> {
+    let column = |f: fn(&NewMessage) -> i64| messages.iter().map(f).collect::<Vec<i64>>();
+    let query = sqlx::query_as::<_, AtOnceRow>(INSERT_AT_ONCE)
+        .bind(column(|m| m.channel))
+        .bind(column(|m| m.sender))
+        .bind(messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>())
+        .bind(messages.iter().map(|m| m.client_msg_id.as_deref()).collect::<Vec<_>>())
+        .bind(messages.iter().map(|m| m.community).collect::<Vec<_>>())
+        .bind(column(|m| m.now));
+    let Dialect::Postgres(pg) = pools.write().dialect else {
+        unreachable!("insert_messages_at_once runs on PostgreSQL")
+    };
+    let rows: Vec<AtOnceRow> = on_pool!(pools.write(), "insert_messages", |_pool| {
+        // A database's refusal rolled the statement back; any other failure (the
+        // connection lost while it ran) leaves its outcome unknown.
+        query.fetch_all(pg).await.map_err(|e| {
+            if e.as_database_error().is_some() { BatchError::before_commit(e) } else { BatchError::Commit(e) }
+        })
+    })?;
+    if rows.len() != messages.len() {
+        return Err(BatchError::Commit(sqlx::Error::Protocol("the batch's answer has a row per message".into())));
+    }
+    let mut members: HashMap<ChannelId, Arc<[UserId]>> = HashMap::new();
+    let mut written = Vec::with_capacity(messages.len());
+    for (m, row) in messages.iter().zip(rows) {
+        let (_, community, users, new_id, new_seq, id, seq, event_seq, content, created_at, edited_at, deleted) = row;
+        if let Some(users) = users {
+            members.entry(m.channel).or_insert_with(|| users.into());
+        }
+        let message = |id, seq, event_seq, content: String, created_at, edited_at, deleted| Message {
+            id,
+            channel_id: m.channel,
+            community_id: community.unwrap_or_default(),
+            seq,
+            event_seq,
+            sender_id: m.sender,
+            content,
+            client_msg_id: m.client_msg_id.clone(),
+            created_at,
+            edited_at,
+            deleted,
+        };
+        written.push(match (new_id, new_seq, id, seq, event_seq, content, created_at, deleted) {
+            (Some(id), Some(seq), ..) => {
+                Some(Inserted::Fresh(message(id, seq, seq, m.content.clone(), m.now, None, false)))
+            }
+            (_, _, Some(id), Some(seq), Some(event_seq), Some(content), Some(created_at), Some(deleted)) => {
+                Some(Inserted::Existing(message(id, seq, event_seq, content, created_at, edited_at, deleted)))
+            }
+            _ => None,
+        });
+    }
+    Ok(BatchWritten { messages: written, members })
+}
+
+/// The statements of a group write of `messages` (see [`insert_messages_in_steps`]): per
 /// channel, in id order, how many messages and the latest time; the UPDATE that numbers
 /// them; the INSERT that writes them.
 fn group_write_sql(messages: &[&NewMessage]) -> (BTreeMap<ChannelId, (i64, i64)>, String, String) {

@@ -69,13 +69,16 @@ impl Store {
 
     /// Writes a new message with the channel's next event sequence, or returns the
     /// one this sender already wrote with the same clientMsgId (whose sender's
-    /// membership the caller checks). Returns once the message is committed, in a group
+    /// membership the caller checks again). Returns once the message is committed, in a group
     /// with whatever other messages were sent meanwhile ([`group_commit`](super::group_commit)). `None`: refused,
     /// nothing written, because the channel does not exist, is not in `community` (the
     /// one the sender acts in, if any) or the sender is not a member of it; the check is
     /// made in the transaction that writes.
     pub async fn insert_message(&self, message: NewMessage) -> Result<Option<Written>, sqlx::Error> {
-        if let Some(cmid) = &message.client_msg_id
+        // On PostgreSQL the batch's one statement finds a clientMsgId already used;
+        // SQLite's writes in steps would fail the batch on it, so it is read first.
+        if self.pools.is_sqlite()
+            && let Some(cmid) = &message.client_msg_id
             && let Some(existing) =
                 message_by_client_id(self.pools.read(), message.channel, message.sender, cmid).await?
         {

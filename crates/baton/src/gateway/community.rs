@@ -52,7 +52,7 @@ pub(super) async fn admit<A: ChatAdapter>(
 ) -> Result<(), Refusal> {
     let path = socket.ns().to_owned();
     app.namespaces.begin(&path);
-    match within_deadline(app, std::time::Instant::now(), check_admission(app, &path, &auth)).await {
+    match within_deadline(app, check_admission(app, &path, &auth)).await {
         Ok((session, since, slot)) => {
             let turnstile = Arc::new(Turnstile::default());
             let pending = Pending { since, turn: Mutex::new(Some(turnstile.ticket())) };
@@ -332,7 +332,7 @@ async fn on_join<A: ChatAdapter>(
     payload: Payload,
 ) {
     let _turn = turn.wait().await;
-    let joined = within_deadline(&app, received.at, join(&app, &io, &socket, payload)).await;
+    let joined = within_deadline(&app, join(&app, &io, &socket, payload)).await;
     answer(received, ack, Ack(joined));
 }
 
@@ -346,7 +346,7 @@ async fn on_leave<A: ChatAdapter>(
     payload: Payload,
 ) {
     let _turn = turn.wait().await;
-    let left = within_deadline(&app, received.at, leave(&app, &io, &socket, payload)).await;
+    let left = within_deadline(&app, leave(&app, &io, &socket, payload)).await;
     answer(received, ack, Ack(left));
 }
 
@@ -362,9 +362,9 @@ async fn on_chat<A: ChatAdapter>(
     payload: Payload,
 ) {
     let _turn = turn.wait().await;
-    // The broadcast follows the ack outside the request's deadline: it must not be
-    // cut short because the write took most of it.
-    match within_deadline(&app, received.at, chat(&app, &socket, payload)).await {
+    // The broadcast follows the ack outside the request's budget: it must not be
+    // cut short because the write spent most of it.
+    match within_deadline(&app, chat(&app, &socket, payload)).await {
         Ok(created) => {
             answer(received, ack, Ack(Ok(Wrote { written: true, chat_info: &created.message })));
             app.fanout.publish_from(&created, &socket).await;
@@ -382,7 +382,7 @@ async fn on_read<A: ChatAdapter>(
     payload: Payload,
 ) {
     let _turn = turn.wait().await;
-    let read = within_deadline(&app, received.at, read(&app, &socket, payload)).await;
+    let read = within_deadline(&app, read(&app, &socket, payload)).await;
     answer(received, ack, Ack(read));
 }
 
@@ -393,7 +393,7 @@ async fn on_history<A: ChatAdapter>(
     ack: AckSender<A>,
     payload: Payload,
 ) {
-    let page = within_deadline(&app, received.at, history(&app, &socket, payload)).await;
+    let page = within_deadline(&app, history(&app, &socket, payload)).await;
     answer(received, ack, Ack(page));
 }
 

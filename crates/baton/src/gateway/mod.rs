@@ -245,12 +245,11 @@ fn answer<A: ChatAdapter, T: Acked, const EVENT: u8>(received: Received<EVENT>, 
     metrics::histogram!(m::ACK_SECONDS, "event" => received.event).record(received.at.elapsed().as_secs_f64());
 }
 
-/// Serves an event's (or a connect's) work as one request: every use of the database
-/// it makes ends `--db-timeout` after `arrived`, so it is answered `unavailable`
-/// within that, however many queries it needed (`store::within_request`).
-async fn within_deadline<F: std::future::Future>(app: &App, arrived: std::time::Instant, work: F) -> F::Output {
-    let ends = tokio::time::Instant::from_std(arrived) + app.config.db_timeout;
-    crate::store::within_request(ends, work).await
+/// Serves an event's (or a connect's) work as one request: it may wait on the
+/// database for `--db-timeout` in all, however many queries it needs, and is
+/// answered `unavailable` past that (`store::within_request`).
+async fn within_deadline<F: std::future::Future>(app: &App, work: F) -> F::Output {
+    crate::store::within_request(app.config.db_timeout, work).await
 }
 
 /// Counts a namespace connect's outcome.

@@ -43,7 +43,7 @@ pub(super) async fn admit<A: ChatAdapter>(
         app.chat.user(user).await?;
         Ok::<_, crate::error::Error>((user, slot))
     };
-    let (user, slot) = within_deadline(app, std::time::Instant::now(), admitted).await.map_err(|e| {
+    let (user, slot) = within_deadline(app, admitted).await.map_err(|e| {
         e.report("root connect");
         count_connect("root", e.code.as_str());
         Refusal(e)

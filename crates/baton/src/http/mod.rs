@@ -44,11 +44,10 @@ pub fn router(app: AppState) -> Router {
         .with_state(app)
 }
 
-/// Serves a REST call as one request: its uses of the database end `--db-timeout`
-/// after it arrived, so it is answered (503 `unavailable` at worst) within that.
+/// Serves a REST call as one request: it may wait on the database for
+/// `--db-timeout` in all, and is answered 503 `unavailable` past that.
 async fn within_deadline(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    let ends = tokio::time::Instant::now() + app.config.db_timeout;
-    crate::store::within_request(ends, next.run(req)).await
+    crate::store::within_request(app.config.db_timeout, next.run(req)).await
 }
 
 /// Unknown paths and methods get the protocol's error body too.

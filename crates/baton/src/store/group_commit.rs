@@ -136,26 +136,27 @@ impl GroupCommit {
         self.pools.close().await;
     }
 
-    /// Queues a new message and waits for the commit that holds it, until the request
-    /// it serves ends (see [`super::within_request`]). A request that gave up before
+    /// Queues a new message and waits for the commit that holds it, within what is
+    /// left of the request's budget (see [`super::within_request`]). A request that gave up before
     /// a writer took it is not written (the writer skips it); one that gave up while
     /// its batch was being written has an unknown outcome, like a batch that overran
     /// its own deadline.
     pub async fn write(&self, message: NewMessage) -> Result<Option<Written>, sqlx::Error> {
         let (reply, answer) = oneshot::channel();
-        let deadline = self.pools.deadline;
-        let ends = super::request_ends();
+        let started = std::time::Instant::now();
         let queued = async {
             self.queue.send(Request { message, reply }).await.map_err(|_| sqlx::Error::PoolClosed)?;
             // A writer that went away (the runtime shutting down) answers nothing.
             answer.await.unwrap_or(Err(sqlx::Error::PoolClosed))
         };
-        match ends {
-            Some(ends) => tokio::time::timeout_at(ends, queued)
+        let written = match super::request_budget() {
+            Some(left) => tokio::time::timeout(left, queued)
                 .await
-                .unwrap_or_else(|_| Err(super::deadline_error("insert_messages", deadline))),
+                .unwrap_or_else(|_| Err(super::deadline_error("insert_messages", left))),
             None => queued.await,
-        }
+        };
+        super::spend(started.elapsed());
+        written
     }
 }
 

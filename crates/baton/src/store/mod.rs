@@ -120,28 +120,35 @@ impl Pools {
 }
 
 tokio::task_local! {
-    /// When the request being served must be answered by: its uses of the database
-    /// share this one deadline ([`within_request`]).
-    static REQUEST_ENDS: tokio::time::Instant;
+    /// How much longer the request being served may wait on the database, over all
+    /// its uses of it ([`within_request`]).
+    static REQUEST_BUDGET: std::cell::Cell<Duration>;
 }
 
-/// Serves `work` as one request that must be answered by `ends`: each use of the
-/// database it makes ends by then, however many it makes (each is also bounded by
-/// `--db-timeout` on its own). So a request answers `unavailable` within its
-/// deadline, not within several deadlines one after the other.
-pub async fn within_request<F: std::future::Future>(ends: tokio::time::Instant, work: F) -> F::Output {
-    REQUEST_ENDS.scope(ends, work).await
+/// Serves `work` as one request that may wait on the database for `budget` in all,
+/// however many queries it makes (each is also bounded by `--db-timeout` on its
+/// own). So a request answers `unavailable` within one deadline of database time,
+/// not several one after the other. Time spent elsewhere (an argon2 check waiting
+/// for a core, the socket's earlier events) is not counted: the budget is the
+/// database's.
+pub async fn within_request<F: std::future::Future>(budget: Duration, work: F) -> F::Output {
+    REQUEST_BUDGET.scope(std::cell::Cell::new(budget), work).await
 }
 
-/// When the request being served ends, if the work runs as one ([`within_request`]).
-fn request_ends() -> Option<tokio::time::Instant> {
-    REQUEST_ENDS.try_with(|ends| *ends).ok()
+/// What is left of the request's budget, if the work runs as one ([`within_request`]).
+fn request_budget() -> Option<Duration> {
+    REQUEST_BUDGET.try_with(|budget| budget.get()).ok()
 }
 
 /// How long a use of the database may take: `deadline`, or less if the request it
-/// serves ends sooner.
+/// serves has less left.
 pub(crate) fn time_left(deadline: Duration) -> Duration {
-    request_ends().map_or(deadline, |ends| ends.saturating_duration_since(tokio::time::Instant::now()).min(deadline))
+    request_budget().map_or(deadline, |left| left.min(deadline))
+}
+
+/// Takes the time a use of the database took from the request's budget.
+pub(crate) fn spend(took: Duration) {
+    let _ = REQUEST_BUDGET.try_with(|budget| budget.set(budget.get().saturating_sub(took)));
 }
 
 /// What a use of the database that overran its deadline answers: for a query, the
@@ -177,7 +184,8 @@ impl std::fmt::Debug for Store {
 
 /// Runs `$body` with `$p` bound to the [`Pool`]'s dialect pool (the body is compiled
 /// once per dialect), within the pool's deadline or what is left of the request's
-/// ([`time_left`]; past it, the body is dropped,
+/// budget ([`time_left`], which the time taken is then spent from; past it, the body
+/// is dropped,
 /// which rolls back an open transaction, and the result is [`Deadlined`]), and
 /// records its time under the query's name.
 macro_rules! on_pool {
@@ -195,6 +203,7 @@ macro_rules! on_pool {
             Ok(result) => result,
             Err(_) => $crate::store::Deadlined::timed_out($query, deadline),
         };
+        $crate::store::spend(started.elapsed());
         metrics::histogram!($crate::metrics::DB_SECONDS, "query" => $query).record(started.elapsed().as_secs_f64());
         result
     }};

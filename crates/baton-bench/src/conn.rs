@@ -58,6 +58,9 @@ pub(super) struct Ctx {
     /// Storm: when its transport closes, a connection reconnects to the next instance with
     /// `since`, and senders number their messages with a clientMsgId to resend what was not acked.
     pub reconnect: bool,
+    /// Each connection connects `/` too, before its community namespace, on the same
+    /// WebSocket (`--no-root` turns it off).
+    pub root: bool,
     /// The clock of the run: message timestamps are microseconds since this instant.
     pub base: Instant,
     pub counters: Counters,
@@ -655,6 +658,21 @@ async fn connect(ctx: &Ctx, target: usize, token: &str, since: Option<&str>) -> 
         }
     }
     let auth = serde_json::json!({ "token": token });
+    if ctx.root {
+        // `/` first, as the web client does; its events (`unread`, `notify`) carry no
+        // namespace and are skipped by `on_text`.
+        send(&mut ws, format!("40{auth}")).await?;
+        loop {
+            let frame = next_text(&mut ws).await?;
+            if frame == "2" {
+                send(&mut ws, "3".into()).await?;
+            } else if frame.starts_with("40{") {
+                break;
+            } else if let Some(error) = frame.strip_prefix("44") {
+                return Err(format!("connect to / refused: {error}"));
+            }
+        }
+    }
     let auth = match since {
         Some(since) => format!("{{\"token\":{},\"since\":{since}}}", auth["token"]),
         None => auth.to_string(),

@@ -131,6 +131,13 @@ pub struct BenchArgs {
     /// Storm: seconds after the start of sending at which `--drain-pid` gets SIGTERM.
     #[arg(long, default_value_t = 5.0)]
     pub drain_after: f64,
+
+    /// Connect each connection to its community namespace only. By default it also
+    /// connects `/`, on the same connection, as the web client and socket.io-client's
+    /// default multiplexing do (PROTOCOL.md v1.1: the connection then gets each message
+    /// once), so that the figures are what real clients cost.
+    #[arg(long)]
+    pub no_root: bool,
 }
 
 impl BenchArgs {
@@ -148,6 +155,7 @@ impl BenchArgs {
             receiver_users: 16,
             drain_pid: None,
             drain_after: 5.0,
+            no_root: false,
         }
     }
 }
@@ -304,6 +312,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let ctx = Arc::new(Ctx {
         targets,
         reconnect: plan.drain.is_some(),
+        root: !args.no_root,
         base,
         counters: Counters::default(),
         connect_gate: tokio::sync::Semaphore::new(CONNECT_CONCURRENCY),

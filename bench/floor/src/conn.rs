@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Bytes;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
@@ -54,19 +55,13 @@ pub async fn run(hub: Arc<Hub>, stream: TcpStream, early: Vec<u8>) {
     let peer = hub.add_peer(stream);
     let mut conn =
         Conn { hub: hub.clone(), peer: peer.clone(), sockets: Vec::new(), partial: Vec::new(), fragments: None };
-    let config = &hub.config;
-    let open = format!(
-        "0{{\"sid\":\"{}\",\"upgrades\":[],\"pingInterval\":{},\"pingTimeout\":{},\"maxPayload\":{}}}",
-        sid(),
-        config.ping_interval.as_millis(),
-        config.ping_timeout.as_millis(),
-        config.max_message
-    );
-    peer.send(&ws::text(&open));
+    peer.send(&ws::text(&open_packet(&hub)));
     let mut result = Ok(());
     if !early.is_empty() {
         conn.partial = early;
         result = conn.consume_partial();
+    } else {
+        drop(early);
     }
     if result.is_ok() {
         result = conn.serve().await;
@@ -90,6 +85,18 @@ fn leave_all(peer: &Peer, socket: &Socket) {
     }
 }
 
+/// Engine.IO's open packet (WebSocket only: no upgrades).
+fn open_packet(hub: &Hub) -> String {
+    let config = &hub.config;
+    format!(
+        "0{{\"sid\":\"{}\",\"upgrades\":[],\"pingInterval\":{},\"pingTimeout\":{},\"maxPayload\":{}}}",
+        sid(),
+        config.ping_interval.as_millis(),
+        config.ping_timeout.as_millis(),
+        config.max_message
+    )
+}
+
 fn sid() -> String {
     format!("{:020x}", rand::random::<u128>() >> 48)
 }
@@ -98,24 +105,25 @@ impl Conn {
     async fn serve(&mut self) -> Result<(), Closing> {
         let peer = self.peer.clone();
         loop {
-            let blocked = match peer.flush() {
-                Flushed::Empty => false,
-                Flushed::Blocked => true,
+            let interest = match peer.flush() {
+                Flushed::Empty => Interest::READABLE,
+                Flushed::Blocked => Interest::READABLE | Interest::WRITABLE,
                 Flushed::Closed => return Ok(()),
             };
+            // One readiness future for both directions (a second would sit in every idle
+            // connection's task); a writable socket is flushed at the top of the loop.
             tokio::select! {
                 biased;
                 () = peer.wake.notified() => {}
-                ready = peer.stream.writable(), if blocked => {
-                    if ready.is_err() {
-                        return Ok(());
+                ready = peer.stream.ready(interest) => match ready {
+                    Ok(ready) if ready.is_readable() || ready.is_read_closed() => {
+                        if self.on_readable()? {
+                            return Ok(());
+                        }
                     }
-                }
-                ready = peer.stream.readable() => {
-                    if ready.is_err() || self.on_readable()? {
-                        return Ok(());
-                    }
-                }
+                    Ok(_) => {}
+                    Err(_) => return Ok(()),
+                },
             }
         }
     }

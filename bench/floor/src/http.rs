@@ -38,56 +38,51 @@ struct Upgrade {
 pub async fn serve(hub: Arc<Hub>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::new();
-    loop {
-        let request = match read_request(&mut stream, &mut buf, hub.config.max_message).await {
-            Ok(Some(request)) => request,
+    // Only the upgrade's key leaves this loop: nothing of the requests stays in the task
+    // while the WebSocket connection runs.
+    let upgrade = loop {
+        match read_request(&mut stream, &mut buf, hub.config.max_message).await {
+            Ok(Some(Request { upgrade: Some(upgrade), .. })) => break upgrade,
+            Ok(Some(request)) => {
+                let response = rest::handle(&hub, &request);
+                if write_response(&mut stream, &response, request.keep_alive).await.is_err() || !request.keep_alive {
+                    return;
+                }
+            }
             Ok(None) => return,
             Err(response) => {
                 let _ = write_response(&mut stream, &response, false).await;
                 return;
             }
-        };
-        if let Some(upgrade) = &request.upgrade {
-            let accept = derive_accept_key(upgrade.key.as_bytes());
-            let head = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                 Sec-WebSocket-Accept: {accept}\r\n\r\n"
-            );
-            if stream.write_all(head.as_bytes()).await.is_err() {
-                return;
-            }
-            // Whatever the client sent after the request is WebSocket already.
-            let early = std::mem::take(&mut buf);
-            return crate::conn::run(hub, stream, early).await;
         }
-        let response = rest::handle(&hub, &request);
-        if write_response(&mut stream, &response, request.keep_alive).await.is_err() || !request.keep_alive {
-            return;
-        }
+    };
+    let accept = derive_accept_key(upgrade.key.as_bytes());
+    drop(upgrade);
+    let head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    drop(accept);
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return;
     }
+    drop(head);
+    // Whatever the client sent after the request is WebSocket already.
+    crate::conn::run(hub, stream, buf).await
 }
 
 /// The next request, with the bytes read past it left in `buf`; `None` when the client
 /// closed between requests; an error response for a request the floor will not serve.
 async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, max_body: usize) -> Result<Option<Request>, Response> {
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        match parsed.parse(buf) {
-            Ok(httparse::Status::Complete(head_len)) => {
-                let (mut request, body_len) = head(&parsed, max_body)?;
-                while buf.len() < head_len + body_len {
-                    if read_more(stream, buf).await? == 0 {
-                        return Err(Response::error(400, "invalid", "the body ended early"));
-                    }
+        if let Some((mut request, head_len, body_len)) = parse(buf, max_body)? {
+            while buf.len() < head_len + body_len {
+                if read_more(stream, buf).await? == 0 {
+                    return Err(Response::error(400, "invalid", "the body ended early"));
                 }
-                request.body = buf[head_len..head_len + body_len].to_vec();
-                buf.drain(..head_len + body_len);
-                return Ok(Some(request));
             }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
-            Ok(httparse::Status::Partial) => return Err(Response::error(431, "too_large", "request head too large")),
-            Err(_) => return Err(Response::error(400, "invalid", "malformed HTTP request")),
+            request.body = buf[head_len..head_len + body_len].to_vec();
+            buf.drain(..head_len + body_len);
+            return Ok(Some(request));
         }
         if read_more(stream, buf).await? == 0 {
             return if buf.is_empty() {
@@ -99,11 +94,28 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, max_body: usize
     }
 }
 
+/// The request whose head `buf` starts with, with the head's length and the body's, or
+/// `None` while the head is incomplete. Not async: httparse's header array (1 KiB) stays on
+/// the stack instead of in the connection's task.
+fn parse(buf: &[u8], max_body: usize) -> Result<Option<(Request, usize, usize)>, Response> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(head_len)) => {
+            let (request, body_len) = head(&parsed, max_body)?;
+            Ok(Some((request, head_len, body_len)))
+        }
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => Ok(None),
+        Ok(httparse::Status::Partial) => Err(Response::error(431, "too_large", "request head too large")),
+        Err(_) => Err(Response::error(400, "invalid", "malformed HTTP request")),
+    }
+}
+
+/// Reads what the client sent into `buf`'s spare room (no buffer of its own: a buffer held
+/// across the read would live in the connection's task for its whole life).
 async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, Response> {
-    let mut chunk = [0u8; 4096];
-    let n = stream.read(&mut chunk).await.map_err(|_| Response::error(400, "invalid", "read failed"))?;
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(n)
+    buf.reserve(1024);
+    stream.read_buf(buf).await.map_err(|_| Response::error(400, "invalid", "read failed"))
 }
 
 /// The request of a complete head, and the length of its body.

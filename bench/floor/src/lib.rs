@@ -54,3 +54,29 @@ pub async fn run(listener: TcpListener, config: Config) -> std::io::Result<()> {
         tokio::spawn(http::serve(hub.clone(), stream));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// A task's future is allocated once, at its largest state, for the connection's whole
+    /// life: no state may hold a buffer across an await.
+    #[test]
+    fn a_connections_task_stays_small() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+            let config = super::Config {
+                ping_interval: std::time::Duration::from_secs(25),
+                ping_timeout: std::time::Duration::from_secs(20),
+                max_message: 65536,
+            };
+            let hub = std::sync::Arc::new(super::Hub::new(config));
+            let (other, _) = listener.accept().await.unwrap();
+            drop(other);
+            let task = super::http::serve(hub, stream);
+            let size = std::mem::size_of_val(&task);
+            eprintln!("connection task: {size} bytes");
+            assert!(size < 1024, "the connection task's future is {size} bytes");
+        });
+    }
+}

@@ -6,8 +6,8 @@
 //! still marked `ping_timeout` after its ping is closed, as Engine.IO closes a session
 //! whose pong does not come.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 
 use crate::hub::Hub;
 use crate::ws;
@@ -17,12 +17,12 @@ pub async fn run(hub: Arc<Hub>) {
     loop {
         tokio::time::sleep(hub.config.ping_interval).await;
         let peers = hub.peers();
-        for peer in &peers {
+        for peer in peers.iter().filter_map(Weak::upgrade) {
             peer.awaiting_pong.store(true, Ordering::Relaxed);
             peer.send(&ping);
         }
         tokio::time::sleep(hub.config.ping_timeout).await;
-        for peer in &peers {
+        for peer in peers.iter().filter_map(Weak::upgrade) {
             if peer.awaiting_pong.load(Ordering::Relaxed) {
                 peer.close();
             }

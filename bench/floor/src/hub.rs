@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::Bytes;
@@ -148,8 +148,10 @@ impl Hub {
         self.peers.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     }
 
-    pub fn peers(&self) -> Vec<Arc<Peer>> {
-        self.peers.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    /// Every open connection, held weakly: a connection that ends meanwhile closes its
+    /// socket at once instead of when the holder lets go.
+    pub fn peers(&self) -> Vec<Weak<Peer>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner()).values().map(Arc::downgrade).collect()
     }
 }
 

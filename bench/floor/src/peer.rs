@@ -120,6 +120,9 @@ impl Peer {
                 *slice = IoSlice::new(frame);
             }
             match self.stream.try_write_vectored(&slices[..n]) {
+                // Nothing taken from non-empty frames: the socket cannot go on (and retrying
+                // would spin).
+                Ok(0) => out.closed = true,
                 Ok(mut written) => {
                     out.queued -= written;
                     while written > 0 {

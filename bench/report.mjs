@@ -1,6 +1,7 @@
 // Turns scripts/bench's results (one JSON line per `baton-bench` run, tagged with
 // system, round and step) into the comparison: each system's median over its rounds,
-// baton's ratio to the peer, and whether the issue's target is met.
+// baton's ratio to the peer and whether the issue's target is met, and baton's ratio to
+// the floor (bench/floor: what the figure costs at the least; no target).
 //
 //   node bench/report.mjs RESULTS.jsonl                  prints the table
 //   node bench/report.mjs RESULTS.jsonl DOC.md CHART.svg also rewrites DOC.md between
@@ -71,23 +72,32 @@ const rows = metrics.map((m) => {
   const value = m.value ?? ((system) => figure(system, m.step, m.key));
   const baton = value('baton');
   const peer = value('peer');
+  const floor = value('floor');
   const ratio = baton !== null && peer !== null && peer !== 0 ? baton / peer : null;
+  const floorRatio = baton !== null && floor !== null && floor !== 0 ? baton / floor : null;
   const met = ratio === null ? null : m.better === 'lower' ? ratio <= m.target : ratio >= m.target;
   // How many times better baton is (> 1: better), for the chart.
   const advantage = ratio === null || ratio === 0 ? null : m.better === 'lower' ? 1 / ratio : ratio;
   const goal = m.better === 'lower' ? 1 / m.target : m.target;
-  return { ...m, baton, peer, ratio, met, advantage, goal };
+  return { ...m, baton, peer, floor, ratio, floorRatio, met, advantage, goal };
 });
 
 // The ladder is meant to find where a system stops keeping up; every other run must deliver everything.
 const lossCheck = runs.filter((r) => r.step !== 'ladder' && (r.lost > 0 || r.ack_errors > 0 || r.closed_early > 0));
+const ratioText = (x) => (x === null ? 'n/a' : x.toFixed(3));
+// The floor runs idle, fanout and rooms only: its cells are blank for the other steps.
+const floorSteps = new Set(runs.filter((r) => r.system === 'floor').map((r) => r.step));
 const table = [
-  '| figure | baton | peer | baton / peer | target | met |',
-  '|---|---|---|---|---|---|',
+  '| figure | baton | peer | floor | baton / peer | target | met | baton / floor |',
+  '|---|---|---|---|---|---|---|---|',
   ...rows.map((r) =>
-    `| ${r.name} (${r.unit}, ${r.better} is better) | ${fmt(r.baton)} | ${fmt(r.peer)} | ${r.ratio === null ? 'n/a' : r.ratio.toFixed(3)} | ` +
-    `${r.better === 'lower' ? '≤' : '≥'} ${r.target} | ${r.met === null ? 'n/a' : r.met ? 'yes' : '**no**'} |`),
-  ...info.map((m) => `| ${m.name}${m.unit ? ` (${m.unit})` : ''} | ${fmt(figure('baton', m.step, m.key))} | ${fmt(figure('peer', m.step, m.key))} | | | |`),
+    `| ${r.name} (${r.unit}, ${r.better} is better) | ${fmt(r.baton)} | ${fmt(r.peer)} | ${floorSteps.has(r.step) ? fmt(r.floor) : ''} | ` +
+    `${ratioText(r.ratio)} | ${r.better === 'lower' ? '≤' : '≥'} ${r.target} | ${r.met === null ? 'n/a' : r.met ? 'yes' : '**no**'} | ` +
+    `${floorSteps.has(r.step) ? ratioText(r.floorRatio) : ''} |`),
+  ...info.map((m) => {
+    const floor = floorSteps.has(m.step) ? fmt(figure('floor', m.step, m.key)) : '';
+    return `| ${m.name}${m.unit ? ` (${m.unit})` : ''} | ${fmt(figure('baton', m.step, m.key))} | ${fmt(figure('peer', m.step, m.key))} | ${floor} | | | | |`;
+  }),
 ].join('\n');
 
 console.log(table);
@@ -105,11 +115,12 @@ const BEGIN = '<!-- bench:begin (written by scripts/bench; edit outside the mark
 const END = '<!-- bench:end -->';
 // When the runs ended: the results file's last write.
 const when = statSync(resultsPath).mtime.toISOString().slice(0, 16).replace('T', ' ');
-const systems = ['baton', 'peer'];
+const systems = ['baton', 'peer', 'floor'];
 const section = [
   BEGIN,
   `Measured ${when} UTC by \`scripts/bench\` on this machine (${runs.length} runs, ` +
-    `${Math.max(...runs.map((r) => r.round))} rounds, A B A B). Medians over the rounds; the ratio is baton's over the peer's.`,
+    `${Math.max(...runs.map((r) => r.round))} rounds, A B C A B C). Medians over the rounds; a ratio is baton's over the peer's or the floor's ` +
+    '(bench/floor, a minimal in-memory Rust server of the contract: idle, fanout and rooms only).',
   '',
   table,
   '',

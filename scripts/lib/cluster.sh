@@ -1,8 +1,10 @@
 # Shared by scripts/bench and scripts/profile: a cluster of baton or of its Node.js
 # peer (bench/peer) on this machine, with a redis-server of its own and a fresh
-# PostgreSQL database. Expects BIN (the baton binary), PG (admin URL of PostgreSQL) and
-# LOGS (a directory for the logs), and BENCH_BIN (the load generator, baton-bench) for
-# cluster_bench; fills PIDS and URLS, and runs the bench against them.
+# PostgreSQL database; or the floor (bench/floor), one process with nothing behind it.
+# Expects BIN (the baton binary), PG (admin URL of PostgreSQL) and LOGS (a directory
+# for the logs), FLOOR_BIN (baton-floor) to start the floor, and BENCH_BIN (the load
+# generator, baton-bench) for cluster_bench; fills PIDS and URLS, and runs the bench
+# against them.
 
 CLUSTER_SIZE=2
 # Servers on the last core, the load generator on the first (taskset is util-linux's).
@@ -45,7 +47,9 @@ wait_ready() {
 # Starts one instance of SYSTEM on PORT; its pid in START_PID.
 start_instance() {
     local system=$1 port=$2 name=$3 redis_url=$4 db_url=$5
-    if [ "$system" = baton ]; then
+    if [ "$system" = floor ]; then
+        $SERVER_CPUS "$FLOOR_BIN" --listen "127.0.0.1:$port" >"$LOGS/$name.log" 2>&1 &
+    elif [ "$system" = baton ]; then
         BATON_LISTEN=127.0.0.1:$port DATABASE_URL=$db_url REDIS_URL=$redis_url BATON_INSTANCE_ID=$name \
             BATON_CHAT_RATE=$CHAT_LIMIT BATON_CHAT_BURST=$CHAT_LIMIT BATON_MAX_SOCKETS_PER_USER=$SOCKET_LIMIT \
             BATON_DRAIN_WINDOW=${DRAIN_WINDOW_S}s \
@@ -60,9 +64,19 @@ start_instance() {
 }
 
 # A cluster of SYSTEM (baton or peer): its own redis-server and database, CLUSTER_SIZE
-# instances; fills PIDS and URLS.
+# instances; or the floor: one instance, no Redis, no database. Fills PIDS and URLS.
 start_cluster() {
     local system=$1 round=$2 port redis_port
+    PIDS=()
+    URLS=()
+    if [ "$system" = floor ]; then
+        port=$(free_port)
+        start_instance floor "$port" "floor-$round" "" ""
+        wait_ready "$port" "$START_PID"
+        PIDS+=("$START_PID")
+        URLS+=("http://127.0.0.1:$port")
+        return
+    fi
     redis_port=$(free_port)
     $SERVER_CPUS redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
         >"$LOGS/redis-$system-$round.log" 2>&1 &
@@ -71,8 +85,6 @@ start_cluster() {
     psql -w -q "$PG" -c "drop database if exists $DB" -c "create database $DB" >/dev/null
     local db_url="${PG%/*}/$DB"
     # The first instance creates the schema; the others start once it is ready.
-    PIDS=()
-    URLS=()
     for i in $(seq 1 "$CLUSTER_SIZE"); do
         port=$(free_port)
         start_instance "$system" "$port" "$system-$round-$i" "redis://127.0.0.1:$redis_port" "$db_url"

@@ -114,8 +114,18 @@ for (const transport of ["websocket", "polling"]) {
       await until(() => seen.newChat.includes("three"), 5000, "new-chat after joining again");
       assert.deepEqual(seen.rootNotify, ["two"]);
 
-      // The community socket goes, `/` stays on the connection: notify again.
+      // The community socket goes, `/` stays on the connection: notify again, once the
+      // server has handled the DISCONNECT (on long-polling it may come after the next
+      // request; Bob going offline in the channel is the sign).
       b.disconnect();
+      await until(
+        async () => {
+          const { body } = await api.call("GET", `/api/channels/${ch}/presence`, alice.token);
+          return !body.online.includes(bob.id);
+        },
+        5000,
+        "the server to see the community socket gone",
+      );
       await post("four");
       await until(() => seen.rootNotify.includes("four"), 5000, "notify once the community socket is gone");
       assert.deepEqual(seen.rootNotify, ["two", "four"]);

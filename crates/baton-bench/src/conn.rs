@@ -35,10 +35,12 @@ pub(super) struct Target {
     ws_url: String,
     /// The namespace, `/socket/commu-{id}`.
     ns: String,
+    /// Further community namespaces the connection holds idle (`--communities`).
+    extra_ns: Vec<String>,
 }
 
 impl Target {
-    pub fn new(base_url: &str, community: i64) -> anyhow::Result<Target> {
+    pub fn new(base_url: &str, community: i64, extra_communities: &[i64]) -> anyhow::Result<Target> {
         let mut url = url::Url::parse(base_url)?;
         anyhow::ensure!(matches!(url.scheme(), "http" | "ws"), "plain http:// only (no TLS): {base_url}");
         url.set_scheme("ws").map_err(|_| anyhow::anyhow!("cannot make a ws:// URL of {base_url}"))?;
@@ -47,7 +49,9 @@ impl Target {
         let host = url.host_str().ok_or_else(|| anyhow::anyhow!("no host in {base_url}"))?;
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
         let port = url.port_or_known_default().unwrap_or(80);
-        Ok(Target { host, port, ws_url: url.to_string(), ns: format!("/socket/commu-{community}") })
+        let ns = format!("/socket/commu-{community}");
+        let extra_ns = extra_communities.iter().map(|c| format!("/socket/commu-{c}")).collect();
+        Ok(Target { host, port, ws_url: url.to_string(), ns, extra_ns })
     }
 }
 
@@ -709,6 +713,21 @@ async fn connect(ctx: &Ctx, target: usize, token: &str, since: Option<&str>) -> 
                 } else if frame.starts_with(&rejoined) {
                     break;
                 }
+            }
+        }
+    }
+    // The namespaces held idle: connected, their events skipped by `on_text`.
+    for ns in &target.extra_ns {
+        send(&mut ws, format!("40{ns},{{\"token\":{}}}", serde_json::Value::from(token))).await?;
+        let connected = format!("40{ns},");
+        loop {
+            let frame = next_text(&mut ws).await?;
+            if frame == "2" {
+                send(&mut ws, "3".into()).await?;
+            } else if frame.starts_with(&connected) {
+                break;
+            } else if let Some(error) = frame.strip_prefix(&format!("44{ns},")) {
+                return Err(format!("connect to {ns} refused: {error}"));
             }
         }
     }

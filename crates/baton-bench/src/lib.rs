@@ -138,6 +138,12 @@ pub struct BenchArgs {
     /// once), so that the figures are what real clients cost.
     #[arg(long)]
     pub no_root: bool,
+
+    /// Community namespaces each connection connects, on the one connection: the first
+    /// is where it joins and sends; the others (communities every user is a member
+    /// of) are held idle. What several namespaces on one connection cost.
+    #[arg(long, default_value_t = 1)]
+    pub communities: usize,
 }
 
 impl BenchArgs {
@@ -156,6 +162,7 @@ impl BenchArgs {
             drain_pid: None,
             drain_after: 5.0,
             no_root: false,
+            communities: 1,
         }
     }
 }
@@ -301,12 +308,16 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         args.urls.join(" ")
     );
 
-    let prepared =
-        setup::prepare(&args.urls[0], &plan.rooms, plan.receiver_users).await.context("setting up over REST")?;
+    let prepared = setup::prepare(&args.urls[0], &plan.rooms, plan.receiver_users, args.communities)
+        .await
+        .context("setting up over REST")?;
     let targets = args
         .urls
         .iter()
-        .map(|url| conn::Target::new(url, prepared.community).with_context(|| format!("--url {url}")))
+        .map(|url| {
+            conn::Target::new(url, prepared.community, &prepared.extra_communities)
+                .with_context(|| format!("--url {url}"))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let base = Instant::now();
     let ctx = Arc::new(Ctx {

@@ -24,6 +24,9 @@ const PASSWORD: &str = "bench-password";
 /// (senders first) the token to connect with.
 pub(super) struct Prepared {
     pub community: i64,
+    /// Further communities every user is a member of, whose namespaces the connections
+    /// hold idle (`--communities`).
+    pub extra_communities: Vec<i64>,
     pub channels: Vec<i64>,
     pub tokens: Vec<Vec<String>>,
 }
@@ -80,7 +83,12 @@ async fn bounded<T>(
     stream::iter(calls).buffered(CONCURRENCY).try_collect().await
 }
 
-pub(super) async fn prepare(base_url: &str, rooms: &[Room], receiver_users: usize) -> anyhow::Result<Prepared> {
+pub(super) async fn prepare(
+    base_url: &str,
+    rooms: &[Room],
+    receiver_users: usize,
+    communities: usize,
+) -> anyhow::Result<Prepared> {
     let api = Api { base: base_url.trim_end_matches('/').to_owned(), http: reqwest::Client::new() };
     let run = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
     let senders: usize = rooms.iter().map(|r| r.senders).sum();
@@ -96,19 +104,26 @@ pub(super) async fn prepare(base_url: &str, rooms: &[Room], receiver_users: usiz
     let users = bounded(names.map(|name| api.register(name))).await?;
     let owner = &users[0];
 
-    let community = api.call(
-        Method::POST,
-        "/api/communities",
-        Some(&owner.token),
-        Some(json!({ "name": format!("bench {run}") })),
-        &[StatusCode::CREATED],
-    );
-    let community = community.await?["id"].as_i64().context("POST /api/communities: no id")?;
-    let path = format!("/api/communities/{community}/members");
-    bounded(users[1..].iter().map(|u| {
-        let body = json!({ "username": u.username });
-        api.call(Method::POST, &path, Some(&owner.token), Some(body), &[StatusCode::CREATED, StatusCode::OK])
+    let mut communities = bounded((0..communities.max(1)).map(|i| {
+        let body = json!({ "name": format!("bench {run} {i}") });
+        let call = api.call(Method::POST, "/api/communities", Some(&owner.token), Some(body), &[StatusCode::CREATED]);
+        async move { call.await?["id"].as_i64().context("POST /api/communities: no id") }
     }))
+    .await?;
+    let extra_communities = communities.split_off(1);
+    let community = communities[0];
+    let memberships = std::iter::once(community).chain(extra_communities.iter().copied()).flat_map(|c| {
+        users[1..].iter().map(move |u| (format!("/api/communities/{c}/members"), json!({ "username": u.username })))
+    });
+    let api_ref = &api;
+    bounded(
+        memberships.map(|(path, body)| {
+            let (owner, api) = (&owner.token, api_ref);
+            async move {
+                api.call(Method::POST, &path, Some(owner), Some(body), &[StatusCode::CREATED, StatusCode::OK]).await
+            }
+        }),
+    )
     .await?;
 
     let path = format!("/api/communities/{community}/channels");
@@ -155,5 +170,5 @@ pub(super) async fn prepare(base_url: &str, rooms: &[Room], receiver_users: usiz
         memberships.len(),
         started.elapsed().as_secs_f64()
     );
-    Ok(Prepared { community, channels, tokens })
+    Ok(Prepared { community, extra_communities, channels, tokens })
 }

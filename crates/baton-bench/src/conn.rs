@@ -643,8 +643,9 @@ fn error_code(payload: &str) -> Option<&str> {
     Some(&rest[..rest.find('"')?])
 }
 
-/// TCP, WebSocket, Engine.IO open, namespace connect with `{token}` (and `since`, a JSON
-/// object, on a reconnect), then `rejoined`.
+/// TCP, WebSocket, Engine.IO open, then the namespace connects: `/` (unless
+/// `--no-root`), the community with `{token}` (and `since`, a JSON object, on a
+/// reconnect) and its `rejoined`, then the namespaces held idle (`--communities`).
 async fn connect(ctx: &Ctx, target: usize, token: &str, since: Option<&str>) -> Result<Ws, String> {
     let target = &ctx.targets[target];
     let tcp = TcpStream::connect((target.host.as_str(), target.port)).await.map_err(|e| e.to_string())?;
@@ -661,39 +662,17 @@ async fn connect(ctx: &Ctx, target: usize, token: &str, since: Option<&str>) -> 
             break;
         }
     }
-    let auth = serde_json::json!({ "token": token });
+    let token_auth = serde_json::json!({ "token": token }).to_string();
     if ctx.root {
         // `/` first, as the web client does; its events (`unread`, `notify`) carry no
         // namespace and are skipped by `on_text`.
-        send(&mut ws, format!("40{auth}")).await?;
-        loop {
-            let frame = next_text(&mut ws).await?;
-            if frame == "2" {
-                send(&mut ws, "3".into()).await?;
-            } else if frame.starts_with("40{") {
-                break;
-            } else if let Some(error) = frame.strip_prefix("44") {
-                return Err(format!("connect to / refused: {error}"));
-            }
-        }
+        connect_namespace(&mut ws, "/", &token_auth).await?;
     }
     let auth = match since {
-        Some(since) => format!("{{\"token\":{},\"since\":{since}}}", auth["token"]),
-        None => auth.to_string(),
+        Some(since) => format!("{{\"token\":{},\"since\":{since}}}", serde_json::Value::from(token)),
+        None => token_auth.clone(),
     };
-    send(&mut ws, format!("40{},{auth}", target.ns)).await?;
-    let connected = format!("40{},", target.ns);
-    let refused = format!("44{},", target.ns);
-    loop {
-        let frame = next_text(&mut ws).await?;
-        if frame == "2" {
-            send(&mut ws, "3".into()).await?;
-        } else if frame.starts_with(&connected) {
-            break;
-        } else if let Some(error) = frame.strip_prefix(&refused) {
-            return Err(format!("namespace connect refused: {error}"));
-        }
-    }
+    connect_namespace(&mut ws, &target.ns, &auth).await?;
     // The server puts the socket back in its user's remembered rooms and says so before
     // anything else; joins wait until every socket is past this point.
     let rejoined = format!("42{},[\"rejoined\"", target.ns);
@@ -718,20 +697,29 @@ async fn connect(ctx: &Ctx, target: usize, token: &str, since: Option<&str>) -> 
     }
     // The namespaces held idle: connected, their events skipped by `on_text`.
     for ns in &target.extra_ns {
-        send(&mut ws, format!("40{ns},{{\"token\":{}}}", serde_json::Value::from(token))).await?;
-        let connected = format!("40{ns},");
-        loop {
-            let frame = next_text(&mut ws).await?;
-            if frame == "2" {
-                send(&mut ws, "3".into()).await?;
-            } else if frame.starts_with(&connected) {
-                break;
-            } else if let Some(error) = frame.strip_prefix(&format!("44{ns},")) {
-                return Err(format!("connect to {ns} refused: {error}"));
-            }
-        }
+        connect_namespace(&mut ws, ns, &token_auth).await?;
     }
     Ok(ws)
+}
+
+/// Connects the namespace `ns` on the connection with `auth` and waits for the
+/// server's CONNECT, answering pings meanwhile.
+async fn connect_namespace(ws: &mut Ws, ns: &str, auth: &str) -> Result<(), String> {
+    // `/` is named by no prefix in a packet: its CONNECT is answered `40{...}`.
+    let prefix = if ns == "/" { String::new() } else { format!("{ns},") };
+    send(ws, format!("40{prefix}{auth}")).await?;
+    let connected = format!("40{prefix}{{");
+    let refused = format!("44{prefix}");
+    loop {
+        let frame = next_text(ws).await?;
+        if frame == "2" {
+            send(ws, "3".into()).await?;
+        } else if frame.starts_with(&connected) {
+            return Ok(());
+        } else if let Some(error) = frame.strip_prefix(&refused) {
+            return Err(format!("connect to {ns} refused: {error}"));
+        }
+    }
 }
 
 async fn next_text(ws: &mut Ws) -> Result<String, String> {

@@ -167,7 +167,7 @@ impl Traffic {
     }
 
     pub async fn login_again(&mut self, i: usize) {
-        let token = login(&self.rest(), &self.members[i].user.username).await;
+        let token = self.rest().login(&self.members[i].user.username).await;
         self.members[i].user.token = token;
     }
 
@@ -404,7 +404,7 @@ impl Traffic {
     /// The checker (see the module doc). Run once the fault is over.
     pub async fn check(&mut self) -> Report {
         // The owner's token may have expired (a short token TTL).
-        self.c.owner.token = login(&self.rest(), &self.c.owner.username).await;
+        self.c.owner.token = self.rest().login(&self.c.owner.username).await;
         for i in 0..self.members.len() {
             if !self.members[i].is_connected() {
                 self.reconnect(i).await;
@@ -558,26 +558,12 @@ async fn reconnect_member(m: &mut Member, bases: &[String], home: usize, rest_vi
         match m.connect_to(&bases[b]).await {
             Ok(()) => return true,
             Err(baton_client::ClientError::Refused(code)) if code == "unauthorized" => {
-                m.user.token = login(&Rest::new(bases[rest_via].clone()), &m.user.username).await;
+                m.user.token = Rest::new(bases[rest_via].clone()).login(&m.user.username).await;
             }
             Err(_) => {}
         }
     }
     false
-}
-
-/// A fresh token for `username` (the tests' password).
-pub async fn login(rest: &Rest, username: &str) -> String {
-    let (status, session) = rest
-        .request(
-            reqwest::Method::POST,
-            "/api/sessions",
-            None,
-            Some(json!({ "username": username, "password": "password1" })),
-        )
-        .await;
-    assert_eq!(status, 200, "{session}");
-    session["token"].as_str().unwrap().to_owned()
 }
 
 /// One `/readyz` answer: when, which instance, the status (None: no answer within

@@ -42,6 +42,22 @@ pub fn baton_command() -> Command {
     command
 }
 
+/// One baton process serving alone (no Redis) on `port`, its data in `dir`, with the
+/// test's settings `env` (`DATABASE_URL` among them, or SQLite in `dir`); killed when
+/// dropped.
+pub fn serve_alone(port: u16, dir: &std::path::Path, env: &[(&str, &str)]) -> Child {
+    baton_command()
+        .arg("serve")
+        .env("BATON_LISTEN", format!("127.0.0.1:{port}"))
+        .env("BATON_DATA_DIR", dir)
+        .envs(env.iter().copied())
+        .kill_on_drop(true)
+        .stdout(output())
+        .stderr(output())
+        .spawn()
+        .expect("the baton binary runs")
+}
+
 fn output() -> Stdio {
     if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() }
 }

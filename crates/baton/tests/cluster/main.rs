@@ -600,17 +600,9 @@ async fn a_database_outage_is_answered_within_the_deadline_and_recovered_from() 
     let port = harness::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
-    let mut instance = harness::baton_command()
-        .arg("serve")
-        .env("BATON_LISTEN", format!("127.0.0.1:{port}"))
-        .env("DATABASE_URL", pg.url())
-        .env("BATON_DATA_DIR", dir.path())
-        .env("BATON_DB_TIMEOUT", "1s")
-        .kill_on_drop(true)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("the baton binary runs");
+    let url = pg.url();
+    let mut instance =
+        harness::serve_alone(port, dir.path(), &[("DATABASE_URL", url.as_str()), ("BATON_DB_TIMEOUT", "1s")]);
     let rest = common::Rest::new(base.clone());
     let readyz = || {
         let url = format!("{base}/readyz");

@@ -178,7 +178,13 @@ impl Member {
         let Some(socket) = self.socket.as_ref() else { return Sent::NoAck("not connected".into()) };
         let event =
             json!({ "chatType": "new", "channelId": channel, "content": content, "clientMsgId": client_msg_id });
-        match socket.emit_with_ack("chat", event, wait).await {
+        let ack = socket.emit_with_ack("chat", event, wait).await;
+        self.sent(channel, ack)
+    }
+
+    /// How a send to `channel` ended, from its ack; an acked message is held.
+    fn sent(&mut self, channel: i64, ack: Result<Value, ClientError>) -> Sent {
+        match ack {
             Err(e) => Sent::NoAck(e.to_string()),
             Ok(ack) if ack["written"] == true => {
                 let seq = ack["chatInfo"]["eventSeq"].as_i64().unwrap();
@@ -207,16 +213,7 @@ impl Member {
                 Ok(future) => future.wait(wait).await,
                 Err(e) => Err(e),
             };
-            out.push(match ack {
-                Err(e) => Sent::NoAck(e.to_string()),
-                Ok(ack) if ack["written"] == true => {
-                    let seq = ack["chatInfo"]["eventSeq"].as_i64().unwrap();
-                    self.seen.entry(channel).or_default().insert(seq);
-                    self.show(channel, seq, &ack["chatInfo"]);
-                    Sent::Acked(seq)
-                }
-                Ok(ack) => Sent::Refused(ack["error"]["code"].as_str().unwrap_or("?").to_owned()),
-            });
+            out.push(self.sent(channel, ack));
         }
         out
     }

@@ -30,19 +30,13 @@ async fn floods_of_sessions_that_never_become_sockets_give_their_memory_back() {
     let base = format!("http://127.0.0.1:{port}");
     let ws_base = format!("ws://127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
-    let mut instance = harness::baton_command()
-        .arg("serve")
-        .env("BATON_LISTEN", format!("127.0.0.1:{port}"))
-        .env("BATON_DATA_DIR", dir.path())
-        .env("BATON_PING_INTERVAL", "3s")
-        .env("BATON_PING_TIMEOUT", "3s")
-        .env("BATON_CONNECT_TIMEOUT", "6s")
-        .env("BATON_UPGRADE_TIMEOUT", "6s")
-        .kill_on_drop(true)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("the baton binary runs");
+    let timers = [
+        ("BATON_PING_INTERVAL", "3s"),
+        ("BATON_PING_TIMEOUT", "3s"),
+        ("BATON_CONNECT_TIMEOUT", "6s"),
+        ("BATON_UPGRADE_TIMEOUT", "6s"),
+    ];
+    let mut instance = harness::serve_alone(port, dir.path(), &timers);
     let pid = instance.id().unwrap();
     let rest = Rest::new(base.clone());
     common::eventually("the instance is ready", WAIT, async || {

@@ -90,6 +90,11 @@ impl Rest {
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{user}");
+        TestUser { id: user["id"].as_i64().unwrap(), username: username.into(), token: self.login(username).await }
+    }
+
+    /// A fresh session token for `username` (the tests' password).
+    pub async fn login(&self, username: &str) -> String {
         let (status, session) = self
             .request(
                 reqwest::Method::POST,
@@ -99,11 +104,7 @@ impl Rest {
             )
             .await;
         assert_eq!(status, StatusCode::OK, "{session}");
-        TestUser {
-            id: user["id"].as_i64().unwrap(),
-            username: username.into(),
-            token: session["token"].as_str().unwrap().into(),
-        }
+        session["token"].as_str().unwrap().into()
     }
 
     /// A community owned by `owner` with `members` added; returns its id.

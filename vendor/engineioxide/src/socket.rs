@@ -59,12 +59,13 @@ use std::{
     fmt::Debug,
     sync::{
         Arc,
+        OnceLock,
         atomic::{AtomicBool, AtomicU8, Ordering},
     },
     time::Duration,
 };
 
-use crate::{config::EngineIoConfig, errors::Error};
+use crate::{config::EngineIoConfig, errors::Error, transport::ws_writer::{Refused, WsWriter}};
 use bytes::Bytes;
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
 use futures_util::FutureExt;
@@ -114,19 +115,37 @@ impl From<&Error> for Option<DisconnectReason> {
 
 /// A permit to emit a message to the client.
 /// A permit holds a place in the internal channel to send one packet to the client.
+///
+/// baton patch: for a websocket session that writes straight to its socket (see
+/// [`crate::transport::ws_writer`]), the permit is the writer's; otherwise it holds the
+/// channel's place and the socket's route, so that the session cannot switch to direct
+/// writes between the reservation and the send (which would put this packet behind
+/// later ones).
 pub struct Permit<'a> {
-    inner: mpsc::Permit<'a, PacketBuf>,
+    inner: PermitInner<'a>,
+}
+enum PermitInner<'a> {
+    Channel(mpsc::Permit<'a, PacketBuf>, std::sync::MutexGuard<'a, ()>),
+    Direct(&'a WsWriter),
 }
 impl Permit<'_> {
+    fn send(self, packets: PacketBuf) {
+        match self.inner {
+            PermitInner::Channel(permit, _route) => permit.send(packets),
+            // Refused only if the session closed or filled up since the reservation: the
+            // packet is dropped, as a channel permit's is when the session closes.
+            PermitInner::Direct(writer) => drop(writer.send(packets)),
+        }
+    }
     /// Consume the permit and emit a message to the client.
     #[inline]
     pub fn emit(self, msg: Str) {
-        self.inner.send(smallvec![Packet::Message(msg)]);
+        self.send(smallvec![Packet::Message(msg)]);
     }
     /// Consume the permit and emit a binary message to the client.
     #[inline]
     pub fn emit_binary(self, data: Bytes) {
-        self.inner.send(smallvec![Packet::Binary(data)]);
+        self.send(smallvec![Packet::Binary(data)]);
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -138,7 +157,7 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.inner.send(packets);
+        self.send(packets);
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -150,7 +169,7 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.inner.send(packets);
+        self.send(packets);
     }
 }
 
@@ -216,6 +235,15 @@ where
     /// Channel to send [PacketBuf] to the internal connection
     pub(crate) internal_tx: mpsc::Sender<PacketBuf>,
 
+    /// The websocket writer, once the session writes straight to its socket (baton
+    /// patch, see [`crate::transport::ws_writer`]): from then on every packet goes there
+    /// and none into the channel.
+    ws_writer: OnceLock<Arc<WsWriter>>,
+    /// Held while a packet goes into the channel and while the writer is installed, so
+    /// that no packet lands in the channel after the install has moved its contents to
+    /// the writer.
+    route: std::sync::Mutex<()>,
+
     /// Channel to send volatile [PacketBuf]s that bypass the internal buffer.
     /// Uses a [`watch`](tokio::sync::watch) channel so only the latest volatile
     /// message is retained; subsequent volatile sends overwrite the previous one.
@@ -267,6 +295,8 @@ where
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
             internal_tx,
+            ws_writer: OnceLock::new(),
+            route: std::sync::Mutex::new(()),
 
             volatile_tx,
 
@@ -288,13 +318,44 @@ where
         #[cfg(feature = "tracing")]
         tracing::debug!(?packet, "sending packet");
 
-        self.internal_tx
-            .try_send(smallvec![packet])
-            .map_err(|p| match p {
-                TrySendError::Full(mut p) => TrySendError::Full(p.pop().unwrap()),
-                TrySendError::Closed(mut p) => TrySendError::Closed(p.pop().unwrap()),
-            })?;
-        Ok(())
+        self.push(smallvec![packet]).map_err(|p| match p {
+            TrySendError::Full(mut p) => TrySendError::Full(p.pop().unwrap()),
+            TrySendError::Closed(mut p) => TrySendError::Closed(p.pop().unwrap()),
+        })
+    }
+
+    /// Sends packets as one unit: to the websocket writer when the session has one,
+    /// into the channel otherwise (baton patch).
+    fn push(&self, packets: PacketBuf) -> Result<(), TrySendError<PacketBuf>> {
+        if let Some(writer) = self.ws_writer.get() {
+            return writer.send(packets).map_err(refused);
+        }
+        let _route = self.route.lock().unwrap();
+        match self.ws_writer.get() {
+            Some(writer) => writer.send(packets).map_err(refused),
+            None => self.internal_tx.try_send(packets),
+        }
+    }
+
+    /// From now on the session writes straight to its websocket (baton patch): what the
+    /// channel holds goes to the writer first, in order. The caller holds the channel's
+    /// receiving side (`rx`), as the websocket's writer task did.
+    pub(crate) fn write_directly(&self, writer: Arc<WsWriter>, rx: &mut InternalRx) {
+        let _route = self.route.lock().unwrap();
+        while let Ok(packets) = rx.buffered_rx.try_recv() {
+            // Only a session over its bound could refuse, and the channel has the same bound.
+            writer.send(packets).ok();
+        }
+        if let Some(packets) = rx.volatile_rx.borrow_and_update().clone() {
+            writer.send_volatile(packets);
+        }
+        self.ws_writer.set(writer).expect("a session is upgraded to a websocket once");
+    }
+
+    /// The session's websocket writer, if it writes straight to its socket.
+    #[cfg(test)]
+    pub(crate) fn ws_writer(&self) -> Option<&Arc<WsWriter>> {
+        self.ws_writer.get()
     }
     pub(crate) fn is_upgrading(&self) -> bool {
         self.upgrading.load(Ordering::Relaxed)
@@ -370,8 +431,7 @@ where
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "emitting ping");
 
-            self.internal_tx
-                .try_send(smallvec![Packet::Ping])
+            self.push(smallvec![Packet::Ping])
                 .map_err(|_| Error::HeartbeatTimeout)?;
 
             #[cfg(feature = "tracing")]
@@ -407,8 +467,7 @@ where
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "ping received, sending pong");
-            self.internal_tx
-                .try_send(smallvec![Packet::Pong])
+            self.push(smallvec![Packet::Pong])
                 .map_err(|_| Error::HeartbeatTimeout)?;
         }
     }
@@ -442,8 +501,17 @@ where
     /// If the socket is closed, the function will return a [`TrySendError::Closed`] error.
     #[inline]
     pub fn reserve(&self) -> Result<Permit<'_>, TrySendError<()>> {
+        if let Some(writer) = self.ws_writer.get() {
+            writer.check().map_err(|r| refused((r, ())))?;
+            return Ok(Permit { inner: PermitInner::Direct(writer) });
+        }
+        let route = self.route.lock().unwrap();
+        if let Some(writer) = self.ws_writer.get() {
+            writer.check().map_err(|r| refused((r, ())))?;
+            return Ok(Permit { inner: PermitInner::Direct(writer) });
+        }
         let permit = self.internal_tx.try_reserve()?;
-        Ok(Permit { inner: permit })
+        Ok(Permit { inner: PermitInner::Channel(permit, route) })
     }
 
     /// Emits a message to the client.
@@ -473,7 +541,7 @@ where
     /// Returns true if the socket is closed
     /// It means that no more packets can be sent to the client
     pub fn is_closed(&self) -> bool {
-        self.internal_tx.is_closed()
+        self.internal_tx.is_closed() || self.ws_writer.get().is_some_and(|w| !w.is_accepting())
     }
 
     /// Wait for the socket to be fully closed
@@ -546,7 +614,22 @@ where
     }
 
     pub(crate) fn send_volatile(&self, packets: PacketBuf) -> bool {
-        self.volatile_tx.send(Some(packets)).is_ok()
+        if let Some(writer) = self.ws_writer.get() {
+            return writer.send_volatile(packets);
+        }
+        let _route = self.route.lock().unwrap();
+        match self.ws_writer.get() {
+            Some(writer) => writer.send_volatile(packets),
+            None => self.volatile_tx.send(Some(packets)).is_ok(),
+        }
+    }
+}
+
+/// A writer's refusal as the channel's error, with what was refused.
+fn refused<T>((refused, value): (Refused, T)) -> TrySendError<T> {
+    match refused {
+        Refused::Full => TrySendError::Full(value),
+        Refused::Closed => TrySendError::Closed(value),
     }
 }
 
@@ -618,6 +701,8 @@ where
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
             internal_tx,
+            ws_writer: OnceLock::new(),
+            route: std::sync::Mutex::new(()),
 
             volatile_tx,
 

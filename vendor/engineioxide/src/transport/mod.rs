@@ -6,6 +6,7 @@ use crate::config::EngineIoConfig;
 
 pub mod polling;
 pub mod ws;
+pub(crate) mod ws_writer;
 
 fn make_open_packet(transport: TransportType, id: Sid, config: &EngineIoConfig) -> OpenPacket {
     let upgrades = if transport == TransportType::Polling {

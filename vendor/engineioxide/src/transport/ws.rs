@@ -6,13 +6,10 @@
 
 use std::sync::Arc;
 
-use futures_util::{
-    SinkExt, StreamExt, TryStreamExt,
-    stream::{SplitSink, SplitStream},
-};
+use futures_util::{SinkExt, StreamExt, TryStreamExt};
 use http::{HeaderValue, Request, Response, StatusCode, request::Parts};
 use smallvec::smallvec;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf};
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
@@ -27,7 +24,8 @@ use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
 
 use crate::{
     DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
-    errors::Error, handler::EngineIoHandler, socket::InternalRx, transport::make_open_packet,
+    errors::Error, handler::EngineIoHandler, transport::make_open_packet,
+    transport::ws_writer::{WsStream, WsWriter},
 };
 
 /// Create a response for websocket upgrade
@@ -85,8 +83,8 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
     tokio::spawn(async move {
         let res = match setup.await {
             None => return,
-            Some(Ok((socket, rx, writer))) => {
-                run_session(&engine, socket, rx, writer).await;
+            Some(Ok((socket, ws, writer))) => {
+                run_session(&engine, socket, ws, writer).await;
                 Ok(())
             }
             Some(Err(e)) => Err(e),
@@ -131,29 +129,33 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // Boxed (baton patch): see `new_req`.
-    let (socket, rx, writer) = Box::pin(init_session(&engine, conn, protocol, sid, req_data)).await?;
-    run_session(&engine, socket, rx, writer).await;
+    let (socket, ws, writer) = Box::pin(init_session(&engine, conn, protocol, sid, req_data)).await?;
+    run_session(&engine, socket, ws, writer).await;
     Ok(())
 }
 
-/// The writing half of a session's websocket, handed back by its writer task when the
-/// session closes (baton patch), so that the session can end the websocket as it must.
-type Writer<S> = tokio::task::JoinHandle<SplitSink<WebSocketStream<S>, Message>>;
+/// A session's websocket as tungstenite reads it (baton patch): the read half of the
+/// connection; everything written goes through the session's [`WsWriter`].
+type Ws<S> = WebSocketStream<WsStream<ReadHalf<S>>>;
+
+/// How long a closing session waits for the socket to take its last frames and its
+/// Close frame (baton patch; upstream's writer waited as long as it took).
+const CLOSE_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long a session closed for a message over the size limit keeps reading (and
 /// dropping) what the client is still sending, so that its Close frame is read rather
 /// than lost to a reset (baton patch; see [`close_too_big`]).
 const TOO_BIG_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The handshake of a websocket session (a new one, or the upgrade of a polling one); starts
-/// the writer and hands back the socket, the websocket's reading half and the writer.
+/// The handshake of a websocket session (a new one, or the upgrade of a polling one);
+/// hands back the socket, the websocket and its writer.
 async fn init_session<H: EngineIoHandler, S>(
     engine: &Arc<EngineIo<H>>,
     conn: S,
     protocol: ProtocolVersion,
     sid: Option<Sid>,
     req_data: Parts,
-) -> Result<(Arc<Socket<H::Data>>, SplitStream<WebSocketStream<S>>, Writer<S>), Error>
+) -> Result<(Arc<Socket<H::Data>>, Ws<S>, Arc<WsWriter>), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -162,13 +164,22 @@ where
         .max_message_size(Some(engine.config.ws_max_message_size))
         .max_frame_size(Some(engine.config.ws_max_frame_size));
 
-    let ws_init = move || WebSocketStream::from_raw_socket(conn, Role::Server, Some(ws_config));
-    let (socket, ws) = if let Some(sid) = sid {
+    // The connection's write half goes to the session's writer, which emits write to
+    // directly (baton patch, see `ws_writer`); tungstenite reads the read half and
+    // writes what it must (pongs, the close frame) through the same writer.
+    let max_frames = engine.config.max_buffer_size;
+    let ws_init = move |protocol| {
+        let (read, write) = tokio::io::split(conn);
+        let writer = Arc::new(WsWriter::new(Box::pin(write), max_frames, protocol));
+        let stream = WsStream { read, writer: writer.clone() };
+        async move { (WebSocketStream::from_raw_socket(stream, Role::Server, Some(ws_config)).await, writer) }
+    };
+    let (socket, ws, writer) = if let Some(sid) = sid {
         match engine.get_socket(sid) {
             None => return Err(Error::UnknownSessionID(sid)),
             Some(socket) if socket.is_ws() => return Err(Error::MultipleWebsocketRequests),
             Some(socket) => {
-                let mut ws = ws_init().await;
+                let (mut ws, writer) = ws_init(socket.protocol).await;
 
                 let upgrade_fut = upgrade_handshake::<H, S>(&socket, &mut ws);
                 match tokio::time::timeout(engine.config.upgrade_timeout, upgrade_fut)
@@ -188,7 +199,7 @@ where
                         return Err(Error::Upgrade);
                     }
                 }
-                (socket, ws)
+                (socket, ws, writer)
             }
         }
     } else {
@@ -197,34 +208,54 @@ where
         #[cfg(feature = "tracing")]
         tracing::debug!("new websocket connection");
 
-        let mut ws = ws_init().await;
+        let (mut ws, writer) = ws_init(socket.protocol).await;
         init_handshake(socket.id, &mut ws, &engine.config).await?;
         socket
             .clone()
             .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
-        (socket, ws)
+        (socket, ws, writer)
     };
-    let (tx, rx) = ws.split();
-
-    // Pipe between websocket and internal socket channel.
-    let writer = tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx));
-    Ok((socket, rx, writer))
+    Ok((socket, ws, writer))
 }
 
-/// Reads the session's packets until the websocket closes or the session is cancelled,
-/// then ends the websocket once the writer has stopped.
+/// Runs the session: its packets are written straight to the websocket from now on
+/// (baton patch), and this task reads the websocket and writes what the socket could not
+/// take at once, until the websocket closes or the session is cancelled; then it ends
+/// the websocket.
 async fn run_session<H: EngineIoHandler, S>(
     engine: &Arc<EngineIo<H>>,
     socket: Arc<Socket<H::Data>>,
-    mut rx: SplitStream<WebSocketStream<S>>,
-    writer: Writer<S>,
+    mut ws: Ws<S>,
+    writer: Arc<WsWriter>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // pipe between internal socket channel and websocket
-    let outcome = forward_to_handler(engine, &mut rx, &socket)
+    // The channel's receiving side, as upstream's writer task took it: a polling request
+    // that was in progress during an upgrade may still hold it. What it holds goes to
+    // the writer, and from then on every packet does.
+    let Some(mut internal_rx) = socket
+        .internal_rx
+        .lock()
         .with_cancellation_token(&socket.cancellation_token)
-        .await;
+        .await
+    else {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(sid = %socket.id, "session closed before its websocket was written to");
+        writer.release();
+        return;
+    };
+    socket.write_directly(writer.clone(), &mut internal_rx);
+
+    let session = async {
+        tokio::select! {
+            biased;
+            e = std::future::poll_fn(|cx| writer.poll_write_queue(cx)) => {
+                Err(Error::WsTransport(Box::new(tungstenite::Error::Io(e))))
+            }
+            outcome = forward_to_handler(engine, &mut ws, &socket) => outcome,
+        }
+    };
+    let outcome = session.with_cancellation_token(&socket.cancellation_token).await;
     let too_big = matches!(&outcome, Some(Err(Error::WsTransport(e))) if matches!(**e, tungstenite::Error::Capacity(_)));
     match outcome {
         Some(Err(ref e)) => {
@@ -245,14 +276,18 @@ async fn run_session<H: EngineIoHandler, S>(
             tracing::debug!(sid = %socket.id, "socket is closing");
         }
     }
-    // The session is closed, so the writer stops (it watches the same cancellation) and
-    // hands its half of the websocket back.
-    let Ok(mut tx) = writer.await else { return };
+    // The session is closed: nothing more is accepted, and the channel's receiving side
+    // goes back so that the session's close can finish (the channel closes, the handler
+    // is told). The frames already accepted (the close packet among them) are written
+    // before the Close frame, for at most CLOSE_FLUSH.
+    writer.stop_accepting();
+    drop(internal_rx);
     if too_big {
-        close_too_big(rx, tx).await;
+        close_too_big(ws).await;
     } else {
-        tx.close().await.ok();
+        tokio::time::timeout(CLOSE_FLUSH, SinkExt::close(&mut ws)).await.ok();
     }
+    writer.release();
 }
 
 /// Ends a websocket whose client sent a message over the size limit (baton patch): a
@@ -261,19 +296,19 @@ async fn run_session<H: EngineIoHandler, S>(
 /// [`TOO_BIG_LINGER`], until it closes its side or goes quiet for a second. Closing at once, with its message
 /// unread, would answer the client with a TCP reset, which it sees as an abnormal
 /// close (1006) and which can destroy the Close frame before it is read.
-async fn close_too_big<S>(rx: SplitStream<WebSocketStream<S>>, tx: SplitSink<WebSocketStream<S>, Message>)
+async fn close_too_big<S>(mut ws: Ws<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     use tokio::io::AsyncReadExt;
     use tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
 
-    let Ok(mut ws) = rx.reunite(tx) else { return };
     let frame = CloseFrame { code: CloseCode::Size, reason: "message too big".into() };
-    if ws.send(Message::Close(Some(frame))).await.is_err() {
+    let sent = tokio::time::timeout(CLOSE_FLUSH, ws.send(Message::Close(Some(frame)))).await;
+    if !matches!(sent, Ok(Ok(()))) {
         return;
     }
-    let stream = ws.get_mut();
+    let stream = &mut ws.get_mut().read;
     let mut buf = vec![0u8; 16 * 1024];
     // Until the client closes its side, or stays quiet for a second (it has read the
     // Close frame, answered it and waits for the server to close the connection).
@@ -291,7 +326,7 @@ where
 /// Forwards all packets received from a websocket to a EngineIo [`Socket`]
 async fn forward_to_handler<H: EngineIoHandler, S>(
     engine: &Arc<EngineIo<H>>,
-    rx: &mut SplitStream<WebSocketStream<S>>,
+    rx: &mut Ws<S>,
     socket: &Arc<Socket<H::Data>>,
 ) -> Result<(), Error>
 where
@@ -341,139 +376,10 @@ where
     Ok(())
 }
 
-/// Waits for the next value of a volatile channel; hands the receiver back with the result,
-/// so that the wait can be kept across the writer's loop (see [`forward_to_socket`]).
-async fn next_change<T>(
-    mut rx: tokio::sync::watch::Receiver<T>,
-) -> (
-    tokio::sync::watch::Receiver<T>,
-    Result<(), tokio::sync::watch::error::RecvError>,
-) {
-    let changed = rx.changed().await;
-    (rx, changed)
-}
-
-/// Forwards all packets waiting to be sent to the websocket
-///
-/// The websocket stream is flushed only when the internal channel is drained
-async fn forward_to_socket<H: EngineIoHandler, S>(
-    socket: Arc<Socket<H::Data>>,
-    mut tx: SplitSink<WebSocketStream<S>, Message>,
-) -> SplitSink<WebSocketStream<S>, Message>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    // A polling request that was in progress during the upgrade may still hold the lock.
-    let lock = socket.internal_rx.lock();
-    let Some(mut internal_rx) = lock
-        .with_cancellation_token(&socket.cancellation_token)
-        .await
-    else {
-        #[cfg(feature = "tracing")]
-        tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
-        return tx;
-    };
-    let InternalRx {
-        buffered_rx,
-        volatile_rx,
-        ..
-    } = &mut *internal_rx;
-
-    // map a packet to a websocket message
-    // It is declared as a macro rather than a closure to avoid ownership issues
-    macro_rules! map_fn {
-            ($item:ident) => {
-                let res = match $item {
-                    Packet::Binary(bin) | Packet::BinaryV3(bin) => {
-                        if socket.protocol == ProtocolVersion::V3 {
-                            // v3 protocol requires packet type as the first byte.
-                            // This requires a new buffer. This is OK as it is only for the V3 protocol.
-                            let mut buff = Vec::with_capacity(bin.len() + 1);
-                            buff.push(0x04);
-                            buff.extend(bin);
-                            tx.feed(Message::Binary(buff.into())).await
-                        } else {
-                            tx.feed(Message::Binary(bin)).await
-                        }
-                    }
-                    // A Noop Packet maybe sent by the server to upgrade from a polling connection
-                    // In the case that the packet was not poll in time it will remain in the buffer and therefore
-                    // it should be discarded here
-                    Packet::Noop => Ok(()),
-                    _ => {
-                        let packet: String = $item.try_into().unwrap();
-                        tx.feed(Message::Text(packet.into())).await
-                    }
-                };
-                if let Err(_e) = res {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
-                }
-            };
-        }
-
-    // Forward buffered packets until the channel is closed or the session is cancelled.
-    //
-    // The session's cancellation and the volatile channel's next change are waited on by
-    // futures made once (baton patch), not once per loop: each registers with a tokio
-    // `Notify` under its lock when polled and unregisters when dropped, and a socket that
-    // receives a message at a time went through the loop, and paid that, once per message.
-    let mut cancelled = std::pin::pin!(socket.cancellation_token.cancelled());
-    let mut volatile_changed = std::pin::pin!(next_change(volatile_rx.clone()));
-    let mut volatile_open = true;
-    loop {
-        tokio::select! {
-            biased;
-            items = buffered_rx.recv() => {
-                match items {
-                    Some(packets) => {
-                        for item in packets {
-                            map_fn!(item);
-                        }
-                        while let Ok(packets) = buffered_rx.try_recv() {
-                            for item in packets {
-                                map_fn!(item);
-                            }
-                        }
-                    }
-                    None => break
-                }
-            }
-            _ = cancelled.as_mut() => break,
-            (mut volatile, changed) = volatile_changed.as_mut(), if volatile_open => {
-                if changed.is_ok() {
-                    let val = volatile.borrow_and_update().clone();
-                    volatile_changed.set(next_change(volatile));
-                    if let Some(packets) = val {
-                        #[cfg(feature = "tracing")]
-                        tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                        for item in packets {
-                            map_fn!(item);
-                        }
-                    }
-                } else {
-                    // The sender is gone: nothing volatile will come any more.
-                    volatile_open = false;
-                }
-            },
-        }
-
-        #[cfg(feature = "tracing")]
-        tracing::trace!(sid = %socket.id, "ws flush");
-        tx.flush().await.ok();
-    }
-
-    #[cfg(feature = "tracing")]
-    tracing::trace!(sid = %socket.id, "ws closing flush");
-
-    tx.flush().await.ok();
-    // The caller closes the websocket (baton patch: see `run_session`).
-    tx
-}
 /// Send a Engine.IO [`OpenPacket`] to initiate a websocket connection
 async fn init_handshake<S>(
     sid: Sid,
-    ws: &mut WebSocketStream<S>,
+    ws: &mut Ws<S>,
     config: &EngineIoConfig,
 ) -> Result<(), Error>
 where
@@ -514,7 +420,7 @@ where
 )]
 async fn upgrade_handshake<H: EngineIoHandler, S>(
     socket: &Arc<Socket<H::Data>>,
-    ws: &mut WebSocketStream<S>,
+    ws: &mut Ws<S>,
 ) -> Result<(), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -607,61 +513,141 @@ mod tests {
         fn on_binary(self: &Arc<Self>, _: Bytes, _: Arc<Socket<()>>) {}
     }
 
-    fn socket() -> Arc<Socket<()>> {
-        Arc::new(Socket::new(
-            ProtocolVersion::V4,
-            TransportType::Websocket,
-            &EngineIoConfig::default(),
-            Request::<()>::default().into_parts().0,
-            Box::new(|_, _| ()),
-            false,
-        ))
+    fn engine() -> Arc<EngineIo<StubHandler>> {
+        Arc::new(EngineIo::new(Arc::new(StubHandler), EngineIoConfig::default()))
     }
 
-    async fn ws_pair() -> (WebSocketStream<DuplexStream>, WebSocketStream<DuplexStream>) {
+    fn socket(engine: &Arc<EngineIo<StubHandler>>) -> Arc<Socket<()>> {
+        engine.create_session(
+            ProtocolVersion::V4,
+            TransportType::Websocket,
+            Request::<()>::default().into_parts().0,
+            false,
+        )
+    }
+
+    /// A session's websocket over an in-memory pipe, its writer, and the client's end.
+    async fn ws_pair() -> (Ws<DuplexStream>, Arc<WsWriter>, WebSocketStream<DuplexStream>) {
         let (server, client) = tokio::io::duplex(1024);
+        let (read, write) = tokio::io::split(server);
+        let writer = Arc::new(WsWriter::new(Box::pin(write), 128, ProtocolVersion::V4));
+        let stream = WsStream { read, writer: writer.clone() };
         (
-            WebSocketStream::from_raw_socket(server, Role::Server, None).await,
+            WebSocketStream::from_raw_socket(stream, Role::Server, None).await,
+            writer,
             WebSocketStream::from_raw_socket(client, Role::Client, None).await,
         )
     }
 
-    /// A polling request can still hold the lock at the end of an upgrade.
+    /// A polling request can still hold the lock at the end of an upgrade: what was
+    /// queued for it, and what is emitted after, reach the websocket in order once it
+    /// lets go.
     #[tokio::test]
-    async fn writer_waits_for_the_lock_of_a_polling_request() {
-        let socket = socket();
-        let (server, mut client) = ws_pair().await;
-        let (tx, _rx) = server.split();
+    async fn session_waits_for_the_lock_of_a_polling_request() {
+        let engine = engine();
+        let socket = socket(&engine);
+        let (ws, writer, mut client) = ws_pair().await;
 
         let polling = socket.internal_rx.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        socket.emit(Str::from("queued")).unwrap();
+        let session = tokio::spawn({
+            let (engine, socket) = (engine.clone(), socket.clone());
+            async move { run_session(&engine, socket, ws, writer).await }
+        });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!writer.is_finished(), "the writer should wait for the lock");
+        assert!(!session.is_finished(), "the session should wait for the lock");
+        assert!(socket.ws_writer().is_none(), "nothing is written directly before the lock");
 
         drop(polling);
+        tokio::time::sleep(Duration::from_millis(20)).await;
         socket.emit(Str::from("hello")).unwrap();
-        let msg = tokio::time::timeout(TIMEOUT, client.next())
-            .await
-            .expect("the writer should send the packet")
-            .unwrap()
-            .unwrap();
-        assert_eq!(msg, Message::text("4hello"));
+        for expected in ["4queued", "4hello"] {
+            let msg = tokio::time::timeout(TIMEOUT, client.next())
+                .await
+                .expect("the session should send the packet")
+                .unwrap()
+                .unwrap();
+            assert_eq!(msg, Message::text(expected));
+        }
     }
 
     #[tokio::test]
-    async fn writer_waiting_for_the_lock_stops_with_the_session() {
-        let socket = socket();
-        let (server, _client) = ws_pair().await;
-        let (tx, _rx) = server.split();
+    async fn session_waiting_for_the_lock_stops_with_the_session() {
+        let engine = engine();
+        let socket = socket(&engine);
+        let (ws, writer, _client) = ws_pair().await;
 
         let _polling = socket.internal_rx.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        let session = tokio::spawn({
+            let (engine, socket) = (engine.clone(), socket.clone());
+            async move { run_session(&engine, socket, ws, writer).await }
+        });
         tokio::time::sleep(Duration::from_millis(20)).await;
 
         socket.cancellation_token.cancel();
-        tokio::time::timeout(TIMEOUT, writer)
+        tokio::time::timeout(TIMEOUT, session)
             .await
-            .expect("the writer should stop")
+            .expect("the session should stop")
             .unwrap();
+    }
+
+    /// What the socket cannot take at once waits in the queue and is written, in order
+    /// and whole, as the client reads; a closing session writes its close packet and a
+    /// Close frame, then the connection ends.
+    #[tokio::test]
+    async fn frames_the_socket_cannot_take_at_once_follow_in_order() {
+        let engine = engine();
+        let socket = socket(&engine);
+        let (ws, writer, mut client) = ws_pair().await;
+        let session = tokio::spawn({
+            let (engine, socket) = (engine.clone(), socket.clone());
+            async move { run_session(&engine, socket, ws, writer).await }
+        });
+        while socket.ws_writer().is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The pipe holds 1 KiB: most of these wait in the queue.
+        let sent: Vec<String> = (0..100).map(|i| format!("{i}:{}", "x".repeat(i * 7))).collect();
+        for msg in &sent {
+            socket.emit(Str::from(msg.clone())).unwrap();
+        }
+        for msg in &sent {
+            let got = tokio::time::timeout(TIMEOUT, client.next()).await.unwrap().unwrap().unwrap();
+            assert_eq!(got, Message::text(format!("4{msg}")));
+        }
+        socket.close(DisconnectReason::ClosingServer);
+        let got = tokio::time::timeout(TIMEOUT, client.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(got, Message::text("1"), "the close packet");
+        let got = tokio::time::timeout(TIMEOUT, client.next()).await.unwrap().unwrap().unwrap();
+        assert!(matches!(got, Message::Close(_)), "then a Close frame, got {got:?}");
+        tokio::time::timeout(TIMEOUT, session).await.expect("the session should end").unwrap();
+        assert!(socket.emit(Str::from("late")).is_err(), "nothing is accepted after the close");
+    }
+
+    /// Past the session's bound an emit is refused with `Full`, as the channel's was.
+    #[tokio::test]
+    async fn an_emit_past_the_bound_is_refused() {
+        let engine = engine();
+        let socket = socket(&engine);
+        let (ws, writer, _client) = ws_pair().await;
+        tokio::spawn({
+            let (engine, socket) = (engine.clone(), socket.clone());
+            async move { run_session(&engine, socket, ws, writer).await }
+        });
+        while socket.ws_writer().is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Nobody reads the client's end: the pipe fills, then the queue (128 frames).
+        let big = "y".repeat(512);
+        let mut accepted = 0;
+        let refused = loop {
+            match socket.emit(Str::from(big.clone())) {
+                Ok(()) => accepted += 1,
+                Err(e) => break e,
+            }
+            assert!(accepted < 1000, "emits should be refused once the queue is full");
+        };
+        assert!(matches!(refused, tokio::sync::mpsc::error::TrySendError::Full(_)), "{refused:?}");
+        assert!(accepted >= 128, "the queue holds its bound: {accepted}");
     }
 }

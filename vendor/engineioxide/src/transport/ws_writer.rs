@@ -1,0 +1,464 @@
+//! The sending half of a websocket session (baton patch): frames are written to the
+//! socket by the task that emits them, not handed to a writer task.
+//!
+//! Upstream engineioxide gives every websocket a channel and a writer task: an emit
+//! pushes the packet into the channel and wakes the task, which frames it (copying it
+//! into tungstenite's buffer) and writes it. A broadcast to a room of N sockets paid N
+//! channel pushes, N task wake-ups and N copies, then N writes. Here an emit frames the
+//! packet (a header of at most 11 bytes in front of the shared payload, no copy) and,
+//! when nothing is queued before it, writes it at once with one non-blocking vectored
+//! write. Only what the socket does not take is queued; the session's own task (the one
+//! that reads the websocket, see `ws::run_session`) waits for the socket to take more
+//! and writes the queue, several frames per write.
+//!
+//! Invariants kept here:
+//! - frames reach the socket whole and in the order they were handed over: a frame is
+//!   written directly only when the queue is empty, and a frame partly written stays
+//!   at the head of the queue until it is done;
+//! - at most `max_frames` frames wait in the queue (the bound engineioxide puts on its
+//!   channel, `max_buffer_size`): past it an emit fails with `Full`, as it did;
+//! - once [`WsWriter::stop_accepting`] has run, no new frame is accepted.
+
+use std::{
+    collections::VecDeque,
+    io::{self, IoSlice},
+    pin::Pin,
+    sync::Mutex,
+    task::{Context, Poll, Waker},
+};
+
+use bytes::Bytes;
+use engineioxide_core::{Packet, PacketBuf, ProtocolVersion};
+use tokio::io::AsyncWrite;
+
+/// Why a frame was not accepted: the same two cases as the channel it replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// `max_frames` frames are already waiting for the socket.
+    Full,
+    /// The session is closing or its socket failed.
+    Closed,
+}
+
+/// Frames in order, each a header and a payload; `written` bytes of the first are on
+/// the socket already.
+struct Queue {
+    frames: VecDeque<Frame>,
+    written: usize,
+}
+
+/// One websocket frame as written: its header (for an Engine.IO text packet, the
+/// websocket header and the packet type) and its payload, shared with every other
+/// socket the same packet goes to.
+struct Frame {
+    head: Head,
+    body: Bytes,
+}
+
+/// A frame header stored inline: 2 to 10 bytes of websocket header, and one more for
+/// the Engine.IO packet type of a text message or the v3 binary marker.
+#[derive(Clone, Copy)]
+struct Head {
+    len: u8,
+    bytes: [u8; 11],
+}
+
+impl Head {
+    const EMPTY: Head = Head { len: 0, bytes: [0; 11] };
+
+    /// The header of an unmasked, final server frame of `opcode` whose payload is
+    /// `prefix` (0 or 1 byte) followed by `body_len` bytes.
+    fn new(opcode: u8, prefix: Option<u8>, body_len: usize) -> Head {
+        let payload = body_len + prefix.is_some() as usize;
+        let mut bytes = [0u8; 11];
+        bytes[0] = 0x80 | opcode;
+        let mut len = if payload < 126 {
+            bytes[1] = payload as u8;
+            2
+        } else if payload <= u16::MAX as usize {
+            bytes[1] = 126;
+            bytes[2..4].copy_from_slice(&(payload as u16).to_be_bytes());
+            4
+        } else {
+            bytes[1] = 127;
+            bytes[2..10].copy_from_slice(&(payload as u64).to_be_bytes());
+            10
+        };
+        if let Some(p) = prefix {
+            bytes[len] = p;
+            len += 1;
+        }
+        Head { len: len as u8, bytes }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+const TEXT: u8 = 0x1;
+const BINARY: u8 = 0x2;
+
+impl Frame {
+    /// The frame an Engine.IO packet travels in over a websocket, as upstream's writer
+    /// made it (`None` for a `Noop`, which only a polling request needs).
+    fn of(packet: Packet, protocol: ProtocolVersion) -> Option<Frame> {
+        let (head, body) = match packet {
+            Packet::Noop => return None,
+            Packet::Message(msg) => {
+                let body = Bytes::from(msg);
+                (Head::new(TEXT, Some(b'4'), body.len()), body)
+            }
+            Packet::Binary(bin) | Packet::BinaryV3(bin) => {
+                // v3 puts the packet type in front of a binary payload.
+                let prefix = (protocol == ProtocolVersion::V3).then_some(0x04);
+                (Head::new(BINARY, prefix, bin.len()), bin)
+            }
+            other => {
+                let body = Bytes::from(String::from(other));
+                (Head::new(TEXT, None, body.len()), body)
+            }
+        };
+        Some(Frame { head, body })
+    }
+
+    /// Bytes already framed (by tungstenite: its pongs and close frames).
+    fn raw(bytes: &[u8]) -> Frame {
+        Frame { head: Head::EMPTY, body: Bytes::copy_from_slice(bytes) }
+    }
+
+    fn len(&self) -> usize {
+        self.head.len as usize + self.body.len()
+    }
+}
+
+impl Queue {
+    /// The queue's bytes not yet written, as slices for one vectored write.
+    fn slices<'a>(&'a self, out: &mut [IoSlice<'a>; MAX_SLICES]) -> usize {
+        let mut n = 0;
+        let mut skip = self.written;
+        for frame in &self.frames {
+            for part in [frame.head.as_slice(), &frame.body[..]] {
+                if skip >= part.len() {
+                    skip -= part.len();
+                    continue;
+                }
+                out[n] = IoSlice::new(&part[skip..]);
+                skip = 0;
+                n += 1;
+                if n == MAX_SLICES {
+                    return n;
+                }
+            }
+        }
+        n
+    }
+
+    /// Takes `n` written bytes off the front of the queue.
+    fn advance(&mut self, mut n: usize) {
+        n += self.written;
+        while let Some(frame) = self.frames.front() {
+            if n < frame.len() {
+                break;
+            }
+            n -= frame.len();
+            self.frames.pop_front();
+        }
+        self.written = n;
+    }
+}
+
+/// At most this many slices in one write (two per frame).
+const MAX_SLICES: usize = 64;
+
+struct State {
+    /// The websocket's write half, type-erased: sessions are not generic over their
+    /// stream. Dropped when the session ends ([`WsWriter::release`]), so that the
+    /// connection closes even while the socket is still referenced.
+    io: Option<Pin<Box<dyn AsyncWrite + Send>>>,
+    queue: Queue,
+    /// The session's task, waiting for something to be queued.
+    session: Option<Waker>,
+    accepting: bool,
+    /// The socket failed: nothing more can be written.
+    failed: bool,
+}
+
+/// The sending half of one websocket session.
+pub(crate) struct WsWriter {
+    state: Mutex<State>,
+    max_frames: usize,
+    protocol: ProtocolVersion,
+}
+
+impl std::fmt::Debug for WsWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsWriter").field("max_frames", &self.max_frames).finish()
+    }
+}
+
+impl WsWriter {
+    pub(crate) fn new(
+        io: Pin<Box<dyn AsyncWrite + Send>>,
+        max_frames: usize,
+        protocol: ProtocolVersion,
+    ) -> WsWriter {
+        WsWriter {
+            state: Mutex::new(State {
+                io: Some(io),
+                queue: Queue { frames: VecDeque::new(), written: 0 },
+                session: None,
+                accepting: true,
+                failed: false,
+            }),
+            max_frames,
+            protocol,
+        }
+    }
+
+    /// Whether a frame would be accepted now (for a permit reserved before its emit).
+    pub(crate) fn check(&self) -> Result<(), Refused> {
+        let state = self.state.lock().unwrap();
+        state.admits(1, self.max_frames)
+    }
+
+    /// Sends packets, in order, as one unit: all are accepted or none (handed back).
+    pub(crate) fn send(&self, packets: PacketBuf) -> Result<(), (Refused, PacketBuf)> {
+        let mut state = self.state.lock().unwrap();
+        if let Err(refused) = state.admits(packets.len(), self.max_frames) {
+            return Err((refused, packets));
+        }
+        let before = state.queue.frames.len();
+        for packet in packets {
+            if let Some(frame) = Frame::of(packet, self.protocol) {
+                state.queue.frames.push_back(frame);
+            }
+        }
+        state.write_new(before);
+        Ok(())
+    }
+
+    /// A volatile packet: written if the socket takes it now with nothing queued before
+    /// it, dropped otherwise (`false`), as upstream drops one the transport is not ready for.
+    pub(crate) fn send_volatile(&self, packets: PacketBuf) -> bool {
+        let mut state = self.state.lock().unwrap();
+        if !state.queue.frames.is_empty() || state.admits(1, self.max_frames).is_err() {
+            return false;
+        }
+        for packet in packets {
+            if let Some(frame) = Frame::of(packet, self.protocol) {
+                state.queue.frames.push_back(frame);
+            }
+        }
+        state.write_new(0);
+        true
+    }
+
+    /// Bytes tungstenite framed itself (the session's pongs and close frame), in order
+    /// with the rest; never refused for the bound, which counts packets.
+    fn send_raw(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut state = self.state.lock().unwrap();
+        if state.failed {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        let before = state.queue.frames.len();
+        state.queue.frames.push_back(Frame::raw(bytes));
+        state.write_new(before);
+        Ok(())
+    }
+
+    /// No frame is accepted any more (the session is closing); the queued ones are
+    /// still written by [`WsWriter::poll_flush`].
+    pub(crate) fn stop_accepting(&self) {
+        self.state.lock().unwrap().accepting = false;
+    }
+
+    /// Whether frames are still accepted.
+    pub(crate) fn is_accepting(&self) -> bool {
+        let state = self.state.lock().unwrap();
+        state.accepting && !state.failed
+    }
+
+    /// The session's side: writes the queue whenever there is one, and completes only
+    /// with the error that ends the socket.
+    pub(crate) fn poll_write_queue(&self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        match self.poll_flush(cx) {
+            Poll::Ready(Ok(())) => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(e),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Writes the whole queue (for tungstenite's flush, and the last frames of a
+    /// session). Only the session's task calls it: once the queue is empty, its waker
+    /// is kept, to be woken when an emit leaves something in the queue.
+    pub(crate) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut state = self.state.lock().unwrap();
+        let written = std::task::ready!(state.poll_write_queue(cx));
+        if written.is_ok() && !state.session.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            state.session = Some(cx.waker().clone());
+        }
+        Poll::Ready(written)
+    }
+
+    /// Ends the write side of the socket once the queue is written.
+    pub(crate) fn poll_shutdown(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut state = self.state.lock().unwrap();
+        std::task::ready!(state.poll_write_queue(cx))?;
+        match state.io.as_mut() {
+            Some(io) => io.as_mut().poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    /// The session is over: nothing is accepted any more and the write half of the
+    /// connection is dropped (with the read half, that closes the connection).
+    pub(crate) fn release(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.accepting = false;
+        state.failed = true;
+        state.io = None;
+        state.queue.frames.clear();
+    }
+}
+
+impl State {
+    fn admits(&self, count: usize, max_frames: usize) -> Result<(), Refused> {
+        if !self.accepting || self.failed {
+            Err(Refused::Closed)
+        } else if self.queue.frames.len() + count > max_frames {
+            Err(Refused::Full)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Frames were just queued from position `before`: when nothing was queued before
+    /// them, they are written at once, as far as the socket takes them; what is left
+    /// waits for the session's task, which is woken.
+    fn write_new(&mut self, before: usize) {
+        if before > 0 || self.queue.frames.is_empty() {
+            return;
+        }
+        // A non-blocking write: the no-op waker is never woken, and the session's task
+        // registers its own as soon as it is woken to write what is left.
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.poll_write_queue(&mut cx) {
+            Poll::Ready(Ok(())) => return,
+            Poll::Ready(Err(_)) | Poll::Pending => {}
+        }
+        if let Some(session) = self.session.take() {
+            session.wake();
+        }
+    }
+
+    /// Writes the queue until it is empty (`Ready(Ok)`), the socket is full (`Pending`,
+    /// `cx` woken when it takes more) or it fails.
+    fn poll_write_queue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (false, Some(io)) = (self.failed, self.io.as_mut()) else {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        };
+        while !self.queue.frames.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let n = self.queue.slices(&mut slices);
+            match io.as_mut().poll_write_vectored(cx, &slices[..n]) {
+                Poll::Ready(Ok(0)) => {
+                    self.failed = true;
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(written)) => self.queue.advance(written),
+                Poll::Ready(Err(e)) => {
+                    self.failed = true;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The stream tungstenite reads the websocket through: the read half of the connection,
+/// with writes (tungstenite's pongs and close frame) going through the session's
+/// [`WsWriter`], in order with the packets.
+pub(crate) struct WsStream<R> {
+    pub(crate) read: R,
+    pub(crate) writer: std::sync::Arc<WsWriter>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WsStream<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().read).poll_read(cx, buf)
+    }
+}
+
+impl<R: Unpin> AsyncWrite for WsStream<R> {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(self.writer.send_raw(buf).map(|()| buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.writer.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.writer.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame_bytes(packet: Packet, protocol: ProtocolVersion) -> Vec<u8> {
+        let frame = Frame::of(packet, protocol).unwrap();
+        [frame.head.as_slice(), &frame.body[..]].concat()
+    }
+
+    #[test]
+    fn frames_are_what_tungstenite_writes() {
+        use tokio_tungstenite::tungstenite::protocol::frame::{Frame as TFrame, coding::OpCode, coding::Data};
+        for len in [0usize, 1, 124, 125, 126, 65_534, 65_535, 65_536, 70_000] {
+            let text = "x".repeat(len);
+            let ours = frame_bytes(Packet::Message(text.clone().into()), ProtocolVersion::V4);
+            let theirs = TFrame::message(format!("4{text}").into_bytes(), OpCode::Data(Data::Text), true);
+            let mut expected = Vec::new();
+            theirs.format(&mut expected).unwrap();
+            assert_eq!(ours, expected, "text of {len}");
+
+            let bin = Bytes::from(vec![7u8; len]);
+            let ours = frame_bytes(Packet::Binary(bin.clone()), ProtocolVersion::V4);
+            let theirs = TFrame::message(bin.to_vec(), OpCode::Data(Data::Binary), true);
+            let mut expected = Vec::new();
+            theirs.format(&mut expected).unwrap();
+            assert_eq!(ours, expected, "binary of {len}");
+        }
+        assert!(Frame::of(Packet::Noop, ProtocolVersion::V4).is_none());
+        assert_eq!(frame_bytes(Packet::Ping, ProtocolVersion::V4), [0x81, 1, b'2']);
+        assert_eq!(frame_bytes(Packet::Binary(Bytes::from_static(b"ab")), ProtocolVersion::V3), [0x82, 3, 4, b'a', b'b']);
+    }
+
+    #[test]
+    fn a_partial_write_resumes_where_it_stopped() {
+        let mut queue = Queue { frames: VecDeque::new(), written: 0 };
+        for body in ["hello", "world"] {
+            queue.frames.push_back(Frame::of(Packet::Message(body.into()), ProtocolVersion::V4).unwrap());
+        }
+        let all: Vec<u8> = queue.frames.iter().flat_map(|f| [f.head.as_slice(), &f.body[..]].concat()).collect();
+        let mut out = Vec::new();
+        for step in [1usize, 2, 4, 3, 6] {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let n = queue.slices(&mut slices);
+            let pending: Vec<u8> = slices[..n].iter().flat_map(|s| s.to_vec()).collect();
+            assert_eq!(pending, all[out.len()..], "after {} bytes", out.len());
+            out.extend_from_slice(&pending[..step]);
+            queue.advance(step);
+        }
+        assert!(queue.frames.is_empty());
+        assert_eq!(out, all);
+    }
+}

@@ -84,7 +84,7 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
         let res = match setup.await {
             None => return,
             Some(Ok((socket, ws, writer))) => {
-                run_session(&engine, socket, ws, writer).await;
+                run_session(&engine, socket, ws, writer, sid.is_some()).await;
                 Ok(())
             }
             Some(Err(e)) => Err(e),
@@ -130,7 +130,7 @@ where
 {
     // Boxed (baton patch): see `new_req`.
     let (socket, ws, writer) = Box::pin(init_session(&engine, conn, protocol, sid, req_data)).await?;
-    run_session(&engine, socket, ws, writer).await;
+    run_session(&engine, socket, ws, writer, sid.is_some()).await;
     Ok(())
 }
 
@@ -210,23 +210,24 @@ where
 
         let (mut ws, writer) = ws_init(socket.protocol).await;
         init_handshake(socket.id, &mut ws, &engine.config).await?;
-        socket
-            .clone()
-            .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
+        // The heartbeat runs in the session's task (baton patch, see `run_session`).
         (socket, ws, writer)
     };
     Ok((socket, ws, writer))
 }
 
 /// Runs the session: its packets are written straight to the websocket from now on
-/// (baton patch), and this task reads the websocket and writes what the socket could not
-/// take at once, until the websocket closes or the session is cancelled; then it ends
-/// the websocket.
+/// (baton patch), and this one task reads the websocket, writes what the socket could
+/// not take at once and, for a session that began as a websocket, runs the heartbeat
+/// (upstream spawned a writer task and a heartbeat task beside it), until the websocket
+/// closes or the session is cancelled; then it ends the websocket. A session upgraded
+/// from polling keeps the heartbeat task it was given as a polling session.
 async fn run_session<H: EngineIoHandler, S>(
     engine: &Arc<EngineIo<H>>,
     socket: Arc<Socket<H::Data>>,
     mut ws: Ws<S>,
     writer: Arc<WsWriter>,
+    upgraded: bool,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -246,6 +247,13 @@ async fn run_session<H: EngineIoHandler, S>(
     };
     socket.write_directly(writer.clone(), &mut internal_rx);
 
+    let heartbeat = async {
+        if upgraded {
+            return std::future::pending().await;
+        }
+        let config = &engine.config;
+        socket.heartbeat_job(config.ping_interval, config.ping_timeout).await
+    };
     let session = async {
         tokio::select! {
             biased;
@@ -253,6 +261,13 @@ async fn run_session<H: EngineIoHandler, S>(
                 Err(Error::WsTransport(Box::new(tungstenite::Error::Io(e))))
             }
             outcome = forward_to_handler(engine, &mut ws, &socket) => outcome,
+            Err(_e) = heartbeat => {
+                #[cfg(feature = "tracing")]
+                tracing::debug!(sid = %socket.id, "heartbeat error: {_e}");
+                // As the heartbeat task does: a close packet, then the session closes.
+                socket.close(DisconnectReason::HeartbeatTimeout);
+                Ok(())
+            }
         }
     };
     let outcome = session.with_cancellation_token(&socket.cancellation_token).await;
@@ -539,6 +554,20 @@ mod tests {
         )
     }
 
+    /// The client's next message, heartbeat pings aside.
+    async fn next_message(client: &mut WebSocketStream<DuplexStream>) -> Message {
+        loop {
+            let msg = tokio::time::timeout(TIMEOUT, client.next())
+                .await
+                .expect("the session should send a message")
+                .unwrap()
+                .unwrap();
+            if msg != Message::text("2") {
+                return msg;
+            }
+        }
+    }
+
     /// A polling request can still hold the lock at the end of an upgrade: what was
     /// queued for it, and what is emitted after, reach the websocket in order once it
     /// lets go.
@@ -552,7 +581,7 @@ mod tests {
         socket.emit(Str::from("queued")).unwrap();
         let session = tokio::spawn({
             let (engine, socket) = (engine.clone(), socket.clone());
-            async move { run_session(&engine, socket, ws, writer).await }
+            async move { run_session(&engine, socket, ws, writer, false).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!session.is_finished(), "the session should wait for the lock");
@@ -562,12 +591,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         socket.emit(Str::from("hello")).unwrap();
         for expected in ["4queued", "4hello"] {
-            let msg = tokio::time::timeout(TIMEOUT, client.next())
-                .await
-                .expect("the session should send the packet")
-                .unwrap()
-                .unwrap();
-            assert_eq!(msg, Message::text(expected));
+            assert_eq!(next_message(&mut client).await, Message::text(expected));
         }
     }
 
@@ -580,7 +604,7 @@ mod tests {
         let _polling = socket.internal_rx.lock().await;
         let session = tokio::spawn({
             let (engine, socket) = (engine.clone(), socket.clone());
-            async move { run_session(&engine, socket, ws, writer).await }
+            async move { run_session(&engine, socket, ws, writer, false).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
 
@@ -601,7 +625,7 @@ mod tests {
         let (ws, writer, mut client) = ws_pair().await;
         let session = tokio::spawn({
             let (engine, socket) = (engine.clone(), socket.clone());
-            async move { run_session(&engine, socket, ws, writer).await }
+            async move { run_session(&engine, socket, ws, writer, false).await }
         });
         while socket.ws_writer().is_none() {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -612,13 +636,11 @@ mod tests {
             socket.emit(Str::from(msg.clone())).unwrap();
         }
         for msg in &sent {
-            let got = tokio::time::timeout(TIMEOUT, client.next()).await.unwrap().unwrap().unwrap();
-            assert_eq!(got, Message::text(format!("4{msg}")));
+            assert_eq!(next_message(&mut client).await, Message::text(format!("4{msg}")));
         }
         socket.close(DisconnectReason::ClosingServer);
-        let got = tokio::time::timeout(TIMEOUT, client.next()).await.unwrap().unwrap().unwrap();
-        assert_eq!(got, Message::text("1"), "the close packet");
-        let got = tokio::time::timeout(TIMEOUT, client.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(next_message(&mut client).await, Message::text("1"), "the close packet");
+        let got = next_message(&mut client).await;
         assert!(matches!(got, Message::Close(_)), "then a Close frame, got {got:?}");
         tokio::time::timeout(TIMEOUT, session).await.expect("the session should end").unwrap();
         assert!(socket.emit(Str::from("late")).is_err(), "nothing is accepted after the close");
@@ -632,7 +654,7 @@ mod tests {
         let (ws, writer, _client) = ws_pair().await;
         tokio::spawn({
             let (engine, socket) = (engine.clone(), socket.clone());
-            async move { run_session(&engine, socket, ws, writer).await }
+            async move { run_session(&engine, socket, ws, writer, false).await }
         });
         while socket.ws_writer().is_none() {
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -23,7 +23,10 @@ use std::{
     collections::VecDeque,
     io::{self, IoSlice},
     pin::Pin,
-    sync::Mutex,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
     task::{Context, Poll, Waker},
 };
 
@@ -187,6 +190,10 @@ struct State {
 /// The sending half of one websocket session.
 pub(crate) struct WsWriter {
     state: Mutex<State>,
+    /// What [`WsWriter::check`] reads without the lock: whether frames are accepted,
+    /// and how many are queued (both written under the lock).
+    accepting: AtomicBool,
+    queued: AtomicUsize,
     max_frames: usize,
     protocol: ProtocolVersion,
 }
@@ -211,15 +218,29 @@ impl WsWriter {
                 accepting: true,
                 failed: false,
             }),
+            accepting: AtomicBool::new(true),
+            queued: AtomicUsize::new(0),
             max_frames,
             protocol,
         }
     }
 
-    /// Whether a frame would be accepted now (for a permit reserved before its emit).
+    /// Whether a frame would be accepted now, without taking the lock: for a permit
+    /// reserved just before its emit, which checks again.
     pub(crate) fn check(&self) -> Result<(), Refused> {
-        let state = self.state.lock().unwrap();
-        state.admits(1, self.max_frames)
+        if !self.accepting.load(Ordering::Relaxed) {
+            Err(Refused::Closed)
+        } else if self.queued.load(Ordering::Relaxed) >= self.max_frames {
+            Err(Refused::Full)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Publishes the state's admission figures for [`WsWriter::check`].
+    fn publish(&self, state: &State) {
+        self.accepting.store(state.accepting && !state.failed, Ordering::Relaxed);
+        self.queued.store(state.queue.frames.len(), Ordering::Relaxed);
     }
 
     /// Sends packets, in order, as one unit: all are accepted or none (handed back).
@@ -235,6 +256,7 @@ impl WsWriter {
             }
         }
         state.write_new(before);
+        self.publish(&state);
         Ok(())
     }
 
@@ -251,6 +273,7 @@ impl WsWriter {
             }
         }
         state.write_new(0);
+        self.publish(&state);
         true
     }
 
@@ -264,19 +287,21 @@ impl WsWriter {
         let before = state.queue.frames.len();
         state.queue.frames.push_back(Frame::raw(bytes));
         state.write_new(before);
+        self.publish(&state);
         Ok(())
     }
 
     /// No frame is accepted any more (the session is closing); the queued ones are
     /// still written by [`WsWriter::poll_flush`].
     pub(crate) fn stop_accepting(&self) {
-        self.state.lock().unwrap().accepting = false;
+        let mut state = self.state.lock().unwrap();
+        state.accepting = false;
+        self.publish(&state);
     }
 
     /// Whether frames are still accepted.
     pub(crate) fn is_accepting(&self) -> bool {
-        let state = self.state.lock().unwrap();
-        state.accepting && !state.failed
+        self.accepting.load(Ordering::Relaxed)
     }
 
     /// The session's side: writes the queue whenever there is one, and completes only
@@ -294,7 +319,9 @@ impl WsWriter {
     /// is kept, to be woken when an emit leaves something in the queue.
     pub(crate) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut state = self.state.lock().unwrap();
-        let written = std::task::ready!(state.poll_write_queue(cx));
+        let written = state.poll_write_queue(cx);
+        self.publish(&state);
+        let written = std::task::ready!(written);
         if written.is_ok() && !state.session.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             state.session = Some(cx.waker().clone());
         }
@@ -319,6 +346,7 @@ impl WsWriter {
         state.failed = true;
         state.io = None;
         state.queue.frames.clear();
+        self.publish(&state);
     }
 }
 

@@ -28,7 +28,10 @@ export class WebSocketStream extends WebSocket {
   }
 }
 
-export const POLLING_URL = "http://localhost:3000";
+// baton: the server's port from PROTOCOL_PORT (set by scripts/test-protocol), not 3000.
+const PORT = process.env.PROTOCOL_PORT;
+if (!PORT) throw new Error("PROTOCOL_PORT is not set (scripts/test-protocol sets it)");
+export const POLLING_URL = `http://localhost:${PORT}`;
 export const WS_URL = POLLING_URL.replace("http", "ws");
 
 export const PING_INTERVAL = 300;

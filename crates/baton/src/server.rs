@@ -100,6 +100,7 @@ where
     let tokens = Tokens::load(config.secret.as_deref(), &store, config.token_ttl).await?;
     let registry = redis.as_ref().map(|link| Registry::new(link.clone(), instance.clone()));
     let chat = Chat::new(store, ChatRate::new(config.chat_rate, config.chat_burst));
+    let relay = redis.as_ref().map(|link| gateway::Relay::new(link.clone(), instance.clone()));
     // The Socket.IO server is built inside the app it belongs to: its state, through
     // which the handlers reach the app, is the app itself, held weakly.
     let mut layer = None;
@@ -107,7 +108,7 @@ where
         let (socket_io_layer, io) = io.with_state(AppRef(me.clone())).build_layer();
         layer = Some(socket_io_layer);
         App {
-            fanout: Fanout::new(Io::from(io), joins, presence, chat.clone()),
+            fanout: Fanout::new(Io::from(io), joins, presence, chat.clone(), relay),
             chat,
             tokens,
             namespaces: Namespaces::default(),
@@ -168,6 +169,15 @@ impl Server {
         ];
         if let Some(registry) = registry.clone() {
             background.push(tokio::spawn(cluster_tasks(app.clone(), registry)));
+        }
+        // The other instances' written changes, subscribed before serving.
+        if let Some(relay) = app.fanout.relay_link().cloned()
+            && let Some(stream) = relay.subscribe().await
+        {
+            let app = app.clone();
+            background.push(tokio::spawn(async move {
+                relay.receive(stream, |written| app.fanout.deliver_written(written)).await;
+            }));
         }
         let closing = app.clone();
         axum::serve(Listener(listener), router.into_make_service_with_connect_info::<Connection>())

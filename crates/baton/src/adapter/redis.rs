@@ -166,6 +166,19 @@ impl RedisLink {
         socketioxide_redis::RedisAdapterCtr::new_with_driver(self.driver.clone(), config)
     }
 
+    /// Publishes on one of baton's own pub/sub channels (`topic`, under the prefix), as
+    /// the adapter publishes its broadcasts: at once an error while Redis is known to
+    /// be down, after `--redis-timeout` otherwise.
+    pub async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), RedisError> {
+        self.driver.publish(self.key(topic), payload).await
+    }
+
+    /// Subscribes to one of baton's own pub/sub channels; like the adapter's, the
+    /// subscription is renewed whenever Redis comes back.
+    pub async fn subscribe(&self, topic: &str) -> Result<MessageStream<ChanItem>, RedisError> {
+        self.driver.subscribe(self.key(topic), PUBSUB_BUFFER).await
+    }
+
     /// A key under the configured prefix.
     pub fn key(&self, rest: impl std::fmt::Display) -> String {
         format!("{}:{rest}", self.prefix)

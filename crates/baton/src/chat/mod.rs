@@ -25,7 +25,8 @@ pub fn now_ms() -> i64 {
 }
 
 /// What a change did to a message; names the broadcast event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Change {
     New,
     Modify,

@@ -5,9 +5,12 @@
 //! positions. Every change it is given is already durable: the domain wrote it
 //! first (`Chat::apply`), the caller acked it, and only then does it reach here.
 //!
-//! A broadcast goes through the adapter to every instance; if the adapter fails
-//! (Redis unreachable), to this instance's sockets at least. Either way the change is
-//! in the database: other instances' clients get it by replay or `position`.
+//! A written message reaches the other instances in one publish (`relay.rs`): this
+//! instance delivers it to its own sockets, room event and `notify` both, then
+//! relays it. Other broadcasts go through the adapter to every instance; if the
+//! adapter fails (Redis unreachable), to this instance's sockets at least. Either way
+//! the change is in the database: other instances' clients get it by replay or
+//! `position`.
 
 use std::num::NonZeroU32;
 
@@ -18,9 +21,10 @@ use socketioxide::operators::BroadcastOperators;
 use socketioxide::{BroadcastError, SocketIo};
 
 use super::io::on_io;
+use super::relay::{Relay, Written};
 use super::{Io, channel_room, community_ns, user_room};
 use crate::adapter::ChatAdapter;
-use crate::chat::{Change, ChannelId, Chat, CommunityId, Created, Message, MessageId, UserId};
+use crate::chat::{Change, ChannelId, Chat, CommunityId, Created, MessageId, UserId};
 use crate::error::Result;
 use crate::metrics as m;
 use crate::reconnect::{Joins, Presence};
@@ -35,6 +39,9 @@ pub struct Fanout {
     /// For the members a `notify` goes to when the write did not read them, and the
     /// channels a `position` is due for.
     chat: Chat,
+    /// Written changes to and from the other instances (`relay.rs`); `None` on a
+    /// single node.
+    relay: Option<Relay>,
     /// `typing` relayed per user and channel: [`TYPING_PER_SECOND`], burst [`TYPING_BURST`].
     typing: DefaultKeyedRateLimiter<(UserId, ChannelId)>,
 }
@@ -68,10 +75,15 @@ fn preview(content: &str) -> &str {
 }
 
 impl Fanout {
-    pub fn new(io: Io, joins: Joins, presence: Presence, chat: Chat) -> Self {
+    pub fn new(io: Io, joins: Joins, presence: Presence, chat: Chat, relay: Option<Relay>) -> Self {
         let quota = Quota::per_second(NonZeroU32::new(TYPING_PER_SECOND).expect("positive"))
             .allow_burst(NonZeroU32::new(TYPING_BURST).expect("positive"));
-        Self { io, joins, presence, chat, typing: RateLimiter::keyed(quota) }
+        Self { io, joins, presence, chat, relay, typing: RateLimiter::keyed(quota) }
+    }
+
+    /// The relay of written changes between instances, in a cluster.
+    pub fn relay_link(&self) -> Option<&Relay> {
+        self.relay.as_ref()
     }
 
     /// The Socket.IO server.
@@ -79,74 +91,76 @@ impl Fanout {
         &self.io
     }
 
-    /// Broadcasts a written change to the channel's whole room, on every instance (a
+    /// Delivers a written change to the channel's whole room on every instance (a
     /// REST write); a new message also goes as `notify` to the members' own lines. A
-    /// change that wrote nothing new (a repeated clientMsgId) is not broadcast again.
+    /// change that wrote nothing new (a repeated clientMsgId) is not sent again.
     pub async fn publish(&self, created: &Created) {
-        if !created.fresh {
-            return;
-        }
-        let message = &created.message;
-        let room = channel_room(message.channel_id);
+        let Some(written) = self.written(created).await else { return };
         on_io!(&self.io, |io| {
-            if let Some(ns) = namespace(io, message.community_id).await {
-                emit(ns.to(room), created.change.event(), message).await;
+            if let Some(ns) = io.of(community_ns(written.message.community_id)) {
+                let room = ns.local().to(channel_room(written.message.channel_id));
+                emit_here(room, written.change.event(), &written.message).await;
             }
+            notify_here(io, &written).await;
         });
-        self.notify_if_new(created).await;
+        self.relay(&written).await;
     }
 
     /// As [`Fanout::publish`], for a change `origin` sent: its room but `origin` gets it.
     pub async fn publish_from<A: ChatAdapter>(&self, created: &Created, origin: &SocketRef<A>) {
+        let Some(written) = self.written(created).await else { return };
+        let room = origin.to(channel_room(written.message.channel_id)).local();
+        emit_here(room, written.change.event(), &written.message).await;
+        on_io!(&self.io, |io| notify_here(io, &written).await);
+        self.relay(&written).await;
+    }
+
+    /// Delivers another instance's written change to this instance's sockets
+    /// (`relay.rs`): the room's event and the `notify`, as its writer did to its own.
+    pub async fn deliver_written(&self, written: Written) {
+        on_io!(&self.io, |io| {
+            if let Some(ns) = io.of(community_ns(written.message.community_id)) {
+                let room = ns.local().to(channel_room(written.message.channel_id));
+                emit_here(room, written.change.event(), &written.message).await;
+            }
+            notify_here(io, &written).await;
+        });
+    }
+
+    /// The written change as every instance delivers it, with whom to `notify` (a
+    /// new message's members but its sender: as the write read them, else read now);
+    /// `None` when the change wrote nothing new.
+    async fn written(&self, created: &Created) -> Option<Written> {
         if !created.fresh {
-            return;
+            return None;
         }
         let message = &created.message;
-        emit(origin.to(channel_room(message.channel_id)), created.change.event(), message).await;
-        self.notify_if_new(created).await;
-    }
-
-    async fn notify_if_new(&self, created: &Created) {
-        if created.change == Change::New {
-            self.notify(&created.message, created.members.as_deref()).await;
-        }
-    }
-
-    /// `notify` on `/` to every member of the channel but the sender, except on
-    /// connections that get the message as `new-chat` (their `/` socket is in the
-    /// channel's room: `root.rs`): `members` if the write read them, else read now.
-    async fn notify(&self, message: &Message, members: Option<&[UserId]>) {
-        let read;
-        let members = match members {
-            Some(members) => members,
-            None => match self.chat.channel_member_ids(message.channel_id).await {
-                Ok(m) => {
-                    read = m;
-                    &read[..]
-                }
-                Err(e) => {
-                    tracing::warn!(channel = message.channel_id, error = %e, "could not list members to notify");
-                    return;
-                }
-            },
-        };
-        let rooms: Vec<String> = members.iter().copied().filter(|&u| u != message.sender_id).map(user_room).collect();
-        if rooms.is_empty() {
-            return;
-        }
-        let notify = Notify {
-            community_id: message.community_id,
-            channel_id: message.channel_id,
-            seq: message.seq,
-            message_id: message.id,
-            sender_id: message.sender_id,
-            preview: preview(&message.content),
-        };
-        on_io!(&self.io, |io| {
-            if let Some(root) = io.of("/") {
-                emit(root.to(rooms).except(channel_room(message.channel_id)), "notify", &notify).await;
+        metrics::counter!(m::EVENTS_OUT, "event" => created.change.event()).increment(1);
+        let notify = match created.change {
+            Change::New => {
+                let members = match &created.members {
+                    Some(members) => members.to_vec(),
+                    None => match self.chat.channel_member_ids(message.channel_id).await {
+                        Ok(members) => members,
+                        Err(e) => {
+                            tracing::warn!(channel = message.channel_id, error = %e, "could not list members to notify");
+                            Vec::new()
+                        }
+                    },
+                };
+                members.into_iter().filter(|&u| u != message.sender_id).collect()
             }
-        });
+            Change::Modify | Change::Delete => Vec::new(),
+        };
+        let origin = self.relay.as_ref().map(|r| r.instance().to_owned()).unwrap_or_default();
+        Some(Written { origin, change: created.change, message: message.clone(), notify })
+    }
+
+    /// Sends a change delivered here to the other instances, if there are any.
+    async fn relay(&self, written: &Written) {
+        if let Some(relay) = &self.relay {
+            relay.publish(written).await;
+        }
     }
 
     /// `presence` to the channel's room, on every instance.
@@ -251,6 +265,40 @@ impl Fanout {
 
 fn presence_event(channel: ChannelId, user: UserId, online: bool) -> serde_json::Value {
     serde_json::json!({ "channelId": channel, "userId": user, "online": online })
+}
+
+/// `notify` on `/` to this instance's sockets of the written message's members,
+/// except on connections that get it as `new-chat` (their `/` socket is in the
+/// channel's room: `root.rs`).
+async fn notify_here<A: ChatAdapter>(io: &SocketIo<A>, written: &Written) {
+    if written.notify.is_empty() {
+        return;
+    }
+    let Some(root) = io.of("/") else { return };
+    let message = &written.message;
+    let notify = Notify {
+        community_id: message.community_id,
+        channel_id: message.channel_id,
+        seq: message.seq,
+        message_id: message.id,
+        sender_id: message.sender_id,
+        preview: preview(&message.content),
+    };
+    let rooms: Vec<String> = written.notify.iter().copied().map(user_room).collect();
+    emit_here(root.local().to(rooms).except(channel_room(message.channel_id)), "notify", &notify).await;
+}
+
+/// Emits to this instance's sockets only (`to` is local).
+async fn emit_here<A: ChatAdapter, T: Serialize + ?Sized>(to: BroadcastOperators<A>, event: &'static str, data: &T) {
+    match to.emit(event, data).await {
+        Ok(()) => {}
+        Err(BroadcastError::Socket(failed)) => {
+            // A full or closed socket buffer: that client repairs the gap from `position`.
+            metrics::counter!(m::BROADCAST_ERRORS, "kind" => "socket").increment(failed.len() as u64);
+            tracing::debug!(event, sockets = failed.len(), "some sockets could not take a broadcast");
+        }
+        Err(e) => tracing::error!(event, error = %e, "local broadcast failed"),
+    }
 }
 
 /// Emits through the adapter to every instance; if the adapter fails (Redis is

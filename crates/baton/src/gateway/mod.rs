@@ -9,6 +9,7 @@
 //! - `extract.rs`: the extractors every handler takes (arrival order, payload, the
 //!   live app, the event's bookkeeping).
 //! - `cluster.rs`: putting Redis back in step after an outage; dead instances' users.
+//! - [`relay`]: a written change's one publish to the other instances.
 //!
 //! Admission (draining, token, the user's socket cap, membership) happens in one
 //! connect middleware for both namespaces ([`admit`]), and the event handlers are registered there too,
@@ -21,6 +22,7 @@ mod community;
 mod extract;
 pub mod fanout;
 pub mod io;
+pub mod relay;
 mod root;
 
 use std::collections::HashMap;
@@ -36,6 +38,7 @@ pub use cluster::{reap_dead_instances, reap_own_leftovers, resync};
 pub use extract::Turnstile;
 pub use fanout::Fanout;
 pub use io::{AnySocket, Io};
+pub use relay::Relay;
 
 use crate::adapter::ChatAdapter;
 use crate::app::App;

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{ChannelId, CommunityId, Inserted, MessageId, NewMessage, Pool, Store, UserId, Written, on_pool};
 
 /// A message in its current state (`chatInfo` on the wire).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct Message {
     pub id: MessageId,

@@ -114,6 +114,31 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Messages published so far (PUBLISH and SPUBLISH calls), from `INFO commandstats`.
+    pub async fn publishes(&self) -> u64 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
+        s.write_all(b"INFO commandstats\r\n").await.unwrap();
+        // A bulk string: `$LEN\r\n`, LEN bytes, `\r\n`.
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 4096];
+        let text = loop {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "redis closed the connection");
+            reply.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&reply).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n") {
+                let len: usize = head.trim_start_matches('$').parse().unwrap();
+                if body.len() >= len {
+                    break body[..len].to_owned();
+                }
+            }
+        };
+        text.lines()
+            .filter(|l| l.starts_with("cmdstat_publish:") || l.starts_with("cmdstat_spublish:"))
+            .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// Kills Redis (SIGKILL: nothing saved, every connection cut).
     pub async fn kill(&mut self) {
         self.child.kill().await.unwrap();

@@ -97,6 +97,55 @@ async fn every_acked_message_reaches_every_member_on_every_instance_exactly_once
     );
 }
 
+/// One publish per written message (issue 14): the instance that writes a message
+/// delivers it to its own sockets, then relays it to the others in one Redis publish
+/// that carries both its room event and its `notify` (gateway/relay.rs). Through the
+/// adapter it took two: the room broadcast and the `notify` on `/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_written_message_crosses_the_cluster_in_one_publish() {
+    const MESSAGES: usize = 20;
+    let cluster = Cluster::start(2).await;
+    let rest = cluster.rest(0);
+    let c = rest.populated_community(4, 1).await;
+    let channel = c.channels[0];
+    let mut sender = Member::join(cluster.base(0), c.cid, c.users[0].clone(), &[channel]).await;
+    let mut here = Member::join(cluster.base(0), c.cid, c.users[1].clone(), &[channel]).await;
+    let mut there = Member::join(cluster.base(1), c.cid, c.users[2].clone(), &[channel]).await;
+    // A member with only their own line open, on the other instance: `notify` only.
+    let mut line = baton_client::Socket::connect(cluster.base(1), "/", json!({ "token": c.users[3].token }))
+        .await
+        .unwrap();
+    // The joins' presence broadcasts are done before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = cluster.redis.publishes().await;
+    for i in 0..MESSAGES {
+        sender.send(channel, &format!("m{i}"), &format!("c{i}")).await.unwrap();
+    }
+    let deadline = Instant::now() + WAIT;
+    let mut notified = 0;
+    loop {
+        here.drain();
+        there.drain();
+        notified += line
+            .drain()
+            .into_iter()
+            .filter(|item| matches!(item, baton_client::Incoming::Event { name, .. } if name == "notify"))
+            .count();
+        let done = here.received_raw == MESSAGES && there.received_raw == MESSAGES && notified == MESSAGES;
+        if done || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!((here.received_raw, there.received_raw, notified), (MESSAGES, MESSAGES, MESSAGES));
+    assert_eq!((here.duplicates, there.duplicates), (0, 0));
+    sender.drain();
+    assert_eq!(sender.received_raw, 0, "the sender does not get its own messages");
+    let published = cluster.redis.publishes().await - before;
+    println!("relay: {MESSAGES} messages, {published} Redis publishes");
+    assert_eq!(published, MESSAGES as u64, "one publish per message");
+}
+
 /// The reconnect wave of a deploy: many clients connect at once to a community
 /// namespace that does not exist yet on the instance. socketioxide created one
 /// namespace per concurrent connect while the Redis adapter subscribed, orphaning

@@ -269,15 +269,18 @@ describe("Engine.IO protocol", () => {
       it("should forcefully close the session", async () => {
         const sid = await initLongPollingSession();
 
+        // baton: the close is sent once the poll has had time to reach the server
+        // (tests/protocol/README.md: on a multi-threaded server the two requests
+        // race, and a close handled first answers the poll 400).
         const [pollResponse] = await Promise.all([
           fetch(`${POLLING_URL}/socket.io/?EIO=4&transport=polling&sid=${sid}`),
-          fetch(
+          sleep(50).then(() => fetch(
             `${POLLING_URL}/socket.io/?EIO=4&transport=polling&sid=${sid}`,
             {
               method: "post",
               body: "1",
             },
-          ),
+          )),
         ]);
 
         assert.equal(pollResponse.status, 200);
@@ -361,6 +364,9 @@ describe("Engine.IO protocol", () => {
       await waitForEvent(socket, "open");
       socket.send("2probe");
       socket.send("5");
+      // baton: the poll is sent once the upgrade has had time to complete
+      // (tests/protocol/README.md: a poll that reaches the server first is answered).
+      await sleep(50);
 
       const pollResponse = await fetch(
         `${POLLING_URL}/socket.io/?EIO=4&transport=polling&sid=${sid}`,

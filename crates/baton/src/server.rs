@@ -12,8 +12,11 @@ use std::sync::Weak;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::response::IntoResponse;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
 use tower_http::trace::TraceLayer;
 
 use crate::adapter::{ChatAdapter, ClusterAdapter, RedisLink};
@@ -22,6 +25,7 @@ use crate::auth::Tokens;
 use crate::chat::{Chat, ChatRate, now_ms};
 use crate::config::Config;
 use crate::drain::{self, Drain};
+use crate::shed::Shed;
 use crate::gateway;
 use crate::gateway::{AppRef, Fanout, Io, Namespaces, SocketsPerUser};
 use crate::http::{self, Origins};
@@ -115,6 +119,7 @@ where
             redis,
             instance,
             drain: Drain::new(config.drain_window, config.presence_grace, config.drain_lb_delay),
+            shed: Shed::default(),
             config,
         }
     });
@@ -122,8 +127,14 @@ where
     gateway::register(&app).await;
     let origins = Arc::new(Origins::new(&app.config.allowed_origins));
     let drained = app.clone();
-    let router = http::router(app.clone())
-        .layer(layer)
+    // One Socket.IO service over the REST router: each service the layer makes has
+    // an engine.io server of its own, and every session lives in this one, which
+    // the drain also ends closed long-polling sessions through.
+    let socket_io = tower::Layer::layer(&layer, http::router(app.clone()));
+    let engine = ServiceExt::<axum::extract::Request>::map_response(socket_io.clone(), IntoResponse::into_response);
+    app.drain.set_engine(BoxCloneSyncService::new(engine));
+    let router = Router::new()
+        .fallback_service(socket_io)
         .layer(axum::middleware::map_request(listener::detach_from_read_buffer))
         .layer(axum::middleware::from_fn(move |req, next| drain::drain_gate(drained.clone(), req, next)))
         .layer(origins.cors())

@@ -509,6 +509,110 @@ async fn a_drain_moves_clients_to_the_survivors_without_loss_or_presence_flappin
     );
 }
 
+/// A shed of half an instance's transports (issue 15's canary step): the chosen
+/// clients move to the other instance (the "load balancer") without loss while the
+/// shed instance stays ready and takes new sessions; their presence holds for the
+/// grace period (3 s here), so the ones that come back in time never flap, and the
+/// one that stays away longer is announced offline by the shed instance, through
+/// Redis, then online again when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shed_moves_a_share_of_an_instances_clients_without_loss_or_presence_flapping() {
+    let cluster = Cluster::start(2).await;
+    let rest = cluster.rest(1);
+    let c = rest.populated_community(6, 2).await;
+    let admin = harness::ADMIN_TOKEN;
+    let mut members = Vec::new();
+    for user in &c.users {
+        members.push(Member::join(cluster.base(0), c.cid, user.clone(), &c.channels).await);
+    }
+    let mut observer = rest.joined(c.cid, &c.owner, &c.channels).await;
+    let ready = |i: usize| {
+        let rest = cluster.rest(i);
+        async move { rest.request(reqwest::Method::GET, "/readyz", None, None).await.0 }
+    };
+    let mut acked = 0;
+    let mut round = 0;
+    let mut send_round = async |members: &mut Vec<Member>, away: Option<usize>| {
+        for (i, m) in members.iter_mut().enumerate() {
+            if Some(i) == away {
+                continue;
+            }
+            let channel = c.channels[(round + i) % 2];
+            let (content, cmid) = (format!("{round}:{i}"), format!("{round}-{i}"));
+            if m.send(channel, &content, &cmid).await.is_err() {
+                m.connect_to(cluster.base(1)).await.expect("reconnect to the other instance");
+                m.send(channel, &content, &cmid).await.expect("resend");
+            }
+            acked += 1;
+        }
+        round += 1;
+    };
+    for _ in 0..3 {
+        send_round(&mut members, None).await;
+    }
+    while observer.next_event("presence", Duration::from_millis(300)).await.is_ok() {}
+
+    let (status, report) =
+        cluster.rest(0).post("/admin/drain?wait=true", admin, json!({ "fraction": 0.5, "window_ms": 1000 })).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!((report["transports_at_start"].clone(), report["closed"].clone()), (json!(6), json!(3)), "{report}");
+    assert_eq!(report["closed_websocket"], 3, "{report}");
+    assert_eq!(ready(0).await, 200, "the shed instance stays ready");
+    let newcomer = cluster.rest(0).connect_with("/", json!({ "token": c.owner.token })).await;
+    assert!(newcomer.is_ok(), "the shed instance takes new sessions: {:?}", newcomer.err());
+    // The moved ones see their transport closed (not a DISCONNECT).
+    let mut moved = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while moved.len() < 3 && Instant::now() < deadline {
+        moved = (0..members.len()).filter(|i| !members[*i].is_connected()).collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(moved.len(), 3, "the shed closed three members' transports");
+    let late = moved[0];
+    // All but one come back at once (to the other instance) and chat on.
+    for &i in &moved[1..] {
+        members[i].connect_to(cluster.base(1)).await.expect("reconnect to the other instance");
+    }
+    let away_since = Instant::now();
+    while away_since.elapsed() < Duration::from_secs(5) {
+        send_round(&mut members, Some(late)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut offline = Vec::new();
+    while let Ok(p) = observer.next_event("presence", Duration::from_millis(300)).await {
+        if p["online"] == false {
+            offline.push(p["userId"].as_i64().unwrap());
+        }
+    }
+    let late_user = members[late].user.id;
+    offline.sort();
+    offline.dedup();
+    assert_eq!(offline, vec![late_user], "only the member away past the grace went offline");
+    members[late].connect_to(cluster.base(1)).await.expect("the late one comes back");
+    let back = observer.next_event("presence", WAIT).await.unwrap();
+    assert_eq!((back["userId"].as_i64(), back["online"].clone()), (Some(late_user), json!(true)));
+    send_round(&mut members, None).await;
+    assert_eq!(ready(0).await, 200, "the shed instance is still ready");
+
+    let expected = last_seqs(&rest, &c).await;
+    assert_eq!(expected.values().sum::<i64>(), acked as i64);
+    for m in &mut members {
+        m.settle(&expected).await;
+    }
+    let lost = assert_nothing_lost(&members, &expected);
+    let (_, status) = cluster.rest(0).get("/admin/status", admin).await;
+    assert_eq!(status["shed"], report);
+    println!(
+        "shed of 3 of 6 transports of 1 of 2 instances: {acked} messages, lost {lost}, raw duplicates {}, \
+         {} ms, acks waited for {}, reconnect-to-recovered max {:?}, no presence flapping, the one away 5 s \
+         announced offline",
+        members.iter().map(|m| m.duplicates).sum::<usize>(),
+        report["duration_ms"],
+        report["acks_waited_for"],
+        moved.iter().filter_map(|i| members[*i].recoveries.last().copied()).max().unwrap_or_default(),
+    );
+}
+
 /// `baton-bench --scenario storm` against a real 3-instance cluster: the bench's own
 /// bookkeeping across a drain (reconnect, `since`, resend by clientMsgId), never timing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

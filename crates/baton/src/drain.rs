@@ -76,6 +76,9 @@ const MOVED_MARK_KEPT: Duration = Duration::from_secs(300);
 /// starved).
 const POLLS_ANSWERED_WITHIN: Duration = Duration::from_secs(1);
 
+/// How soon paced closes notice that they must stop (a drain began during a shed).
+const STOP_HEEDED_WITHIN: Duration = Duration::from_millis(100);
+
 /// The transports taken out of this instance, and how: shared by the gateway, the
 /// admin endpoints, the server, the full drain and sheds.
 #[derive(Debug)]
@@ -443,7 +446,7 @@ impl Closed {
 /// Closes the clients' transports one by one, evenly spaced over `spread` from
 /// `first` (the i-th of n at `first + spread * i / n`, the last at the end), each
 /// after its acks in flight are answered (at most a quarter of the drain window),
-/// until `stop` says to stop.
+/// until `stop` says to stop (heeded within [`STOP_HEEDED_WITHIN`]).
 pub(crate) async fn close_paced(
     app: &App,
     clients: &[Client],
@@ -456,7 +459,11 @@ pub(crate) async fn close_paced(
     let ack_bound = app.drain.window / 4;
     for (i, client) in clients.iter().enumerate() {
         let at = first + spread.mul_f64((i + 1) as f64 / n as f64);
-        tokio::time::sleep_until(at.into()).await;
+        // In steps, so that `stop` is heeded within one: a drain must not wait for a
+        // long shed's next turn (its HTTP answer, if awaited, holds the exit).
+        while !stop() && Instant::now() < at {
+            tokio::time::sleep(at.saturating_duration_since(Instant::now()).min(STOP_HEEDED_WITHIN)).await;
+        }
         if stop() {
             break;
         }

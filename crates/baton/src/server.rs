@@ -25,12 +25,12 @@ use crate::auth::Tokens;
 use crate::chat::{Chat, ChatRate, now_ms};
 use crate::config::Config;
 use crate::drain::{self, Drain};
-use crate::shed::Shed;
 use crate::gateway;
 use crate::gateway::{AppRef, Fanout, Io, Namespaces, SocketsPerUser};
 use crate::http::{self, Origins};
 use crate::listener::{self, Connection, Listener};
 use crate::reconnect::{BEAT, Joins, Presence, Registry};
+use crate::shed::Shed;
 use crate::store::Store;
 
 /// How often the database is checked for `/readyz` (each check bounded by

@@ -139,11 +139,7 @@ impl Drop for Running<'_> {
 /// Starts a shed of `share` of this instance's transports over `window`. Refused
 /// (`conflict`) while the instance drains or another shed runs. Returns what it
 /// chose and the task that ends with its report.
-pub fn start(
-    app: &Arc<App>,
-    share: Share,
-    window: Duration,
-) -> Result<(Started, tokio::task::JoinHandle<ShedReport>)> {
+pub fn start(app: &Arc<App>, share: Share, window: Duration) -> Result<(Started, tokio::task::JoinHandle<ShedReport>)> {
     if app.drain.is_draining() {
         return Err(Error::new(Code::Conflict, "this instance is draining: every transport is being closed already"));
     }
@@ -154,19 +150,16 @@ pub fn start(
         ));
     }
     let started = Instant::now();
-    let mut clients: Vec<drain::Client> =
-        drain::connected_clients(app).into_iter().filter(|c| !app.drain.is_closing(&c.socket.id().to_string())).collect();
+    let mut clients: Vec<drain::Client> = drain::connected_clients(app)
+        .into_iter()
+        .filter(|c| !app.drain.is_closing(&c.socket.id().to_string()))
+        .collect();
     let transports = clients.len();
     let chosen = share.of(transports);
     clients.shuffle(&mut rand::rng());
     clients.truncate(chosen);
-    let answer = Started {
-        instance: app.instance.clone(),
-        shedding: true,
-        transports,
-        chosen,
-        window_ms: window.as_millis(),
-    };
+    let answer =
+        Started { instance: app.instance.clone(), shedding: true, transports, chosen, window_ms: window.as_millis() };
     tracing::info!(transports, chosen, ?window, "shedding: closing a share of the transports over the window");
     let app = app.clone();
     let task = tokio::spawn(async move {
@@ -209,7 +202,9 @@ mod tests {
         assert_eq!(Share::parse(Some(0.25), None).unwrap(), Some(Share::Fraction(0.25)));
         assert_eq!(Share::parse(Some(1.0), None).unwrap(), Some(Share::Fraction(1.0)));
         assert_eq!(Share::parse(None, Some(3)).unwrap(), Some(Share::Count(3)));
-        for (f, c) in [(Some(0.0), None), (Some(-0.5), None), (Some(1.01), None), (Some(f64::NAN), None), (None, Some(0))] {
+        for (f, c) in
+            [(Some(0.0), None), (Some(-0.5), None), (Some(1.01), None), (Some(f64::NAN), None), (None, Some(0))]
+        {
             assert_eq!(Share::parse(f, c).unwrap_err().code, Code::Invalid, "{f:?} {c:?}");
         }
         assert_eq!(Share::parse(Some(0.5), Some(2)).unwrap_err().code, Code::Invalid);

@@ -530,6 +530,7 @@ async fn on_disconnect<A: ChatAdapter>(socket: SocketRef<A>, io: SocketIo<A>, Li
         // Moved by a shed, the instance staying: the entries are left after the grace
         // period, by when a user who reconnected (here or elsewhere) has another
         // socket in the channel, so neither the return nor the leave is announced.
+        app.fanout.presence.linger(&entries);
         let app = Arc::downgrade(&app);
         tokio::spawn(async move {
             let Some(grace) = app.upgrade().map(|a| a.drain.grace) else { return };
@@ -537,10 +538,12 @@ async fn on_disconnect<A: ChatAdapter>(socket: SocketRef<A>, io: SocketIo<A>, Li
             // Gone meanwhile: its exit hands the entries to the cluster's grace.
             let Some(app) = app.upgrade() else { return };
             for entry in entries {
-                match app.fanout.presence.leave(&entry).await {
+                match app.fanout.presence.leave_lingering(&entry).await {
                     Ok(true) => app.fanout.presence(entry.community, entry.channel, entry.user, false).await,
                     Ok(false) => {}
-                    Err(e) => tracing::warn!(entry.channel, entry.user, error = %e, "could not record leaving presence"),
+                    Err(e) => {
+                        tracing::warn!(entry.channel, entry.user, error = %e, "could not record leaving presence")
+                    }
                 }
             }
         });

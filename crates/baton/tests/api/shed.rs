@@ -325,7 +325,10 @@ async fn a_shed_with_bad_parameters_is_refused_with_400_and_changes_nothing() {
     let (status, _) = app.request(Method::GET, "/readyz", None, None).await;
     assert_eq!(status, 200);
     let (_, status) = app.get("/admin/status", ADMIN).await;
-    assert_eq!((status["draining"].clone(), status["shedding"].clone(), status["shed"].clone()), (json!(false), json!(false), json!(null)));
+    assert_eq!(
+        (status["draining"].clone(), status["shedding"].clone(), status["shed"].clone()),
+        (json!(false), json!(false), json!(null))
+    );
 }
 
 /// One shed at a time, none while draining, and a drain that starts during a shed
@@ -341,14 +344,21 @@ async fn a_shed_is_refused_during_another_and_gives_way_to_a_drain() {
     assert_eq!((started["transports"].clone(), started["chosen"].clone()), (json!(2), json!(1)), "{started}");
     let (status, refused) = app.post("/admin/drain", ADMIN, json!({ "fraction": 1 })).await;
     assert_eq!((status.as_u16(), refused["error"]["code"].clone()), (409, json!("conflict")), "{refused}");
-    // A drain starts: the shed stops before its one close (due at the window's end)
-    // and says so; no shed starts while it drains.
+    // A drain starts: the shed stops at once, before its one close (due at the end
+    // of its minute), and says so; no shed starts while it drains.
+    let (status, started) = app.post("/admin/drain", ADMIN, json!({ "count": 1, "window_ms": 60_000 })).await;
+    assert_eq!(status, 409, "{started}");
+    eventually("the first shed ends", WAIT, async || app.app.shed.report().is_some()).await;
+    let (status, started) = app.post("/admin/drain", ADMIN, json!({ "count": 1, "window_ms": 60_000 })).await;
+    assert_eq!((status.as_u16(), started["chosen"].clone()), (202, json!(1)), "{started}");
+    let drain_began = std::time::Instant::now();
     app.app.drain.start();
     let (status, refused) = app.post("/admin/drain", ADMIN, json!({ "count": 1 })).await;
     assert_eq!((status.as_u16(), refused["error"]["code"].clone()), (409, json!("conflict")), "{refused}");
-    eventually("the shed stops", WAIT, async || app.app.shed.report().is_some()).await;
+    eventually("the shed stops", WAIT, async || app.app.shed.report().is_some_and(|r| r.stopped_by_drain)).await;
+    assert!(drain_began.elapsed() < Duration::from_secs(1), "stopped within moments");
     let report = app.app.shed.report().unwrap();
-    assert!(report.stopped_by_drain && report.closed == 0, "{report:?}");
+    assert!(report.closed == 0 && report.window_ms == 60_000, "{report:?}");
 }
 
 /// `baton drain --fraction F --wait --json`, as the canary script will run it: one
@@ -364,7 +374,8 @@ async fn baton_drain_fraction_wait_json_prints_the_shed_report() {
         command.args(args).args(["--url", &app.base]).env("BATON_ADMIN_TOKEN", ADMIN);
         command
     };
-    let out = operator(&["drain", "--fraction", "0.5", "--window", "200ms", "--wait", "--json"]).output().await.unwrap();
+    let out =
+        operator(&["drain", "--fraction", "0.5", "--window", "200ms", "--wait", "--json"]).output().await.unwrap();
     assert!(out.status.success(), "baton drain --fraction: {}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.lines().count(), 1, "exactly one line: {stdout}");

@@ -76,6 +76,10 @@ const MOVED_MARK_KEPT: Duration = Duration::from_secs(300);
 /// starved).
 const POLLS_ANSWERED_WITHIN: Duration = Duration::from_secs(1);
 
+/// How long an ack queued for a socket may take to reach the kernel (its writer
+/// task runs as soon as a core is free: microseconds on an idle instance).
+const ACK_WRITTEN_WITHIN: Duration = Duration::from_millis(20);
+
 /// How soon paced closes notice that they must stop (a drain began during a shed).
 const STOP_HEEDED_WITHIN: Duration = Duration::from_millis(100);
 
@@ -478,6 +482,10 @@ pub(crate) async fn close_paced(
             while app.drain.acks_in_flight_on(sid) > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
+            // The ack is queued when its event stops counting; the socket's writer
+            // task still has to hand it to the kernel, which then sends it before
+            // the FIN.
+            tokio::time::sleep(ACK_WRITTEN_WITHIN).await;
             closed.acks_waited_for += acks;
         }
         match client.close(&app.drain).await {

@@ -41,20 +41,30 @@ fn require_admin(app: &AppState, headers: &HeaderMap) -> Result<()> {
 }
 
 /// `POST /admin/drain`'s parameters, in the query string or a JSON body (or both,
-/// each given once).
+/// each given once). A parameter is absent or a value: `null` is refused, so that
+/// a script whose variable is empty gets an error instead of a full drain.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct DrainParams {
     /// Answer when the drain (or the shed) is over, with its report, rather than at
     /// once.
+    #[serde(default, deserialize_with = "present")]
     wait: Option<bool>,
     /// Shed this fraction of the transports (0 < f <= 1) instead of draining.
+    #[serde(default, deserialize_with = "present")]
     fraction: Option<f64>,
     /// Shed this many transports (at least 1) instead of draining.
+    #[serde(default, deserialize_with = "present")]
     count: Option<u64>,
     /// The shed's window in milliseconds (default: the drain window). A drain's
     /// window is `--drain-window`.
+    #[serde(default, deserialize_with = "present")]
     window_ms: Option<u64>,
+}
+
+/// A parameter that is given has a value (`null` does not deserialize as one).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 impl DrainParams {

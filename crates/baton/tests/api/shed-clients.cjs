@@ -17,7 +17,8 @@
 //   answers {"synced":true|false,"disconnects":[[reason, ...] per client]};
 // - `expect {"<channel>": lastSeq, ...} ["content", ...]`: waits until every client
 //   holds 1..lastSeq of each channel and got each content live (new-chat), then
-//   answers with what each saw and exits.
+//   answers with what each saw (and, per close, the time from its disconnect to
+//   its `recovered`) and exits.
 const { Manager } = require("socket.io-client");
 const readline = require("node:readline");
 
@@ -39,6 +40,7 @@ const clients = specs.map((spec, i) => {
     live: new Set(),
     acked: [],
     disconnects: [],
+    backAfterMs: [],
     connects: 0,
     recovered: 0,
     engineIds: new Set(),
@@ -59,12 +61,17 @@ const clients = specs.map((spec, i) => {
   }
   c.sock.on("recovered", () => {
     c.recovered++;
+    if (c.closedAt) c.backAfterMs.push(Date.now() - c.closedAt);
+    c.closedAt = undefined;
     for (const ch of channels) catchUp(c, ch);
   });
   c.sock.on("position", ({ channelId, lastSeq }) => {
     if (c.held.has(channelId) && contiguous(c.held.get(channelId)) < lastSeq) catchUp(c, channelId);
   });
-  c.sock.on("disconnect", (reason) => c.disconnects.push(reason));
+  c.sock.on("disconnect", (reason) => {
+    c.disconnects.push(reason);
+    c.closedAt = Date.now();
+  });
   c.sock.on("connect", () => c.connects++);
   return c;
 });
@@ -154,6 +161,7 @@ async function main() {
           live: contents.filter((x) => c.live.has(x)),
           acked: c.acked,
           disconnects: c.disconnects,
+          backAfterMs: c.backAfterMs,
           connects: c.connects,
           engineIds: c.engineIds.size,
         })),

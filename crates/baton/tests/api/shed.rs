@@ -181,6 +181,7 @@ async fn a_shed_closes_a_share_of_transports_which_come_back_while_the_instance_
 
     let mut acked = std::collections::BTreeSet::new();
     let (mut moved_ws, mut moved_polling) = (0, 0);
+    let mut back_after: [Vec<u64>; 2] = Default::default();
     for (i, client) in seen["clients"].as_array().unwrap().iter().enumerate() {
         for (ch, last) in &expected {
             assert_eq!(&client["held"][ch], last, "client {i} holds all of channel {ch}: {client}");
@@ -195,10 +196,11 @@ async fn a_shed_closes_a_share_of_transports_which_come_back_while_the_instance_
         }
         assert_eq!(client["connects"].as_u64().unwrap(), 1 + disconnects.len() as u64, "{client}");
         if !disconnects.is_empty() {
+            let times = client["backAfterMs"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap());
             match client["transport"].as_str().unwrap() {
-                "websocket" => moved_ws += 1,
-                _ => moved_polling += 1,
-            }
+                "websocket" => (moved_ws += 1, back_after[0].extend(times)),
+                _ => (moved_polling += 1, back_after[1].extend(times)),
+            };
         }
         acked.extend(client["acked"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()));
     }
@@ -211,12 +213,18 @@ async fn a_shed_closes_a_share_of_transports_which_come_back_while_the_instance_
     // The newcomer that connected during the shed was not chosen and is still here.
     assert!(newcomer.is_open(), "a session opened during the shed is left alone");
     let _ = newcomer.drain();
+    for times in &mut back_after {
+        times.sort();
+    }
     println!(
         "shed of 6 of 8 transports ({ws} WebSocket, {polling} long-polling) over {window:?}: {} ms, {} acks \
-         waited for, {} messages acked, lost 0, /readyz 200 throughout",
+         waited for, {} messages acked, lost 0, /readyz 200 throughout; stock socket.io-client, close to \
+         recovered: WebSocket {:?} ms, long-polling {:?} ms",
         report["duration_ms"],
         report["acks_waited_for"],
-        acked.len()
+        acked.len(),
+        back_after[0],
+        back_after[1],
     );
 }
 
@@ -294,6 +302,7 @@ async fn a_shed_with_bad_parameters_is_refused_with_400_and_changes_nothing() {
         "window_ms=1000",
         "wait=maybe&fraction=0.5",
         "fractoin=0.5",
+        "fraction=",
     ];
     for query in bad_queries {
         let (status, body) = app.request(Method::POST, &format!("/admin/drain?{query}"), Some(ADMIN), None).await;
@@ -310,6 +319,8 @@ async fn a_shed_with_bad_parameters_is_refused_with_400_and_changes_nothing() {
         json!({ "fraction": 0.5, "count": 1 }),
         json!({ "window_ms": 10 }),
         json!({ "share": 0.5 }),
+        json!({ "fraction": null }),
+        json!({ "count": null, "wait": true }),
     ];
     for body in bad_bodies {
         let (status, answer) = app.post("/admin/drain", ADMIN, body.clone()).await;

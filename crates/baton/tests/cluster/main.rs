@@ -613,6 +613,62 @@ async fn a_shed_moves_a_share_of_an_instances_clients_without_loss_or_presence_f
     );
 }
 
+/// A shed answers the acks in flight on a transport before closing it: with the
+/// shed instance's database slowed down (100 ms each way through its proxy), three
+/// chats are in flight when a shed of all three transports, at once, begins; each
+/// gets its ack (`written`), then its transport closes (no DISCONNECT).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shed_answers_the_acks_in_flight_before_closing_their_transport() {
+    let options = harness::Options {
+        proxy_postgres: true,
+        // The bound on each transport's wait for its acks is a quarter of it: 2 s.
+        env: vec![("BATON_DRAIN_WINDOW", "8s".into())],
+        ..Default::default()
+    };
+    let cluster = Cluster::start_with(2, options).await;
+    let rest = cluster.rest(1);
+    let c = rest.populated_community(3, 1).await;
+    let channel = c.channels[0];
+    let mut sockets = Vec::new();
+    for user in &c.users {
+        sockets.push(cluster.rest(0).joined(c.cid, user, &[channel]).await);
+    }
+    cluster.instances[0].postgres_proxy.as_ref().unwrap().set(proxy::Mode::Delay(Duration::from_millis(100)));
+    let mut acks = Vec::new();
+    for (i, s) in sockets.iter().enumerate() {
+        let chat = json!({ "chatType": "new", "channelId": channel, "content": format!("in flight {i}") });
+        acks.push(s.emit_with_ack_deferred("chat", chat).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let shed = json!({ "count": 3, "window_ms": 0 });
+    let (status, report) = cluster.rest(0).post("/admin/drain?wait=true", harness::ADMIN_TOKEN, shed).await;
+    assert_eq!((status.as_u16(), report["closed"].clone()), (200, json!(3)), "{report}");
+    // The first close waits for its chat; the batch that writes it writes the
+    // others too, so the later closes may find nothing left in flight.
+    assert!(report["acks_waited_for"].as_u64().unwrap() >= 1, "{report}");
+    for (i, ack) in acks.into_iter().enumerate() {
+        let ack = ack.wait(WAIT).await.unwrap_or_else(|e| panic!("chat {i} in flight lost its ack: {e}"));
+        assert_eq!(ack["written"], true, "{ack}");
+    }
+    for (i, s) in sockets.iter_mut().enumerate() {
+        loop {
+            match s.next(WAIT).await {
+                Ok(baton_client::Incoming::Closed) | Err(baton_client::ClientError::Closed) => break,
+                Ok(baton_client::Incoming::Disconnect) => panic!("socket {i} got a DISCONNECT"),
+                Ok(_) => continue,
+                Err(e) => panic!("socket {i}'s transport did not close: {e}"),
+            }
+        }
+    }
+    cluster.instances[0].postgres_proxy.as_ref().unwrap().set(proxy::Mode::Pass);
+    let (_, page) = rest.get(&format!("/api/channels/{channel}/messages"), &c.owner.token).await;
+    assert_eq!(page["messages"].as_array().unwrap().len(), 3, "{page}");
+    println!(
+        "shed with 3 chats in flight on a slowed database: {} ms, every ack answered first",
+        report["duration_ms"]
+    );
+}
+
 /// `baton-bench --scenario storm` against a real 3-instance cluster: the bench's own
 /// bookkeeping across a drain (reconnect, `since`, resend by clientMsgId), never timing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

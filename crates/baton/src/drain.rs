@@ -31,7 +31,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -110,8 +110,9 @@ pub struct Drain {
     upgrades: Mutex<HashMap<String, Connection>>,
     /// The Socket.IO service that serves every session (its engine.io server),
     /// through which a closed long-polling session is ended as its client's close
-    /// would end it.
-    engine: OnceLock<Engine>,
+    /// would end it. Weak: the service holds the REST router, which holds the app;
+    /// the server holds it while it serves.
+    engine: OnceLock<Weak<Engine>>,
     /// The report, once the drain is over.
     report: watch::Sender<Option<Report>>,
 }
@@ -148,8 +149,8 @@ impl Drain {
 
     /// Gives the drain the Socket.IO service the sessions live in, to end closed
     /// long-polling sessions with. Set once, at start.
-    pub fn set_engine(&self, engine: Engine) {
-        let _ = self.engine.set(engine);
+    pub fn set_engine(&self, engine: &Arc<Engine>) {
+        let _ = self.engine.set(Arc::downgrade(engine));
     }
 
     /// Asks the server to drain (POST /admin/drain); SIGTERM does the same.
@@ -246,13 +247,13 @@ impl Drain {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let mut ended = true;
-        if let Some(engine) = self.engine.get() {
+        if let Some(engine) = self.engine.get().and_then(Weak::upgrade) {
             // An engine.io close packet ("1"), as a client leaving would post it.
             let close = Request::post(format!("/socket.io/?EIO=4&transport=polling&sid={sid}"))
                 .header(axum::http::header::CONTENT_TYPE, "text/plain;charset=UTF-8")
                 .body(Body::from("1"))
                 .expect("a valid request");
-            match engine.clone().oneshot(close).await {
+            match Engine::clone(&engine).oneshot(close).await {
                 Ok(res) if res.status().is_success() => {}
                 Ok(res) => {
                     ended = false;

@@ -44,6 +44,9 @@ pub struct Server {
     app: Arc<App>,
     /// This instance's entry in the cluster's registry (none on a single node).
     registry: Option<Registry>,
+    /// The Socket.IO service as the drain calls it, held here (the drain holds it
+    /// weakly: it holds the router, which holds the app, which holds the drain).
+    engine: Arc<drain::Engine>,
 }
 
 impl Server {
@@ -132,7 +135,8 @@ where
     // the drain also ends closed long-polling sessions through.
     let socket_io = tower::Layer::layer(&layer, http::router(app.clone()));
     let engine = ServiceExt::<axum::extract::Request>::map_response(socket_io.clone(), IntoResponse::into_response);
-    app.drain.set_engine(BoxCloneSyncService::new(engine));
+    let engine = Arc::new(BoxCloneSyncService::new(engine));
+    app.drain.set_engine(&engine);
     let router = Router::new()
         .fallback_service(socket_io)
         .layer(axum::middleware::map_request(listener::detach_from_read_buffer))
@@ -144,7 +148,7 @@ where
     let listener = TcpListener::bind(app.config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", app.config.listen))?;
-    Ok(Server { listener, router, app, registry })
+    Ok(Server { listener, router, app, registry, engine })
 }
 
 /// Connects to the configured database and applies its migrations.
@@ -169,7 +173,7 @@ impl Server {
     /// Serves until `shutdown` resolves, then stops taking connections, closes the
     /// Socket.IO ones, and returns when the HTTP server is done.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Server { listener, router, app, registry } = self;
+        let Server { listener, router, app, registry, engine } = self;
         tracing::info!(addr = %listener.local_addr()?, database = if app.chat.store().is_sqlite() { "sqlite" } else { "postgres" }, "baton is serving");
         let store = app.chat.store().clone();
         let mut background = vec![
@@ -193,6 +197,8 @@ impl Server {
             })
             .await
             .context("the HTTP server failed")?;
+        // No more closes to make: the router it holds (and, through it, the app) can go.
+        drop(engine);
         for task in background {
             task.abort();
         }

@@ -521,7 +521,8 @@ pub async fn run(app: &App, instance: &str) -> Report {
     // the window; the rest lets the last ones reconnect before the instance goes.
     let first = started + app.drain.lb_delay.min(app.drain.window / 2);
     let spread = (started + app.drain.window.mul_f64(0.8)).saturating_duration_since(first);
-    // The i-th of n at first + spread * i / (n + 1), as before sheds shared this.
+    // The i-th of n at first + spread * i / (n + 1): the last close leaves a step
+    // of the spread before 0.8 W, as the drain always has.
     let step = spread.mul_f64(1.0 / (sockets_at_start + 1) as f64);
     let closed = close_paced(app, &clients, first, step * sockets_at_start as u32, || false).await;
     let window_end = started + app.drain.window;

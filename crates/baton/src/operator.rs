@@ -27,6 +27,8 @@ pub struct Status {
     #[serde(default)]
     pub shedding: bool,
     pub sockets: usize,
+    #[serde(default)]
+    pub transports: usize,
     pub drain: Option<Report>,
     #[serde(default)]
     pub shed: Option<ShedReport>,
@@ -183,7 +185,10 @@ pub async fn status(url: &str, token: Option<&str>, json: bool) -> anyhow::Resul
             Some(r) => format!("; last shed: {} of {} transports closed", r.closed, r.transports_at_start),
             None => String::new(),
         };
-        println!("{}: {drain}, {} sockets connected{shed}", status.instance, status.sockets);
+        println!(
+            "{}: {drain}, {} sockets connected on {} transports{shed}",
+            status.instance, status.sockets, status.transports
+        );
     }
     Ok(())
 }

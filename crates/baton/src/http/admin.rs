@@ -132,16 +132,19 @@ async fn drain(
     Ok((StatusCode::ACCEPTED, axum::Json(started)).into_response())
 }
 
-/// The instance, whether it is draining or shedding, its connected sockets, the
-/// drain report once the drain has ended, and the last shed's report.
+/// The instance, whether it is draining or shedding, its connected sockets (per
+/// namespace) and transports (engine.io connections, what a shed's share is of),
+/// the drain report once the drain has ended, and the last shed's report.
 async fn status(State(app): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse> {
     require_admin(&app, &headers)?;
     let sockets = app.fanout.io().socket_count();
+    let transports = crate::drain::connected_clients(&app).len();
     Ok(axum::Json(serde_json::json!({
         "instance": app.instance,
         "draining": app.drain.is_draining(),
         "shedding": app.shed.is_running(),
         "sockets": sockets,
+        "transports": transports,
         "drain": app.drain.report(),
         "shed": app.shed.report(),
     })))

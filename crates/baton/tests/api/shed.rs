@@ -128,6 +128,7 @@ async fn a_shed_closes_a_share_of_transports_which_come_back_while_the_instance_
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, status) = app.get("/admin/status", ADMIN).await;
     assert_eq!(status["sockets"], 12, "8 community sockets and 4 on `/`: {status}");
+    assert_eq!(status["transports"], 8, "on 8 connections: {status}");
 
     // 0.75 of 8 is 6: at least two of each transport are closed, whichever are drawn.
     let window = Duration::from_millis(3000);

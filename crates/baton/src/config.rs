@@ -52,9 +52,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show a running instance's state: draining or shedding or not, sockets
-    /// connected, its drain report and its last shed's (GET /admin/status). Needs
-    /// the instance's admin token.
+    /// Show a running instance's state: draining or shedding or not, sockets and
+    /// transports connected, its drain report and its last shed's (GET
+    /// /admin/status). Needs the instance's admin token.
     Status {
         /// The instance's base URL.
         #[arg(long, default_value = "http://127.0.0.1:3000")]

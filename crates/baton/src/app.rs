@@ -9,6 +9,7 @@ use crate::chat::Chat;
 use crate::config::Config;
 use crate::drain::Drain;
 use crate::gateway::{Fanout, Namespaces, SocketsPerUser};
+use crate::shed::Shed;
 
 /// Everything a handler may need. Not generic: the Socket.IO adapter (local or
 /// Redis) is hidden in the gateway's [`Fanout`].
@@ -29,4 +30,6 @@ pub struct App {
     pub instance: String,
     /// The drain: whether this instance still takes connections, and its report.
     pub drain: Drain,
+    /// Sheds: whether one runs, and the last one's report.
+    pub shed: Shed,
 }

@@ -22,22 +22,39 @@ pub enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
-    /// Ask a running instance to drain (POST /admin/drain). Needs the instance's
-    /// admin token (--admin-token).
+    /// Ask a running instance to drain (POST /admin/drain), or, with --fraction or
+    /// --count, to shed that share of its transports while it keeps serving. Needs
+    /// the instance's admin token (--admin-token).
     Drain {
         /// The instance's base URL.
         #[arg(long, default_value = "http://127.0.0.1:3000")]
         url: String,
-        /// Wait for the drain to end and print its report (the instance then exits).
+        /// Shed this fraction of the instance's transports (0 < F <= 1, rounded to
+        /// the nearest whole one), chosen at random, instead of draining it: their
+        /// clients reconnect (through the load balancer) with a drain's guarantees,
+        /// and the instance stays ready.
+        #[arg(long, value_name = "F", conflicts_with = "count")]
+        fraction: Option<f64>,
+        /// Shed this many of the instance's transports (at least 1) instead of
+        /// draining it.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// A shed's closes are spread over this window (default: the instance's
+        /// drain window).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        window: Option<Duration>,
+        /// Wait for the drain (or the shed) to end and print its report (a drained
+        /// instance then exits).
         #[arg(long)]
         wait: bool,
-        /// Print exactly one JSON line on stdout: the drain report with --wait, else
-        /// the instance's answer.
+        /// Print exactly one JSON line on stdout: the report with --wait, else the
+        /// instance's answer.
         #[arg(long)]
         json: bool,
     },
-    /// Show a running instance's state: draining or not, sockets connected, its
-    /// drain report (GET /admin/status). Needs the instance's admin token.
+    /// Show a running instance's state: draining or shedding or not, sockets and
+    /// transports connected, its drain report and its last shed's (GET
+    /// /admin/status). Needs the instance's admin token.
     Status {
         /// The instance's base URL.
         #[arg(long, default_value = "http://127.0.0.1:3000")]
@@ -161,7 +178,8 @@ pub struct Config {
     pub instance_id: Option<String>,
 
     /// How long a drain takes: the clients' transports are closed spread over it, so
-    /// they reconnect elsewhere a few at a time rather than all at once.
+    /// they reconnect elsewhere a few at a time rather than all at once. Also a
+    /// shed's window, unless it names its own.
     #[arg(long, env = "BATON_DRAIN_WINDOW", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
     pub drain_window: Duration,
 
@@ -171,8 +189,8 @@ pub struct Config {
     #[arg(long, env = "BATON_DRAIN_LB_DELAY", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
     pub drain_lb_delay: Duration,
 
-    /// How long a user moved by a drain may be away before `presence` says they went
-    /// offline (in a cluster; they normally reconnect to another instance sooner).
+    /// How long a user moved by a drain or a shed may be away before `presence` says
+    /// they went offline (they normally reconnect, elsewhere or here, sooner).
     #[arg(long, env = "BATON_PRESENCE_GRACE", default_value = "15s", value_parser = humantime::parse_duration, global = true)]
     pub presence_grace: Duration,
 

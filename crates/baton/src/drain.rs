@@ -1,4 +1,7 @@
-//! Draining: taking an instance out of service without dropping a conversation.
+//! Taking transports out of this instance without dropping a conversation: the
+//! full drain (the instance leaves) and the closing of one transport that both the
+//! drain and a shed (`shed.rs`, some transports leave, the instance stays) are made
+//! of.
 //!
 //! Stock socket.io-client reconnects on its own after a *transport* close, but not
 //! after a DISCONNECT packet ("io server disconnect"), and socketioxide offers no
@@ -10,20 +13,28 @@
 //!   on it ends the WebSocket, engine.io sees the transport close, and the client
 //!   reconnects — through the load balancer, to another instance.
 //! - HTTP long-polling: a session's requests may share keep-alive connections with
-//!   other clients behind a proxy, so its TCP is left alone; instead [`evict_polling`]
+//!   other clients behind a proxy, so its TCP is left alone; instead [`drain_gate`]
 //!   answers the session's pending and next polls as engine.io does for a session it
-//!   does not know (400, "Session ID unknown"), which the client takes as a transport
-//!   error and reconnects.
+//!   does not know (400, "Session ID unknown"), which the client takes as a
+//!   transport error and reconnects. Once its polls are answered, the session is
+//!   ended in engine.io as a client's own close would end it (an engine.io close
+//!   packet posted to it in-process), so it does not linger until its heartbeat
+//!   gives up.
 //!
-//! The closes are spread over the drain window; acks in flight finish first. Users
-//! moved by a drain keep their presence for the grace period, so they do not flap
-//! offline and online (see `server::leave_cluster`).
+//! The invariants, for every transport closed here ([`close_paced`]): the acks of
+//! its events in flight are answered before it closes (bounded, a quarter of the
+//! drain window: a stuck database must not hold the close); it never gets a
+//! DISCONNECT packet; and its user's presence stays for the grace period
+//! (`--presence-grace`), so a user who reconnects elsewhere never flaps offline.
+//! The full drain ([`run`]) closes every transport, spread over the window, after
+//! going unready; a shed closes a share of them and stays ready.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
 use axum::extract::Request;
 use axum::extract::connect_info::ConnectInfo;
 use axum::http::StatusCode;
@@ -31,7 +42,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use socketioxide::TransportType;
+use socketioxide::socket::Sid;
 use tokio::sync::{Notify, watch};
+use tower::ServiceExt;
 
 use crate::app::App;
 use crate::gateway::AnySocket;
@@ -53,7 +66,25 @@ pub struct Report {
     pub duration_ms: u128,
 }
 
-/// A drain's state, shared by the gateway, the admin endpoints and the server.
+/// How long a moved transport's mark is kept: its disconnect handlers run within
+/// moments of the close; the mark only has to outlive them.
+const MOVED_MARK_KEPT: Duration = Duration::from_secs(300);
+
+/// How long a closed long-polling session's pending polls may take to be answered
+/// `Session ID unknown` before engine.io is told to end it (they are answered as
+/// soon as the gate's task runs: well under a millisecond when the instance is not
+/// starved).
+const POLLS_ANSWERED_WITHIN: Duration = Duration::from_secs(1);
+
+/// How long an ack queued for a socket may take to reach the kernel (its writer
+/// task runs as soon as a core is free: microseconds on an idle instance).
+const ACK_WRITTEN_WITHIN: Duration = Duration::from_millis(20);
+
+/// How soon paced closes notice that they must stop (a drain began during a shed).
+const STOP_HEEDED_WITHIN: Duration = Duration::from_millis(100);
+
+/// The transports taken out of this instance, and how: shared by the gateway, the
+/// admin endpoints, the server, the full drain and sheds.
 #[derive(Debug)]
 pub struct Drain {
     pub window: Duration,
@@ -63,16 +94,38 @@ pub struct Drain {
     requested: Notify,
     /// Set when the instance stops taking new connections.
     draining: AtomicBool,
-    /// Events being handled (their acks not yet sent).
-    in_flight: Arc<AtomicUsize>,
-    /// Long-polling sessions the drain has closed.
+    /// Events being handled (their acks not yet sent), in all and per transport.
+    in_flight: Arc<AcksInFlight>,
+    /// Long-polling sessions being closed: their polls are answered 400.
     evicted: Mutex<HashSet<String>>,
     evictions: watch::Sender<u64>,
+    /// Polls in the gate per long-polling session, so that a closed session's are
+    /// answered before engine.io ends it.
+    polls: Mutex<HashMap<String, usize>>,
+    /// Transports closed by a drain or a shed (engine.io sid, when): their sockets'
+    /// disconnects keep presence for the grace period.
+    moved: Mutex<HashMap<String, Instant>>,
     /// The WebSocket connection of sessions that upgraded from long-polling (their
     /// handshake request, which the socket keeps, came on another connection).
     upgrades: Mutex<HashMap<String, Connection>>,
+    /// The Socket.IO service that serves every session (its engine.io server),
+    /// through which a closed long-polling session is ended as its client's close
+    /// would end it. Weak: the service holds the REST router, which holds the app;
+    /// the server holds it while it serves.
+    engine: OnceLock<Weak<Engine>>,
     /// The report, once the drain is over.
     report: watch::Sender<Option<Report>>,
+}
+
+/// The Socket.IO service, as the drain calls it.
+pub type Engine = tower::util::BoxCloneSyncService<Request, Response, std::convert::Infallible>;
+
+/// Events being handled, whose acks are not sent yet: in all (what a drain waits
+/// for before its first close) and per transport (what each close waits for).
+#[derive(Debug, Default)]
+struct AcksInFlight {
+    total: AtomicUsize,
+    by_transport: Mutex<HashMap<Sid, usize>>,
 }
 
 impl Drain {
@@ -86,9 +139,18 @@ impl Drain {
             in_flight: Arc::default(),
             evicted: Mutex::default(),
             evictions: watch::Sender::new(0),
+            polls: Mutex::default(),
+            moved: Mutex::default(),
             upgrades: Mutex::default(),
+            engine: OnceLock::new(),
             report: watch::Sender::new(None),
         }
+    }
+
+    /// Gives the drain the Socket.IO service the sessions live in, to end closed
+    /// long-polling sessions with. Set once, at start.
+    pub fn set_engine(&self, engine: &Arc<Engine>) {
+        let _ = self.engine.set(Arc::downgrade(engine));
     }
 
     /// Asks the server to drain (POST /admin/drain); SIGTERM does the same.
@@ -111,10 +173,19 @@ impl Drain {
         self.requested.notified().await;
     }
 
-    /// Counts an event until its ack is sent (the guard's drop).
-    pub fn track(&self) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(self.in_flight.clone())
+    /// Counts an event of transport `sid` until its ack is sent (the guard's drop).
+    pub fn track(&self, sid: Sid) -> InFlight {
+        self.in_flight.total.fetch_add(1, Ordering::SeqCst);
+        *self.in_flight.by_transport.lock().unwrap().entry(sid).or_default() += 1;
+        InFlight { acks: self.in_flight.clone(), sid }
+    }
+
+    fn acks_in_flight(&self) -> usize {
+        self.in_flight.total.load(Ordering::SeqCst)
+    }
+
+    fn acks_in_flight_on(&self, sid: Sid) -> usize {
+        self.in_flight.by_transport.lock().unwrap().get(&sid).copied().unwrap_or(0)
     }
 
     pub fn report(&self) -> Option<Report> {
@@ -137,19 +208,83 @@ impl Drain {
         self.evicted.lock().unwrap().contains(sid)
     }
 
+    fn polls_on(&self, sid: &str) -> usize {
+        self.polls.lock().unwrap().get(sid).copied().unwrap_or(0)
+    }
+
+    /// Marks transport `sid` as moved by a drain or a shed (see [`Drain::was_moved`]).
+    fn mark_moved(&self, sid: &str) {
+        let mut moved = self.moved.lock().unwrap();
+        let now = Instant::now();
+        moved.retain(|_, at| now.duration_since(*at) < MOVED_MARK_KEPT);
+        moved.insert(sid.to_owned(), now);
+    }
+
+    /// Whether the socket's transport was closed by a drain or a shed: its user is
+    /// moving to another transport, so its presence stays for the grace period.
+    pub fn was_moved(&self, sid: &str) -> bool {
+        self.is_draining() || self.moved.lock().unwrap().contains_key(sid)
+    }
+
+    /// Whether transport `sid` is being closed already (a client a shed must not
+    /// count or choose again).
+    pub(crate) fn is_closing(&self, sid: &str) -> bool {
+        self.moved.lock().unwrap().contains_key(sid) || self.is_evicted(sid)
+    }
+
     /// Forgets a session's upgrade record once it is gone.
     pub fn forget(&self, sid: &str) {
         self.upgrades.lock().unwrap().remove(sid);
+    }
+
+    /// Ends a long-polling session in engine.io, once the polls it has pending here
+    /// were answered `Session ID unknown` (else engine.io's answer to the close, a
+    /// noop, could reach the client first: harmless, its next poll gets the 400).
+    /// False if engine.io no longer had it.
+    async fn end_polling_session(&self, sid: &str) -> bool {
+        let deadline = Instant::now() + POLLS_ANSWERED_WITHIN;
+        while self.polls_on(sid) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut ended = true;
+        if let Some(engine) = self.engine.get().and_then(Weak::upgrade) {
+            // An engine.io close packet ("1"), as a client leaving would post it.
+            let close = Request::post(format!("/socket.io/?EIO=4&transport=polling&sid={sid}"))
+                .header(axum::http::header::CONTENT_TYPE, "text/plain;charset=UTF-8")
+                .body(Body::from("1"))
+                .expect("a valid request");
+            match Engine::clone(&engine).oneshot(close).await {
+                Ok(res) if res.status().is_success() => {}
+                Ok(res) => {
+                    ended = false;
+                    tracing::debug!(sid, status = %res.status(), "the session was gone already");
+                }
+                Err(never) => match never {},
+            }
+        }
+        // engine.io answers its own 400 from now on.
+        self.evicted.lock().unwrap().remove(sid);
+        ended
     }
 }
 
 /// An event whose ack is not sent yet; see [`Drain::track`].
 #[derive(Debug)]
-pub struct InFlight(Arc<AtomicUsize>);
+pub struct InFlight {
+    acks: Arc<AcksInFlight>,
+    sid: Sid,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.acks.total.fetch_sub(1, Ordering::SeqCst);
+        let mut by_transport = self.acks.by_transport.lock().unwrap();
+        if let Some(n) = by_transport.get_mut(&self.sid) {
+            *n -= 1;
+            if *n == 0 {
+                by_transport.remove(&self.sid);
+            }
+        }
     }
 }
 
@@ -182,11 +317,36 @@ fn engine_params(req: &Request) -> Option<(String, String)> {
     Some((sid?, transport?))
 }
 
+/// A poll in the gate, counted in [`Drain::polls`] until it is answered.
+struct PendingPoll<'a> {
+    drain: &'a Drain,
+    sid: String,
+}
+
+impl<'a> PendingPoll<'a> {
+    fn enter(drain: &'a Drain, sid: &str) -> Self {
+        *drain.polls.lock().unwrap().entry(sid.to_owned()).or_default() += 1;
+        PendingPoll { drain, sid: sid.to_owned() }
+    }
+}
+
+impl Drop for PendingPoll<'_> {
+    fn drop(&mut self) {
+        let mut polls = self.drain.polls.lock().unwrap();
+        if let Some(n) = polls.get_mut(&self.sid) {
+            *n -= 1;
+            if *n == 0 {
+                polls.remove(&self.sid);
+            }
+        }
+    }
+}
+
 /// Middleware over the Socket.IO endpoint: while draining, refuses new engine.io
 /// handshakes (a stock client takes the 503 as a transport error and tries again,
 /// through the load balancer, elsewhere; a namespace refusal would stop it for
 /// good); notes which connection carries an upgraded session's WebSocket; and ends
-/// the polls of sessions the drain closed.
+/// the polls of sessions being closed.
 pub async fn drain_gate(app: Arc<App>, req: Request, next: Next) -> Response {
     let is_engine = req.uri().path().starts_with("/socket.io");
     let Some((sid, transport)) = engine_params(&req) else {
@@ -205,6 +365,7 @@ pub async fn drain_gate(app: Arc<App>, req: Request, next: Next) -> Response {
         }
         return next.run(req).await;
     }
+    let _poll = PendingPoll::enter(&app.drain, &sid);
     if app.drain.is_evicted(&sid) {
         return session_unknown();
     }
@@ -218,35 +379,47 @@ pub async fn drain_gate(app: Arc<App>, req: Request, next: Next) -> Response {
         std::future::pending::<()>().await
     };
     tokio::select! {
-        response = next.run(req) => response,
+        // An eviction wins over a response ready at the same moment.
+        biased;
         () = evicted => session_unknown(),
+        response = next.run(req) => response,
     }
 }
 
 /// One connected client: its engine.io session and how to close its transport.
-struct Client {
-    socket: AnySocket,
+pub(crate) struct Client {
+    pub(crate) socket: AnySocket,
+}
+
+/// How a transport was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    WebSocket,
+    Polling,
 }
 
 impl Client {
-    fn close(&self, drain: &Drain) -> bool {
+    /// Closes the transport from below (see the module doc); `None` if it was
+    /// closed already.
+    async fn close(&self, drain: &Drain) -> Option<Closing> {
         let sid = self.socket.id().to_string();
+        drain.mark_moved(&sid);
         match self.socket.transport_type() {
             TransportType::Websocket => {
                 let upgraded = drain.upgrades.lock().unwrap().get(&sid).cloned();
                 let conn = upgraded.or_else(|| self.socket.request_extension::<ConnectInfo<Connection>>().map(|c| c.0));
-                conn.is_some_and(|c| c.shut_down())
+                conn.is_some_and(|c| c.shut_down()).then_some(Closing::WebSocket)
             }
             TransportType::Polling => {
                 drain.evict(&sid);
-                true
+                drain.end_polling_session(&sid).await.then_some(Closing::Polling)
             }
         }
     }
 }
 
 /// Every client connected here, once each (a client has one socket per namespace).
-fn connected_clients(app: &App) -> Vec<Client> {
+pub(crate) fn connected_clients(app: &App) -> Vec<Client> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for socket in app.fanout.io().sockets() {
@@ -257,19 +430,89 @@ fn connected_clients(app: &App) -> Vec<Client> {
     out
 }
 
+/// What [`close_paced`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Closed {
+    pub websocket: usize,
+    pub polling: usize,
+    /// Acks that were in flight on the closed transports when their turn came,
+    /// answered before the close.
+    pub acks_waited_for: usize,
+    /// Clients that were gone before their turn.
+    pub gone_before: usize,
+}
+
+impl Closed {
+    pub fn total(&self) -> usize {
+        self.websocket + self.polling
+    }
+}
+
+/// Closes the clients' transports one by one, evenly spaced over `spread` from
+/// `first` (the i-th of n at `first + spread * i / n`, the last at the end), each
+/// after its acks in flight are answered (at most a quarter of the drain window),
+/// until `stop` says to stop (heeded within [`STOP_HEEDED_WITHIN`]).
+pub(crate) async fn close_paced(
+    app: &App,
+    clients: &[Client],
+    first: Instant,
+    spread: Duration,
+    stop: impl Fn() -> bool,
+) -> Closed {
+    let mut closed = Closed::default();
+    let n = clients.len();
+    let ack_bound = app.drain.window / 4;
+    for (i, client) in clients.iter().enumerate() {
+        let at = first + spread.mul_f64((i + 1) as f64 / n as f64);
+        // In steps, so that `stop` is heeded within one: a drain must not wait for a
+        // long shed's next turn (its HTTP answer, if awaited, holds the exit).
+        while !stop() && Instant::now() < at {
+            tokio::time::sleep(at.saturating_duration_since(Instant::now()).min(STOP_HEEDED_WITHIN)).await;
+        }
+        if stop() {
+            break;
+        }
+        if !client.socket.connected() {
+            closed.gone_before += 1;
+            continue;
+        }
+        let sid = client.socket.id();
+        let acks = app.drain.acks_in_flight_on(sid);
+        if acks > 0 {
+            let deadline = Instant::now() + ack_bound;
+            while app.drain.acks_in_flight_on(sid) > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // The ack is queued when its event stops counting; the socket's writer
+            // task still has to hand it to the kernel, which then sends it before
+            // the FIN.
+            tokio::time::sleep(ACK_WRITTEN_WITHIN).await;
+            closed.acks_waited_for += acks;
+        }
+        match client.close(&app.drain).await {
+            Some(Closing::WebSocket) => closed.websocket += 1,
+            Some(Closing::Polling) => closed.polling += 1,
+            None => closed.gone_before += 1,
+        }
+    }
+    closed
+}
+
 /// Runs a drain to its end: out of the load balancer, no new connections, acks in
 /// flight answered, transports closed spread over the window, stragglers closed
 /// at its end. Returns the report (also logged and kept for `/admin/status`).
 pub async fn run(app: &App, instance: &str) -> Report {
     let started = Instant::now();
     app.drain.start();
-    let acks_in_flight = app.drain.in_flight.load(Ordering::SeqCst);
+    let acks_in_flight = app.drain.acks_in_flight();
     // Acks in flight finish first (bounded: a stuck database must not hold the drain).
     let ack_deadline = started + app.drain.window / 4;
-    while app.drain.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < ack_deadline {
+    while app.drain.acks_in_flight() > 0 && Instant::now() < ack_deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let acks_finished = acks_in_flight.saturating_sub(app.drain.in_flight.load(Ordering::SeqCst));
+    let acks_finished = acks_in_flight.saturating_sub(app.drain.acks_in_flight());
+    // Every client, those a shed is closing included (the shed stops: this takes over;
+    // closing one twice is harmless).
     let clients = connected_clients(app);
     let sockets_at_start = clients.len();
     tracing::info!(clients = sockets_at_start, window = ?app.drain.window, "draining: closing transports over the window");
@@ -278,14 +521,10 @@ pub async fn run(app: &App, instance: &str) -> Report {
     // the window; the rest lets the last ones reconnect before the instance goes.
     let first = started + app.drain.lb_delay.min(app.drain.window / 2);
     let spread = (started + app.drain.window.mul_f64(0.8)).saturating_duration_since(first);
-    let mut closed = 0;
-    for (i, client) in clients.iter().enumerate() {
-        let at = first + spread.mul_f64((i + 1) as f64 / (sockets_at_start + 1) as f64);
-        tokio::time::sleep_until(at.into()).await;
-        if client.socket.connected() && client.close(&app.drain) {
-            closed += 1;
-        }
-    }
+    // The i-th of n at first + spread * i / (n + 1): the last close leaves a step
+    // of the spread before 0.8 W, as the drain always has.
+    let step = spread.mul_f64(1.0 / (sockets_at_start + 1) as f64);
+    let closed = close_paced(app, &clients, first, step * sockets_at_start as u32, || false).await;
     let window_end = started + app.drain.window;
     while !connected_clients(app).is_empty() && Instant::now() < window_end {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -294,7 +533,7 @@ pub async fn run(app: &App, instance: &str) -> Report {
     let report = Report {
         instance: instance.to_owned(),
         sockets_at_start,
-        closed,
+        closed: closed.total(),
         acks_finished,
         closed_at_window_end,
         window_ms: app.drain.window.as_millis(),

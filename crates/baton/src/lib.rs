@@ -13,7 +13,9 @@
 //!   follow every change ([`gateway`]'s fanout is where "durable, then broadcast" is).
 //! - [`reconnect`]: remembered joins, presence, and the `since` replay.
 //! - [`adapter`]: the Socket.IO adapter (local or Redis) and transport limits.
-//! - [`drain`]: taking an instance out of service, clients moved a few at a time.
+//! - [`drain`]: taking an instance out of service, clients moved a few at a time;
+//!   and closing one transport with a drain's guarantees.
+//! - [`shed`]: moving a share of an instance's clients away while it keeps serving.
 //! - [`listener`]: the TCP listener and its connections, transport limits, memory trim.
 //! - [`operator`]: `baton drain` and `baton status`, over an instance's admin API.
 //! - [`auth`]: password hashes and session tokens.
@@ -26,7 +28,7 @@
 //! 4. [`chat`];
 //! 5. [`reconnect`], [`adapter`];
 //! 6. [`gateway`]'s `io` and `fanout` (Socket.IO and broadcasting);
-//! 7. the handlers: [`http`], [`gateway`]'s namespaces, [`drain`]. They receive
+//! 7. the handlers: [`http`], [`gateway`]'s namespaces, [`drain`], [`shed`]. They receive
 //!    [`app::App`], the context type: it holds the parts of the layers below and
 //!    has no behaviour of its own;
 //! 8. [`server`], which builds the `App` and serves; [`operator`], the commands that
@@ -46,6 +48,7 @@ pub mod metrics;
 pub mod operator;
 pub mod reconnect;
 pub mod server;
+pub mod shed;
 pub mod store;
 
 pub use config::Config;

@@ -15,8 +15,15 @@ async fn main() -> anyhow::Result<()> {
             Server::build_cluster(cli.config).await?.run_until(shutdown_signal()).await
         }
         Command::Serve => Server::build(cli.config).await?.run_until(shutdown_signal()).await,
-        Command::Drain { url, wait, json } => {
-            baton::operator::drain(&url, cli.config.admin_token.as_deref(), wait, json).await
+        Command::Drain { url, fraction, count, window, wait, json } => {
+            let token = cli.config.admin_token.as_deref();
+            if fraction.is_some() || count.is_some() {
+                baton::operator::shed(&url, token, fraction, count, window, wait, json).await
+            } else if window.is_some() {
+                anyhow::bail!("--window applies to a shed (with --fraction or --count); a drain's is --drain-window")
+            } else {
+                baton::operator::drain(&url, token, wait, json).await
+            }
         }
         Command::Status { url, json } => baton::operator::status(&url, cli.config.admin_token.as_deref(), json).await,
         Command::Migrate => {

@@ -12,8 +12,11 @@ use std::sync::Weak;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::response::IntoResponse;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
 use tower_http::trace::TraceLayer;
 
 use crate::adapter::{ChatAdapter, ClusterAdapter, RedisLink};
@@ -27,6 +30,7 @@ use crate::gateway::{AppRef, Fanout, Io, Namespaces, SocketsPerUser};
 use crate::http::{self, Origins};
 use crate::listener::{self, Connection, Listener};
 use crate::reconnect::{BEAT, Joins, Presence, Registry};
+use crate::shed::Shed;
 use crate::store::Store;
 
 /// How often the database is checked for `/readyz` (each check bounded by
@@ -40,6 +44,9 @@ pub struct Server {
     app: Arc<App>,
     /// This instance's entry in the cluster's registry (none on a single node).
     registry: Option<Registry>,
+    /// The Socket.IO service as the drain calls it, held here (the drain holds it
+    /// weakly: it holds the router, which holds the app, which holds the drain).
+    engine: Arc<drain::Engine>,
 }
 
 impl Server {
@@ -116,6 +123,7 @@ where
             redis,
             instance,
             drain: Drain::new(config.drain_window, config.presence_grace, config.drain_lb_delay),
+            shed: Shed::default(),
             config,
         }
     });
@@ -123,8 +131,15 @@ where
     gateway::register(&app).await;
     let origins = Arc::new(Origins::new(&app.config.allowed_origins));
     let drained = app.clone();
-    let router = http::router(app.clone())
-        .layer(layer)
+    // One Socket.IO service over the REST router: each service the layer makes has
+    // an engine.io server of its own, and every session lives in this one, which
+    // the drain also ends closed long-polling sessions through.
+    let socket_io = tower::Layer::layer(&layer, http::router(app.clone()));
+    let engine = ServiceExt::<axum::extract::Request>::map_response(socket_io.clone(), IntoResponse::into_response);
+    let engine = Arc::new(BoxCloneSyncService::new(engine));
+    app.drain.set_engine(&engine);
+    let router = Router::new()
+        .fallback_service(socket_io)
         .layer(axum::middleware::map_request(listener::detach_from_read_buffer))
         .layer(axum::middleware::from_fn(move |req, next| drain::drain_gate(drained.clone(), req, next)))
         .layer(origins.cors())
@@ -134,7 +149,7 @@ where
     let listener = TcpListener::bind(app.config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", app.config.listen))?;
-    Ok(Server { listener, router, app, registry })
+    Ok(Server { listener, router, app, registry, engine })
 }
 
 /// Connects to the configured database and applies its migrations.
@@ -159,7 +174,7 @@ impl Server {
     /// Serves until `shutdown` resolves, then stops taking connections, closes the
     /// Socket.IO ones, and returns when the HTTP server is done.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Server { listener, router, app, registry } = self;
+        let Server { listener, router, app, registry, engine } = self;
         tracing::info!(addr = %listener.local_addr()?, database = if app.chat.store().is_sqlite() { "sqlite" } else { "postgres" }, "baton is serving");
         let store = app.chat.store().clone();
         let mut background = vec![
@@ -192,6 +207,8 @@ impl Server {
             })
             .await
             .context("the HTTP server failed")?;
+        // No more closes to make: the router it holds (and, through it, the app) can go.
+        drop(engine);
         for task in background {
             task.abort();
         }

@@ -520,17 +520,40 @@ async fn on_disconnect<A: ChatAdapter>(socket: SocketRef<A>, io: SocketIo<A>, Li
     // stay, leaves them here, so it gets `notify` for those channels again.
     let channels: Vec<ChannelId> = socket.rooms().iter().filter_map(|r| room_channel(r)).collect();
     root::follow_leaves(&io, socket.id, channels.iter().map(|c| channel_room(*c)).collect());
+    let entries: Vec<Entry> = channels.iter().map(|c| presence_entry(socket, user, community, *c)).collect();
     if app.drain.is_draining() {
         // Moved by the drain: the presence entries stay for the grace period (see
         // `server::leave_cluster`), so a user who reconnects elsewhere never flaps.
         return;
     }
-    for channel in channels {
-        let entry = presence_entry(socket, user, community, channel);
+    if app.drain.was_moved(&socket.id.to_string()) {
+        // Moved by a shed, the instance staying: the entries are left after the grace
+        // period, by when a user who reconnected (here or elsewhere) has another
+        // socket in the channel, so neither the return nor the leave is announced.
+        app.fanout.presence.linger(&entries);
+        let app = Arc::downgrade(&app);
+        tokio::spawn(async move {
+            let Some(grace) = app.upgrade().map(|a| a.drain.grace) else { return };
+            tokio::time::sleep(grace).await;
+            // Gone meanwhile: its exit hands the entries to the cluster's grace.
+            let Some(app) = app.upgrade() else { return };
+            for entry in entries {
+                match app.fanout.presence.leave_lingering(&entry).await {
+                    Ok(true) => app.fanout.presence(entry.community, entry.channel, entry.user, false).await,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(entry.channel, entry.user, error = %e, "could not record leaving presence")
+                    }
+                }
+            }
+        });
+        return;
+    }
+    for entry in entries {
         match app.fanout.presence.leave(&entry).await {
-            Ok(true) => app.fanout.presence_from(socket, channel, user, false).await,
+            Ok(true) => app.fanout.presence_from(socket, entry.channel, user, false).await,
             Ok(false) => {}
-            Err(e) => tracing::warn!(channel, user, error = %e, "could not record leaving presence"),
+            Err(e) => tracing::warn!(entry.channel, user, error = %e, "could not record leaving presence"),
         }
     }
 }

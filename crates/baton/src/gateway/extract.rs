@@ -52,8 +52,11 @@ impl<A: ChatAdapter, const EVENT: u8> FromMessageParts<A> for Received<EVENT> {
         let event = event::NAMES[EVENT as usize];
         metrics::counter!(m::EVENTS_IN, "event" => event).increment(1);
         let tracked = !matches!(EVENT, event::TYPING | event::UNKNOWN);
-        let in_flight =
-            if tracked { Live::from_message_parts(s, v, ack).ok().map(|Live(app)| app.drain.track()) } else { None };
+        let in_flight = if tracked {
+            Live::from_message_parts(s, v, ack).ok().map(|Live(app)| app.drain.track(s.id))
+        } else {
+            None
+        };
         Ok(Self { event, at: std::time::Instant::now(), _in_flight: in_flight })
     }
 }

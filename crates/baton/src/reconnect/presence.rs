@@ -9,7 +9,8 @@
 //! - `{prefix}:instance:{id}:presence`: every entry an instance made, so that when it
 //!   dies another instance can take its users offline ([`Presence::reap`]), and so
 //!   that after a Redis outage it can put Redis back in step with its sockets
-//!   ([`Presence::resync`]).
+//!   ([`Presence::resync`]), and with the entries of sockets a shed moved, which
+//!   stay for the grace period ([`Presence::linger`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{LazyLock, Mutex};
@@ -54,6 +55,9 @@ impl Entry {
 #[derive(Debug)]
 pub struct Presence {
     backend: Backend,
+    /// Entries of sockets moved by a shed, kept for the grace period although
+    /// their socket is gone (see [`Presence::linger`]).
+    lingering: Mutex<HashSet<Entry>>,
 }
 
 type Sockets = HashMap<UserId, HashSet<String>>;
@@ -66,12 +70,12 @@ enum Backend {
 
 impl Presence {
     pub fn local() -> Self {
-        Self { backend: Backend::Local(Mutex::default()) }
+        Self { backend: Backend::Local(Mutex::default()), lingering: Mutex::default() }
     }
 
     /// Presence kept in Redis, this instance's entries filed under `instance`.
     pub fn redis(link: RedisLink, instance: String) -> Self {
-        Self { backend: Backend::Redis { link, instance } }
+        Self { backend: Backend::Redis { link, instance }, lingering: Mutex::default() }
     }
 
     /// Runs an enter or leave script for the entry made by `instance`.
@@ -119,6 +123,19 @@ impl Presence {
         }
     }
 
+    /// Keeps the entries of a socket that is gone as if it were still here (a shed
+    /// moved it; its user is reconnecting), until [`Presence::leave_lingering`]: a
+    /// resync meanwhile counts them as this instance's, not as stale.
+    pub fn linger(&self, entries: &[Entry]) {
+        self.lingering.lock().unwrap().extend(entries.iter().cloned());
+    }
+
+    /// Ends the lingering of `e` and removes it, as [`Presence::leave`].
+    pub async fn leave_lingering(&self, e: &Entry) -> Result<bool> {
+        self.lingering.lock().unwrap().remove(e);
+        self.leave(e).await
+    }
+
     /// Removes every socket of the user from the channel (the user was removed from
     /// it); true if the user was online there.
     pub async fn remove_user(&self, channel: ChannelId, user: UserId) -> Result<bool> {
@@ -161,6 +178,9 @@ impl Presence {
     /// who went offline. A single node has nothing to resync.
     pub async fn resync(&self, local: &[Entry]) -> Result<Vec<(Entry, bool)>> {
         let Backend::Redis { link, instance } = &self.backend else { return Ok(Vec::new()) };
+        let lingering: Vec<Entry> = self.lingering.lock().unwrap().iter().cloned().collect();
+        let local: Vec<Entry> = local.iter().cloned().chain(lingering).collect();
+        let local = &local[..];
         let filed: Vec<String> =
             link.run(link.commands.smembers(link.key(format!("instance:{instance}:presence")))).await?;
         let filed: HashSet<Entry> = filed.iter().filter_map(|s| Entry::decode(s)).collect();

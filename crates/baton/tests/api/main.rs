@@ -10,5 +10,6 @@ mod fuzz;
 mod group_commit;
 mod recovery;
 mod rest;
+mod shed;
 mod socket;
 mod store;

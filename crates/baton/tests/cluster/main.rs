@@ -558,6 +558,166 @@ async fn a_drain_moves_clients_to_the_survivors_without_loss_or_presence_flappin
     );
 }
 
+/// A shed of half an instance's transports (issue 15's canary step): the chosen
+/// clients move to the other instance (the "load balancer") without loss while the
+/// shed instance stays ready and takes new sessions; their presence holds for the
+/// grace period (3 s here), so the ones that come back in time never flap, and the
+/// one that stays away longer is announced offline by the shed instance, through
+/// Redis, then online again when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shed_moves_a_share_of_an_instances_clients_without_loss_or_presence_flapping() {
+    let cluster = Cluster::start(2).await;
+    let rest = cluster.rest(1);
+    let c = rest.populated_community(6, 2).await;
+    let admin = harness::ADMIN_TOKEN;
+    let mut members = Vec::new();
+    for user in &c.users {
+        members.push(Member::join(cluster.base(0), c.cid, user.clone(), &c.channels).await);
+    }
+    let mut observer = rest.joined(c.cid, &c.owner, &c.channels).await;
+    let ready = |i: usize| {
+        let rest = cluster.rest(i);
+        async move { rest.request(reqwest::Method::GET, "/readyz", None, None).await.0 }
+    };
+    let mut acked = 0;
+    let mut round = 0;
+    let mut send_round = async |members: &mut Vec<Member>, away: Option<usize>| {
+        for (i, m) in members.iter_mut().enumerate() {
+            if Some(i) == away {
+                continue;
+            }
+            let channel = c.channels[(round + i) % 2];
+            let (content, cmid) = (format!("{round}:{i}"), format!("{round}-{i}"));
+            if m.send(channel, &content, &cmid).await.is_err() {
+                m.connect_to(cluster.base(1)).await.expect("reconnect to the other instance");
+                m.send(channel, &content, &cmid).await.expect("resend");
+            }
+            acked += 1;
+        }
+        round += 1;
+    };
+    for _ in 0..3 {
+        send_round(&mut members, None).await;
+    }
+    while observer.next_event("presence", Duration::from_millis(300)).await.is_ok() {}
+
+    let (status, report) =
+        cluster.rest(0).post("/admin/drain?wait=true", admin, json!({ "fraction": 0.5, "window_ms": 1000 })).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!((report["transports_at_start"].clone(), report["closed"].clone()), (json!(6), json!(3)), "{report}");
+    assert_eq!(report["closed_websocket"], 3, "{report}");
+    assert_eq!(ready(0).await, 200, "the shed instance stays ready");
+    let newcomer = cluster.rest(0).connect_with("/", json!({ "token": c.owner.token })).await;
+    assert!(newcomer.is_ok(), "the shed instance takes new sessions: {:?}", newcomer.err());
+    // The moved ones see their transport closed (not a DISCONNECT).
+    let mut moved = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while moved.len() < 3 && Instant::now() < deadline {
+        moved = (0..members.len()).filter(|i| !members[*i].is_connected()).collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(moved.len(), 3, "the shed closed three members' transports");
+    let late = moved[0];
+    // All but one come back at once (to the other instance) and chat on.
+    for &i in &moved[1..] {
+        members[i].connect_to(cluster.base(1)).await.expect("reconnect to the other instance");
+    }
+    let away_since = Instant::now();
+    while away_since.elapsed() < Duration::from_secs(5) {
+        send_round(&mut members, Some(late)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut offline = Vec::new();
+    while let Ok(p) = observer.next_event("presence", Duration::from_millis(300)).await {
+        if p["online"] == false {
+            offline.push(p["userId"].as_i64().unwrap());
+        }
+    }
+    let late_user = members[late].user.id;
+    offline.sort();
+    offline.dedup();
+    assert_eq!(offline, vec![late_user], "only the member away past the grace went offline");
+    members[late].connect_to(cluster.base(1)).await.expect("the late one comes back");
+    let back = observer.next_event("presence", WAIT).await.unwrap();
+    assert_eq!((back["userId"].as_i64(), back["online"].clone()), (Some(late_user), json!(true)));
+    send_round(&mut members, None).await;
+    assert_eq!(ready(0).await, 200, "the shed instance is still ready");
+
+    let expected = last_seqs(&rest, &c).await;
+    assert_eq!(expected.values().sum::<i64>(), acked as i64);
+    for m in &mut members {
+        m.settle(&expected).await;
+    }
+    let lost = assert_nothing_lost(&members, &expected);
+    let (_, status) = cluster.rest(0).get("/admin/status", admin).await;
+    assert_eq!(status["shed"], report);
+    println!(
+        "shed of 3 of 6 transports of 1 of 2 instances: {acked} messages, lost {lost}, raw duplicates {}, \
+         {} ms, acks waited for {}, reconnect-to-recovered max {:?}, no presence flapping, the one away 5 s \
+         announced offline",
+        members.iter().map(|m| m.duplicates).sum::<usize>(),
+        report["duration_ms"],
+        report["acks_waited_for"],
+        moved.iter().filter_map(|i| members[*i].recoveries.last().copied()).max().unwrap_or_default(),
+    );
+}
+
+/// A shed answers the acks in flight on a transport before closing it: with the
+/// shed instance's database slowed down (100 ms each way through its proxy), three
+/// chats are in flight when a shed of all three transports, at once, begins; each
+/// gets its ack (`written`), then its transport closes (no DISCONNECT).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shed_answers_the_acks_in_flight_before_closing_their_transport() {
+    let options = harness::Options {
+        proxy_postgres: true,
+        // The bound on each transport's wait for its acks is a quarter of it: 2 s.
+        env: vec![("BATON_DRAIN_WINDOW", "8s".into())],
+        ..Default::default()
+    };
+    let cluster = Cluster::start_with(2, options).await;
+    let rest = cluster.rest(1);
+    let c = rest.populated_community(3, 1).await;
+    let channel = c.channels[0];
+    let mut sockets = Vec::new();
+    for user in &c.users {
+        sockets.push(cluster.rest(0).joined(c.cid, user, &[channel]).await);
+    }
+    cluster.instances[0].postgres_proxy.as_ref().unwrap().set(proxy::Mode::Delay(Duration::from_millis(100)));
+    let mut acks = Vec::new();
+    for (i, s) in sockets.iter().enumerate() {
+        let chat = json!({ "chatType": "new", "channelId": channel, "content": format!("in flight {i}") });
+        acks.push(s.emit_with_ack_deferred("chat", chat).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let shed = json!({ "count": 3, "window_ms": 0 });
+    let (status, report) = cluster.rest(0).post("/admin/drain?wait=true", harness::ADMIN_TOKEN, shed).await;
+    assert_eq!((status.as_u16(), report["closed"].clone()), (200, json!(3)), "{report}");
+    // The first close waits for its chat; the batch that writes it writes the
+    // others too, so the later closes may find nothing left in flight.
+    assert!(report["acks_waited_for"].as_u64().unwrap() >= 1, "{report}");
+    for (i, ack) in acks.into_iter().enumerate() {
+        let ack = ack.wait(WAIT).await.unwrap_or_else(|e| panic!("chat {i} in flight lost its ack: {e}"));
+        assert_eq!(ack["written"], true, "{ack}");
+    }
+    for (i, s) in sockets.iter_mut().enumerate() {
+        loop {
+            match s.next(WAIT).await {
+                Ok(baton_client::Incoming::Closed) | Err(baton_client::ClientError::Closed) => break,
+                Ok(baton_client::Incoming::Disconnect) => panic!("socket {i} got a DISCONNECT"),
+                Ok(_) => continue,
+                Err(e) => panic!("socket {i}'s transport did not close: {e}"),
+            }
+        }
+    }
+    cluster.instances[0].postgres_proxy.as_ref().unwrap().set(proxy::Mode::Pass);
+    let (_, page) = rest.get(&format!("/api/channels/{channel}/messages"), &c.owner.token).await;
+    assert_eq!(page["messages"].as_array().unwrap().len(), 3, "{page}");
+    println!(
+        "shed with 3 chats in flight on a slowed database: {} ms, every ack answered first",
+        report["duration_ms"]
+    );
+}
+
 /// `baton-bench --scenario storm` against a real 3-instance cluster: the bench's own
 /// bookkeeping across a drain (reconnect, `since`, resend by clientMsgId), never timing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

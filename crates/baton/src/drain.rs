@@ -76,8 +76,11 @@ const MOVED_MARK_KEPT: Duration = Duration::from_secs(300);
 /// starved).
 const POLLS_ANSWERED_WITHIN: Duration = Duration::from_secs(1);
 
-/// How long an ack queued for a socket may take to reach the kernel (its writer
-/// task runs as soon as a core is free: microseconds on an idle instance).
+/// How long an ack may take to reach the kernel: a WebSocket's is written by the
+/// task that sends it unless the socket's buffer was full, in which case the
+/// session's own task writes it as soon as the socket takes more
+/// (vendor/engineioxide/BATON-PATCH.md, change 5); a long-polling session's waits
+/// for its next poll.
 const ACK_WRITTEN_WITHIN: Duration = Duration::from_millis(20);
 
 /// How soon paced closes notice that they must stop (a drain began during a shed).

@@ -24,6 +24,10 @@ pub struct EngineIo<H: EngineIoHandler> {
 
     /// The config for the engine.io server
     pub config: EngineIoConfig,
+
+    /// Writes the websocket sessions' queued frames (baton patch, see
+    /// `transport::ws_writer`).
+    pub(crate) flusher: crate::transport::ws_writer::Flusher,
 }
 
 impl<H: EngineIoHandler> EngineIo<H> {
@@ -33,6 +37,7 @@ impl<H: EngineIoHandler> EngineIo<H> {
             sockets: RwLock::new(HashMap::new()),
             config,
             handler,
+            flusher: crate::transport::ws_writer::Flusher::new(),
         }
     }
 }

@@ -126,7 +126,7 @@ pub struct Permit<'a> {
 }
 enum PermitInner<'a> {
     Channel(mpsc::Permit<'a, PacketBuf>, std::sync::MutexGuard<'a, ()>),
-    Direct(&'a WsWriter),
+    Direct(&'a Arc<WsWriter>),
 }
 impl Permit<'_> {
     fn send(self, packets: PacketBuf) {

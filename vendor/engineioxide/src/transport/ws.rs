@@ -170,7 +170,7 @@ where
     let max_frames = engine.config.max_buffer_size;
     let ws_init = move |protocol| {
         let (read, write) = tokio::io::split(conn);
-        let writer = Arc::new(WsWriter::new(Box::pin(write), max_frames, protocol));
+        let writer = Arc::new(WsWriter::new(Box::pin(write), max_frames, protocol, &engine.flusher));
         let stream = WsStream { read, writer: writer.clone() };
         async move { (WebSocketStream::from_raw_socket(stream, Role::Server, Some(ws_config)).await, writer) }
     };
@@ -542,10 +542,10 @@ mod tests {
     }
 
     /// A session's websocket over an in-memory pipe, its writer, and the client's end.
-    async fn ws_pair() -> (Ws<DuplexStream>, Arc<WsWriter>, WebSocketStream<DuplexStream>) {
+    async fn ws_pair(engine: &Arc<EngineIo<StubHandler>>) -> (Ws<DuplexStream>, Arc<WsWriter>, WebSocketStream<DuplexStream>) {
         let (server, client) = tokio::io::duplex(1024);
         let (read, write) = tokio::io::split(server);
-        let writer = Arc::new(WsWriter::new(Box::pin(write), 128, ProtocolVersion::V4));
+        let writer = Arc::new(WsWriter::new(Box::pin(write), 128, ProtocolVersion::V4, &engine.flusher));
         let stream = WsStream { read, writer: writer.clone() };
         (
             WebSocketStream::from_raw_socket(stream, Role::Server, None).await,
@@ -575,7 +575,7 @@ mod tests {
     async fn session_waits_for_the_lock_of_a_polling_request() {
         let engine = engine();
         let socket = socket(&engine);
-        let (ws, writer, mut client) = ws_pair().await;
+        let (ws, writer, mut client) = ws_pair(&engine).await;
 
         let polling = socket.internal_rx.lock().await;
         socket.emit(Str::from("queued")).unwrap();
@@ -599,7 +599,7 @@ mod tests {
     async fn session_waiting_for_the_lock_stops_with_the_session() {
         let engine = engine();
         let socket = socket(&engine);
-        let (ws, writer, _client) = ws_pair().await;
+        let (ws, writer, _client) = ws_pair(&engine).await;
 
         let _polling = socket.internal_rx.lock().await;
         let session = tokio::spawn({
@@ -622,7 +622,7 @@ mod tests {
     async fn frames_the_socket_cannot_take_at_once_follow_in_order() {
         let engine = engine();
         let socket = socket(&engine);
-        let (ws, writer, mut client) = ws_pair().await;
+        let (ws, writer, mut client) = ws_pair(&engine).await;
         let session = tokio::spawn({
             let (engine, socket) = (engine.clone(), socket.clone());
             async move { run_session(&engine, socket, ws, writer, false).await }
@@ -651,7 +651,7 @@ mod tests {
     async fn an_emit_past_the_bound_is_refused() {
         let engine = engine();
         let socket = socket(&engine);
-        let (ws, writer, _client) = ws_pair().await;
+        let (ws, writer, _client) = ws_pair(&engine).await;
         tokio::spawn({
             let (engine, socket) = (engine.clone(), socket.clone());
             async move { run_session(&engine, socket, ws, writer, false).await }

@@ -1,20 +1,30 @@
-//! The sending half of a websocket session (baton patch): frames are written to the
-//! socket by the task that emits them, not handed to a writer task.
+//! The sending half of a websocket session (baton patch): no writer task and no
+//! channel per socket; frames wait in the socket's own queue and are written by a
+//! flusher shared by many sockets, one write per socket per round, several frames per
+//! write under load.
 //!
 //! Upstream engineioxide gives every websocket a channel and a writer task: an emit
 //! pushes the packet into the channel and wakes the task, which frames it (copying it
 //! into tungstenite's buffer) and writes it. A broadcast to a room of N sockets paid N
 //! channel pushes, N task wake-ups and N copies, then N writes. Here an emit frames the
-//! packet (a header of at most 11 bytes in front of the shared payload, no copy) and,
-//! when nothing is queued before it, writes it at once with one non-blocking vectored
-//! write. Only what the socket does not take is queued; the session's own task (the one
-//! that reads the websocket, see `ws::run_session`) waits for the socket to take more
-//! and writes the queue, several frames per write.
+//! packet (a header of at most 11 bytes in front of the shared payload, no copy) and
+//! queues it; a socket whose queue was empty is handed to its [`Shard`] of the
+//! engine's [`Flusher`], whose task is woken at most once per round. The task first
+//! yields, so that what the runtime already has to run (the rest of a broadcast, other
+//! messages' broadcasts) runs before it, then writes each handed socket's queue with
+//! one system call. So a broadcast costs one wake-up, not one per recipient, and when
+//! messages come faster than the flusher's rounds, each write carries several frames
+//! (upstream's writer tasks coalesced the same way, because they waited in the run
+//! queue). What a socket does not take stays queued, and the session's own task (the
+//! one that reads the websocket, see `ws::run_session`) writes it when the socket
+//! takes more.
 //!
 //! Invariants kept here:
-//! - frames reach the socket whole and in the order they were handed over: a frame is
-//!   written directly only when the queue is empty, and a frame partly written stays
-//!   at the head of the queue until it is done;
+//! - frames reach the socket whole and in the order they were handed over: there is
+//!   one queue per socket, written from its head, and a frame partly written stays at
+//!   the head until it is done;
+//! - a socket with frames queued is either handed to the flusher or waited on by its
+//!   session (the socket was full), never neither;
 //! - at most `max_frames` frames wait in the queue (the bound engineioxide puts on its
 //!   channel, `max_buffer_size`): past it an emit fails with `Full`, as it did;
 //! - once [`WsWriter::stop_accepting`] has run, no new frame is accepted.
@@ -24,7 +34,7 @@ use std::{
     io::{self, IoSlice},
     pin::Pin,
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     task::{Context, Poll, Waker},
@@ -184,8 +194,10 @@ struct State {
     /// connection closes even while the socket is still referenced.
     io: Option<Pin<Box<dyn AsyncWrite + Send>>>,
     queue: Queue,
-    /// The session's task, waiting for something to be queued.
+    /// The session's task: woken when the flusher found the socket full.
     session: Option<Waker>,
+    /// Handed to the flusher and not yet written by it.
+    scheduled: bool,
     accepting: bool,
     /// The socket failed: nothing more can be written.
     failed: bool,
@@ -194,6 +206,8 @@ struct State {
 /// The sending half of one websocket session.
 pub(crate) struct WsWriter {
     state: Mutex<State>,
+    /// The flusher's shard that writes this socket's queue.
+    shard: Arc<Shard>,
     /// What [`WsWriter::check`] reads without the lock: whether frames are accepted,
     /// and how many are queued (both written under the lock).
     accepting: AtomicBool,
@@ -213,12 +227,15 @@ impl WsWriter {
         io: Pin<Box<dyn AsyncWrite + Send>>,
         max_frames: usize,
         protocol: ProtocolVersion,
+        flusher: &Flusher,
     ) -> WsWriter {
         WsWriter {
+            shard: flusher.shard(),
             state: Mutex::new(State {
                 io: Some(io),
                 queue: Queue { frames: VecDeque::new(), written: 0 },
                 session: None,
+                scheduled: false,
                 accepting: true,
                 failed: false,
             }),
@@ -248,7 +265,7 @@ impl WsWriter {
     }
 
     /// Sends packets, in order, as one unit: all are accepted or none (handed back).
-    pub(crate) fn send(&self, packets: PacketBuf) -> Result<(), (Refused, PacketBuf)> {
+    pub(crate) fn send(self: &Arc<Self>, packets: PacketBuf) -> Result<(), (Refused, PacketBuf)> {
         let mut state = self.state.lock().unwrap();
         if let Err(refused) = state.admits(packets.len(), self.max_frames) {
             return Err((refused, packets));
@@ -259,14 +276,18 @@ impl WsWriter {
                 state.queue.frames.push_back(frame);
             }
         }
-        state.write_new(before);
+        let schedule = state.schedule(before);
         self.publish(&state);
+        drop(state);
+        if schedule {
+            self.shard.schedule(self.clone());
+        }
         Ok(())
     }
 
-    /// A volatile packet: written if the socket takes it now with nothing queued before
-    /// it, dropped otherwise (`false`), as upstream drops one the transport is not ready for.
-    pub(crate) fn send_volatile(&self, packets: PacketBuf) -> bool {
+    /// A volatile packet: queued only when nothing is queued before it, dropped
+    /// otherwise (`false`), as upstream drops one the transport is not ready for.
+    pub(crate) fn send_volatile(self: &Arc<Self>, packets: PacketBuf) -> bool {
         let mut state = self.state.lock().unwrap();
         if !state.queue.frames.is_empty() || state.admits(1, self.max_frames).is_err() {
             return false;
@@ -276,23 +297,43 @@ impl WsWriter {
                 state.queue.frames.push_back(frame);
             }
         }
-        state.write_new(0);
+        let schedule = state.schedule(0);
         self.publish(&state);
+        drop(state);
+        if schedule {
+            self.shard.schedule(self.clone());
+        }
         true
     }
 
     /// Bytes tungstenite framed itself (the session's pongs and close frame), in order
-    /// with the rest; never refused for the bound, which counts packets.
+    /// with the rest; never refused for the bound, which counts packets. tungstenite
+    /// flushes them itself, from the session's task ([`WsWriter::poll_flush`]).
     fn send_raw(&self, bytes: &[u8]) -> io::Result<()> {
         let mut state = self.state.lock().unwrap();
         if state.failed {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
-        let before = state.queue.frames.len();
         state.queue.frames.push_back(Frame::raw(bytes));
-        state.write_new(before);
         self.publish(&state);
         Ok(())
+    }
+
+    /// The flusher's turn: writes what the socket takes now; if it is full (or failed),
+    /// the session's task is woken to wait for it (or to end the session).
+    fn flush_scheduled(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.scheduled = false;
+        // A non-blocking write: the no-op waker is never woken, and the session's task
+        // registers its own as soon as it is woken to write what is left.
+        let mut cx = Context::from_waker(Waker::noop());
+        let written = state.poll_write_queue(&mut cx);
+        self.publish(&state);
+        if !matches!(written, Poll::Ready(Ok(()))) {
+            if let Some(session) = state.session.take() {
+                session.wake();
+            }
+        }
     }
 
     /// No frame is accepted any more (the session is closing); the queued ones are
@@ -366,22 +407,14 @@ impl State {
     }
 
     /// Frames were just queued from position `before`: when nothing was queued before
-    /// them, they are written at once, as far as the socket takes them; what is left
-    /// waits for the session's task, which is woken.
-    fn write_new(&mut self, before: usize) {
-        if before > 0 || self.queue.frames.is_empty() {
-            return;
+    /// them (so neither the flusher nor the session has them), the socket is to be
+    /// handed to the flusher (`true`).
+    fn schedule(&mut self, before: usize) -> bool {
+        if before > 0 || self.queue.frames.is_empty() || self.scheduled {
+            return false;
         }
-        // A non-blocking write: the no-op waker is never woken, and the session's task
-        // registers its own as soon as it is woken to write what is left.
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.poll_write_queue(&mut cx) {
-            Poll::Ready(Ok(())) => return,
-            Poll::Ready(Err(_)) | Poll::Pending => {}
-        }
-        if let Some(session) = self.session.take() {
-            session.wake();
-        }
+        self.scheduled = true;
+        true
     }
 
     /// Writes the queue until it is empty (`Ready(Ok)`), the socket is full (`Pending`,
@@ -424,6 +457,82 @@ impl State {
             }
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+/// The engine's flusher: shards, each a task that writes the queues of the sockets
+/// handed to it. A socket keeps its shard for life (round robin at creation), so one
+/// task writes it; there are as many shards as the runtime has cores (at most 16), so
+/// that writing spreads over them.
+pub(crate) struct Flusher {
+    shards: Box<[Arc<Shard>]>,
+    next: AtomicUsize,
+}
+
+impl Flusher {
+    pub(crate) fn new() -> Flusher {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get()).min(16);
+        Flusher { shards: (0..n).map(|_| Arc::new(Shard::default())).collect(), next: AtomicUsize::new(0) }
+    }
+
+    fn shard(&self) -> Arc<Shard> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        self.shards[i].clone()
+    }
+}
+
+impl std::fmt::Debug for Flusher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flusher").field("shards", &self.shards.len()).finish()
+    }
+}
+
+/// One flusher task and the sockets handed to it since its last round.
+pub(crate) struct Shard {
+    handed: Mutex<Vec<Arc<WsWriter>>>,
+    wake: tokio::sync::Notify,
+    started: std::sync::Once,
+}
+
+impl Default for Shard {
+    fn default() -> Shard {
+        Shard { handed: Mutex::new(Vec::new()), wake: tokio::sync::Notify::new(), started: std::sync::Once::new() }
+    }
+}
+
+impl Shard {
+    /// Hands a socket with frames queued to the flusher (its task starts on first use,
+    /// on the runtime of the emit).
+    fn schedule(self: &Arc<Self>, writer: Arc<WsWriter>) {
+        self.started.call_once(|| {
+            tokio::spawn(self.clone().run());
+        });
+        let first = {
+            let mut handed = self.handed.lock().unwrap();
+            handed.push(writer);
+            handed.len() == 1
+        };
+        if first {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The flusher's rounds, for as long as the runtime runs (an idle shard costs a
+    /// parked task; the sockets it holds between rounds are only those being written).
+    async fn run(self: Arc<Self>) {
+        let this = self;
+        let mut round = Vec::new();
+        loop {
+            this.wake.notified().await;
+            // What the runtime already has to run goes first: the rest of this
+            // broadcast, the next messages' broadcasts, whose frames then join this
+            // round's writes.
+            tokio::task::yield_now().await;
+            std::mem::swap(&mut *this.handed.lock().unwrap(), &mut round);
+            for writer in round.drain(..) {
+                writer.flush_scheduled();
+            }
+        }
     }
 }
 

@@ -112,9 +112,8 @@ async fn a_written_message_crosses_the_cluster_in_one_publish() {
     let mut here = Member::join(cluster.base(0), c.cid, c.users[1].clone(), &[channel]).await;
     let mut there = Member::join(cluster.base(1), c.cid, c.users[2].clone(), &[channel]).await;
     // A member with only their own line open, on the other instance: `notify` only.
-    let mut line = baton_client::Socket::connect(cluster.base(1), "/", json!({ "token": c.users[3].token }))
-        .await
-        .unwrap();
+    let mut line =
+        baton_client::Socket::connect(cluster.base(1), "/", json!({ "token": c.users[3].token })).await.unwrap();
     // The joins' presence broadcasts are done before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = cluster.redis.publishes().await;

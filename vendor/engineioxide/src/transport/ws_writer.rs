@@ -504,8 +504,14 @@ impl Shard {
     /// Hands a socket with frames queued to the flusher (its task starts on first use,
     /// on the runtime of the emit).
     fn schedule(self: &Arc<Self>, writer: Arc<WsWriter>) {
+        // An emit from outside any runtime (a plain thread) cannot start the task, nor
+        // count on one started: it writes at once instead.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            writer.flush_scheduled();
+            return;
+        };
         self.started.call_once(|| {
-            tokio::spawn(self.clone().run());
+            runtime.spawn(self.clone().run());
         });
         let first = {
             let mut handed = self.handed.lock().unwrap();
@@ -598,6 +604,25 @@ mod tests {
         assert!(Frame::of(Packet::Noop, ProtocolVersion::V4).is_none());
         assert_eq!(frame_bytes(Packet::Ping, ProtocolVersion::V4), [0x81, 1, b'2']);
         assert_eq!(frame_bytes(Packet::Binary(Bytes::from_static(b"ab")), ProtocolVersion::V3), [0x82, 3, 4, b'a', b'b']);
+    }
+
+    /// An emit from a thread outside any runtime writes at once (there is no runtime
+    /// to run the flusher on); the socket's runtime runs elsewhere.
+    #[test]
+    fn an_emit_outside_a_runtime_is_written_at_once() {
+        let (server, mut client) = std::os::unix::net::UnixStream::pair().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
+        let io = runtime.block_on(async { tokio::net::UnixStream::from_std(server).unwrap() });
+        // The runtime's driver runs on its own thread, and sees the socket writable.
+        std::thread::spawn(move || runtime.block_on(std::future::pending::<()>()));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        client.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        let writer = Arc::new(WsWriter::new(Box::pin(io), 8, ProtocolVersion::V4, &Flusher::new()));
+        writer.send(smallvec::smallvec![Packet::Message("hi".into())]).unwrap();
+        let mut got = [0u8; 5];
+        std::io::Read::read_exact(&mut client, &mut got).unwrap();
+        assert_eq!(got, [0x81, 3, b'4', b'h', b'i']);
     }
 
     #[test]

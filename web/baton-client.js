@@ -59,6 +59,13 @@ export function createBatonClient({ io, url, token, communityId, ioOptions = {},
   const since = () => Object.fromEntries([...channels].map(([id, c]) => [String(id), c.contiguous]));
 
   const socket = io(`${url}/socket/commu-${communityId}`, {
+    // Reconnect timings that fit a drain or a shed (docs/client.md): the first retry
+    // after 250 ms, doubling to at most 2 s, each delay randomised by ±50 % so that
+    // the clients of a closed instance do not come back in step. socket.io-client's
+    // defaults (1 s, up to 5 s) stay for stock clients; an app's own options win.
+    reconnectionDelay: 250,
+    reconnectionDelayMax: 2000,
+    randomizationFactor: 0.5,
     ...ioOptions,
     // Called on every connect attempt: the server replays from here.
     auth: (cb) => cb({ token: typeof token === "function" ? token() : token, since: since() }),

@@ -76,8 +76,7 @@ test("300 clients chat through a blue-green switch, a canary roll and a rollback
         ioOptions: {
           transports: polling ? ["polling"] : ["websocket"],
           withCredentials: true, // keeps HAProxy's sticky cookie, for long-polling
-          reconnectionDelay: 250,
-          reconnectionDelayMax: 2000,
+          // Reconnect timings: the client module's own (docs/client.md).
         },
       });
       client.user = i;

@@ -13,8 +13,6 @@ use engineioxide::{
     service::EngineIoService,
     socket::{DisconnectReason, Socket},
 };
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
 
 #[derive(Debug, Clone)]
 struct MyHandler;
@@ -53,24 +51,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let svc = EngineIoService::with_config(Arc::new(MyHandler), config);
 
-    let listener = baton_protocol_servers::listen().await?;
-
     tracing::info!("Starting server with v4 protocol");
 
-    // We start a loop to continuously accept incoming connections
-    loop {
-        let (stream, _) = listener.accept().await?;
-
-        // Use an adapter to access something implementing `tokio::io` traits as if they implement
-        // `hyper::rt` IO traits.
-        let io = TokioIo::new(stream);
-        let svc = svc.clone();
-
-        // Spawn a tokio task to serve multiple connections concurrently
-        tokio::task::spawn(async move {
-            if let Err(err) = http1::Builder::new().serve_connection(io, svc).with_upgrades().await {
-                println!("Error serving connection: {:?}", err);
-            }
-        });
-    }
+    baton_protocol_servers::serve(svc).await?;
+    Ok(())
 }

@@ -7,8 +7,6 @@
 
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
 use rmpv::Value;
 use socketioxide::{
     SocketIo,
@@ -55,22 +53,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     info!("Starting server with v5 protocol and common parser");
 
-    let listener = baton_protocol_servers::listen().await?;
-
-    // We start a loop to continuously accept incoming connections
-    loop {
-        let (stream, _) = listener.accept().await?;
-
-        // Use an adapter to access something implementing `tokio::io` traits as if they implement
-        // `hyper::rt` IO traits.
-        let io = TokioIo::new(stream);
-        let svc = svc.clone();
-
-        // Spawn a tokio task to serve multiple connections concurrently
-        tokio::task::spawn(async move {
-            if let Err(err) = http1::Builder::new().serve_connection(io, svc).with_upgrades().await {
-                println!("Error serving connection: {:?}", err);
-            }
-        });
-    }
+    baton_protocol_servers::serve(svc).await?;
+    Ok(())
 }

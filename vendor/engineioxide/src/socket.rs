@@ -116,10 +116,10 @@ impl From<&Error> for Option<DisconnectReason> {
 /// A permit to emit a message to the client.
 /// A permit holds a place in the internal channel to send one packet to the client.
 ///
-/// baton patch: for a websocket session that writes straight to its socket (see
+/// baton patch: for a websocket session that has its writer (see
 /// [`crate::transport::ws_writer`]), the permit is the writer's; otherwise it holds the
-/// channel's place and the socket's route, so that the session cannot switch to direct
-/// writes between the reservation and the send (which would put this packet behind
+/// channel's place and the socket's route, so that the session cannot switch to its
+/// writer between the reservation and the send (which would put this packet behind
 /// later ones).
 pub struct Permit<'a> {
     inner: PermitInner<'a>,
@@ -235,9 +235,9 @@ where
     /// Channel to send [PacketBuf] to the internal connection
     pub(crate) internal_tx: mpsc::Sender<PacketBuf>,
 
-    /// The websocket writer, once the session writes straight to its socket (baton
-    /// patch, see [`crate::transport::ws_writer`]): from then on every packet goes there
-    /// and none into the channel.
+    /// The websocket writer, once the session has switched to it (baton patch, see
+    /// [`crate::transport::ws_writer`]): from then on every packet goes there and none
+    /// into the channel.
     ws_writer: OnceLock<Arc<WsWriter>>,
     /// Held while a packet goes into the channel and while the writer is installed, so
     /// that no packet lands in the channel after the install has moved its contents to
@@ -323,20 +323,30 @@ where
     /// Sends packets as one unit: to the websocket writer when the session has one,
     /// into the channel otherwise (baton patch).
     fn push(&self, packets: PacketBuf) -> Result<(), TrySendError<PacketBuf>> {
-        if let Some(writer) = self.ws_writer.get() {
-            return writer.send(packets).map_err(refused);
-        }
-        let _route = self.route.lock().unwrap();
-        match self.ws_writer.get() {
-            Some(writer) => writer.send(packets).map_err(refused),
-            None => self.internal_tx.try_send(packets),
+        match self.route() {
+            Route::Writer(writer) => writer.send(packets).map_err(refused),
+            Route::Channel(_route) => self.internal_tx.try_send(packets),
         }
     }
 
-    /// From now on the session writes straight to its websocket (baton patch): what the
-    /// channel holds goes to the writer first, in order. The caller holds the channel's
-    /// receiving side (`rx`), as the websocket's writer task did.
-    pub(crate) fn write_directly(&self, writer: Arc<WsWriter>, rx: &mut InternalRx) {
+    /// Where a packet goes now (baton patch): the websocket writer once the session has
+    /// one (no lock taken), else the channel, with the route lock held so that the
+    /// writer cannot be installed before the packet is in.
+    fn route(&self) -> Route<'_> {
+        if let Some(writer) = self.ws_writer.get() {
+            return Route::Writer(writer);
+        }
+        let route = self.route.lock().unwrap();
+        match self.ws_writer.get() {
+            Some(writer) => Route::Writer(writer),
+            None => Route::Channel(route),
+        }
+    }
+
+    /// From now on the session's packets go to its websocket writer (baton patch): what
+    /// the channel holds goes to the writer first, in order. The caller holds the
+    /// channel's receiving side (`rx`), as the websocket's writer task did.
+    pub(crate) fn switch_to_writer(&self, writer: Arc<WsWriter>, rx: &mut InternalRx) {
         let _route = self.route.lock().unwrap();
         while let Ok(packets) = rx.buffered_rx.try_recv() {
             // Only a session over its bound could refuse, and the channel has the same bound.
@@ -348,7 +358,7 @@ where
         self.ws_writer.set(writer).expect("a session is upgraded to a websocket once");
     }
 
-    /// The session's websocket writer, if it writes straight to its socket.
+    /// The session's websocket writer, once it has switched to it.
     #[cfg(test)]
     pub(crate) fn ws_writer(&self) -> Option<&Arc<WsWriter>> {
         self.ws_writer.get()
@@ -485,17 +495,14 @@ where
     /// If the socket is closed, the function will return a [`TrySendError::Closed`] error.
     #[inline]
     pub fn reserve(&self) -> Result<Permit<'_>, TrySendError<()>> {
-        if let Some(writer) = self.ws_writer.get() {
-            writer.check().map_err(|r| refused((r, ())))?;
-            return Ok(Permit { inner: PermitInner::Direct(writer) });
-        }
-        let route = self.route.lock().unwrap();
-        if let Some(writer) = self.ws_writer.get() {
-            writer.check().map_err(|r| refused((r, ())))?;
-            return Ok(Permit { inner: PermitInner::Direct(writer) });
-        }
-        let permit = self.internal_tx.try_reserve()?;
-        Ok(Permit { inner: PermitInner::Channel(permit, route) })
+        let inner = match self.route() {
+            Route::Writer(writer) => {
+                writer.check().map_err(|r| refused((r, ())))?;
+                PermitInner::Direct(writer)
+            }
+            Route::Channel(route) => PermitInner::Channel(self.internal_tx.try_reserve()?, route),
+        };
+        Ok(Permit { inner })
     }
 
     /// Emits a message to the client.
@@ -598,15 +605,18 @@ where
     }
 
     pub(crate) fn send_volatile(&self, packets: PacketBuf) -> bool {
-        if let Some(writer) = self.ws_writer.get() {
-            return writer.send_volatile(packets);
-        }
-        let _route = self.route.lock().unwrap();
-        match self.ws_writer.get() {
-            Some(writer) => writer.send_volatile(packets),
-            None => self.volatile_tx.send(Some(packets)).is_ok(),
+        match self.route() {
+            Route::Writer(writer) => writer.send_volatile(packets),
+            Route::Channel(_route) => self.volatile_tx.send(Some(packets)).is_ok(),
         }
     }
+}
+
+/// Where a socket's packets go (see [`Socket::route`]).
+enum Route<'a> {
+    Writer(&'a Arc<WsWriter>),
+    /// The channel, with the route lock held.
+    Channel(std::sync::MutexGuard<'a, ()>),
 }
 
 /// A writer's refusal as the channel's error, with what was refused.

@@ -164,9 +164,9 @@ where
         .max_message_size(Some(engine.config.ws_max_message_size))
         .max_frame_size(Some(engine.config.ws_max_frame_size));
 
-    // The connection's write half goes to the session's writer, which emits write to
-    // directly (baton patch, see `ws_writer`); tungstenite reads the read half and
-    // writes what it must (pongs, the close frame) through the same writer.
+    // The connection's write half goes to the session's writer, which emits queue to
+    // (baton patch, see `ws_writer`); tungstenite reads the read half and writes what
+    // it must (pongs, the close frame) through the same writer.
     let max_frames = engine.config.max_buffer_size;
     let ws_init = move |protocol| {
         let (read, write) = tokio::io::split(conn);
@@ -216,8 +216,8 @@ where
     Ok((socket, ws, writer))
 }
 
-/// Runs the session: its packets are written straight to the websocket from now on
-/// (baton patch), and this one task reads the websocket, writes what the socket could
+/// Runs the session: its packets go to its websocket writer from now on (baton
+/// patch), and this one task reads the websocket, writes what the socket could
 /// not take at once and, for a session that began as a websocket, runs the heartbeat
 /// (upstream spawned a writer task and a heartbeat task beside it), until the websocket
 /// closes or the session is cancelled; then it ends the websocket. A session upgraded
@@ -245,7 +245,7 @@ async fn run_session<H: EngineIoHandler, S>(
         writer.release();
         return;
     };
-    socket.write_directly(writer.clone(), &mut internal_rx);
+    socket.switch_to_writer(writer.clone(), &mut internal_rx);
 
     let heartbeat = async {
         if upgraded {

@@ -266,10 +266,28 @@ impl WsWriter {
 
     /// Sends packets, in order, as one unit: all are accepted or none (handed back).
     pub(crate) fn send(self: &Arc<Self>, packets: PacketBuf) -> Result<(), (Refused, PacketBuf)> {
-        let mut state = self.state.lock().unwrap();
+        let state = self.state.lock().unwrap();
         if let Err(refused) = state.admits(packets.len(), self.max_frames) {
             return Err((refused, packets));
         }
+        self.queue(state, packets);
+        Ok(())
+    }
+
+    /// A volatile packet: queued only when nothing is queued before it, dropped
+    /// otherwise (`false`), as upstream drops one the transport is not ready for.
+    pub(crate) fn send_volatile(self: &Arc<Self>, packets: PacketBuf) -> bool {
+        let state = self.state.lock().unwrap();
+        if !state.queue.frames.is_empty() || state.admits(1, self.max_frames).is_err() {
+            return false;
+        }
+        self.queue(state, packets);
+        true
+    }
+
+    /// Queues admitted packets' frames and, if nothing was queued before them, hands
+    /// the socket to the flusher (after letting go of the lock).
+    fn queue(self: &Arc<Self>, mut state: std::sync::MutexGuard<'_, State>, packets: PacketBuf) {
         let before = state.queue.frames.len();
         for packet in packets {
             if let Some(frame) = Frame::of(packet, self.protocol) {
@@ -282,28 +300,6 @@ impl WsWriter {
         if schedule {
             self.shard.schedule(self.clone());
         }
-        Ok(())
-    }
-
-    /// A volatile packet: queued only when nothing is queued before it, dropped
-    /// otherwise (`false`), as upstream drops one the transport is not ready for.
-    pub(crate) fn send_volatile(self: &Arc<Self>, packets: PacketBuf) -> bool {
-        let mut state = self.state.lock().unwrap();
-        if !state.queue.frames.is_empty() || state.admits(1, self.max_frames).is_err() {
-            return false;
-        }
-        for packet in packets {
-            if let Some(frame) = Frame::of(packet, self.protocol) {
-                state.queue.frames.push_back(frame);
-            }
-        }
-        let schedule = state.schedule(0);
-        self.publish(&state);
-        drop(state);
-        if schedule {
-            self.shard.schedule(self.clone());
-        }
-        true
     }
 
     /// Bytes tungstenite framed itself (the session's pongs and close frame), in order
@@ -526,15 +522,14 @@ impl Shard {
     /// The flusher's rounds, for as long as the runtime runs (an idle shard costs a
     /// parked task; the sockets it holds between rounds are only those being written).
     async fn run(self: Arc<Self>) {
-        let this = self;
         let mut round = Vec::new();
         loop {
-            this.wake.notified().await;
+            self.wake.notified().await;
             // What the runtime already has to run goes first: the rest of this
             // broadcast, the next messages' broadcasts, whose frames then join this
             // round's writes.
             tokio::task::yield_now().await;
-            std::mem::swap(&mut *this.handed.lock().unwrap(), &mut round);
+            std::mem::swap(&mut *self.handed.lock().unwrap(), &mut round);
             for writer in round.drain(..) {
                 writer.flush_scheduled();
             }

@@ -96,13 +96,7 @@ impl Fanout {
     /// change that wrote nothing new (a repeated clientMsgId) is not sent again.
     pub async fn publish(&self, created: &Created) {
         let Some(written) = self.written(created).await else { return };
-        on_io!(&self.io, |io| {
-            if let Some(ns) = io.of(community_ns(written.message.community_id)) {
-                let room = ns.local().to(channel_room(written.message.channel_id));
-                emit_here(room, written.change.event(), &written.message).await;
-            }
-            notify_here(io, &written).await;
-        });
+        self.deliver_here(&written).await;
         self.relay(&written).await;
     }
 
@@ -118,12 +112,17 @@ impl Fanout {
     /// Delivers another instance's written change to this instance's sockets
     /// (`relay.rs`): the room's event and the `notify`, as its writer did to its own.
     pub async fn deliver_written(&self, written: Written) {
+        self.deliver_here(&written).await;
+    }
+
+    /// A written change to this instance's sockets: the channel's room and `notify`.
+    async fn deliver_here(&self, written: &Written) {
         on_io!(&self.io, |io| {
             if let Some(ns) = io.of(community_ns(written.message.community_id)) {
                 let room = ns.local().to(channel_room(written.message.channel_id));
                 emit_here(room, written.change.event(), &written.message).await;
             }
-            notify_here(io, &written).await;
+            notify_here(io, written).await;
         });
     }
 

@@ -30,6 +30,16 @@ const MAX_CONTENT: usize = 4000;
 const MAX_CLIENT_MSG_ID: usize = 64;
 const COMMUNITY_NS: &str = "/socket/commu-";
 
+/// What one read of the socket left.
+enum Read {
+    /// The kernel had no more (or less than a chunk: likely no more).
+    Drained,
+    /// A whole chunk: more may be waiting.
+    More,
+    /// The client closed, or the socket failed.
+    Closed,
+}
+
 /// A Socket.IO socket of this connection: one namespace.
 struct Socket {
     community: Option<CommunityId>,
@@ -116,11 +126,18 @@ impl Conn {
                 biased;
                 () = peer.wake.notified() => {}
                 ready = peer.stream.ready(interest) => match ready {
-                    Ok(ready) if ready.is_readable() || ready.is_read_closed() => {
-                        if self.on_readable()? {
-                            return Ok(());
-                        }
-                    }
+                    Ok(ready) if ready.is_readable() || ready.is_read_closed() => match self.on_readable()? {
+                        Read::Drained => {}
+                        // The client has sent more than one chunk. Nothing in this loop
+                        // would make the task give up its worker while that goes on
+                        // (`ready` and `try_read` spend no coop budget), and the tasks this
+                        // read woke, recipients with a queue now to flush, wait behind it
+                        // (a task woken from a worker runs there next, and no other worker
+                        // takes it): let them run, then flush this connection's own replies
+                        // at the top of the loop, before the next chunk.
+                        Read::More => tokio::task::yield_now().await,
+                        Read::Closed => return Ok(()),
+                    },
                     Ok(_) => {}
                     Err(_) => return Ok(()),
                 },
@@ -128,29 +145,27 @@ impl Conn {
         }
     }
 
-    /// Reads what the kernel has; `Ok(true)` when the client closed.
-    fn on_readable(&mut self) -> Result<bool, Closing> {
+    /// Reads one chunk of what the kernel has and handles the frames it completes.
+    fn on_readable(&mut self) -> Result<Read, Closing> {
         let mut chunk = [0u8; READ_CHUNK];
-        loop {
-            let n = match self.peer.stream.try_read(&mut chunk) {
-                Ok(0) => return Ok(true),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+        let n = loop {
+            match self.peer.stream.try_read(&mut chunk) {
+                Ok(0) => return Ok(Read::Closed),
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Read::Drained),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return Ok(true),
-            };
-            self.peer.heard_from();
-            if self.partial.is_empty() {
-                let used = self.frames(&mut chunk[..n])?;
-                self.partial.extend_from_slice(&chunk[used..n]);
-            } else {
-                self.partial.extend_from_slice(&chunk[..n]);
-                self.consume_partial()?;
+                Err(_) => return Ok(Read::Closed),
             }
-            if n < chunk.len() {
-                return Ok(false);
-            }
+        };
+        self.peer.heard_from();
+        if self.partial.is_empty() {
+            let used = self.frames(&mut chunk[..n])?;
+            self.partial.extend_from_slice(&chunk[used..n]);
+        } else {
+            self.partial.extend_from_slice(&chunk[..n]);
+            self.consume_partial()?;
         }
+        Ok(if n < chunk.len() { Read::Drained } else { Read::More })
     }
 
     /// Handles the whole frames in `partial`, keeping the rest.

@@ -53,8 +53,9 @@ pub enum Command {
         json: bool,
     },
     /// Show a running instance's state: draining or shedding or not, sockets and
-    /// transports connected, its drain report and its last shed's (GET
-    /// /admin/status). Needs the instance's admin token.
+    /// transports connected (and how many of those are long-polling), its drain
+    /// report and its last shed's (GET /admin/status). Needs the instance's admin
+    /// token.
     Status {
         /// The instance's base URL.
         #[arg(long, default_value = "http://127.0.0.1:3000")]

@@ -29,6 +29,9 @@ pub struct Status {
     pub sockets: usize,
     #[serde(default)]
     pub transports: usize,
+    /// Of the transports, those on HTTP long-polling (not upgraded to WebSocket).
+    #[serde(default)]
+    pub polling: usize,
     pub drain: Option<Report>,
     #[serde(default)]
     pub shed: Option<ShedReport>,
@@ -186,8 +189,8 @@ pub async fn status(url: &str, token: Option<&str>, json: bool) -> anyhow::Resul
             None => String::new(),
         };
         println!(
-            "{}: {drain}, {} sockets connected on {} transports{shed}",
-            status.instance, status.sockets, status.transports
+            "{}: {drain}, {} sockets connected on {} transports ({} long-polling){shed}",
+            status.instance, status.sockets, status.transports, status.polling
         );
     }
     Ok(())

@@ -13,6 +13,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
 use serde::Deserialize;
+use socketioxide::TransportType;
 
 use super::{AppState, OptionalJson, Query};
 use crate::error::{Error, Result};
@@ -134,17 +135,21 @@ async fn drain(
 
 /// The instance, whether it is draining or shedding, its connected sockets (per
 /// namespace) and transports (engine.io connections, what a shed's share is of),
-/// the drain report once the drain has ended, and the last shed's report.
+/// how many of those are on HTTP long-polling (not upgraded to WebSocket), the
+/// drain report once the drain has ended, and the last shed's report.
 async fn status(State(app): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse> {
     require_admin(&app, &headers)?;
     let sockets = app.fanout.io().socket_count();
-    let transports = crate::drain::connected_clients(&app).len();
+    let clients = crate::drain::connected_clients(&app);
+    let transports = clients.len();
+    let polling = clients.iter().filter(|c| c.socket.transport_type() == TransportType::Polling).count();
     Ok(axum::Json(serde_json::json!({
         "instance": app.instance,
         "draining": app.drain.is_draining(),
         "shedding": app.shed.is_running(),
         "sockets": sockets,
         "transports": transports,
+        "polling": polling,
         "drain": app.drain.report(),
         "shed": app.shed.report(),
     })))

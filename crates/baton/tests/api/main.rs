@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod admin_status;
 mod bad_input;
 mod bench;
 mod concurrency;

@@ -1,4 +1,6 @@
 //! Operations endpoints: liveness and readiness for load balancers, and metrics.
+//! [`Readiness`] is the one judgement of whether this instance should get traffic:
+//! whatever tells a load balancer so answers from it.
 
 use axum::Router;
 use axum::extract::State;
@@ -6,10 +8,47 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use super::AppState;
+use crate::app::App;
 use crate::error::{Code, Error};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/metrics", get(metrics))
+}
+
+/// Whether this instance should get traffic, from the state the background checks
+/// keep (the store's and the Redis link's) and the drain's flag: read at once,
+/// never by waiting on an outage. A shed does not enter into it: a shedding
+/// instance stays ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Readiness {
+    /// Serving: new sessions welcome.
+    Ready,
+    /// Draining: no new sessions; those it has are being moved away.
+    Draining,
+    /// The database or, in a cluster, Redis is unreachable (why, in words). Comes
+    /// before draining: an instance that cannot serve is down, draining or not.
+    Unreachable(&'static str),
+}
+
+impl Readiness {
+    /// This instance's readiness now.
+    pub(super) fn of(app: &App) -> Self {
+        let redis_up = app.redis.as_ref().is_none_or(|r| r.health.is_up());
+        Self::from_state(app.drain.is_draining(), app.chat.store().is_up(), redis_up)
+    }
+
+    /// The precedence: unreachable (the database first), then draining, then ready.
+    fn from_state(draining: bool, database_up: bool, redis_up: bool) -> Self {
+        if !database_up {
+            Readiness::Unreachable("the database is unreachable")
+        } else if !redis_up {
+            Readiness::Unreachable("redis is unreachable")
+        } else if draining {
+            Readiness::Draining
+        } else {
+            Readiness::Ready
+        }
+    }
 }
 
 /// The process is alive and answering.
@@ -17,24 +56,36 @@ async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// 200 only while this instance should get traffic: not draining, database (and,
-/// in a cluster, Redis) reachable. Answered at once from the state the background
-/// checks keep (the store's and the Redis link's), never by waiting on an outage, so
-/// a load balancer's probe gets a 503, not a timeout.
+/// 200 only while this instance should get traffic ([`Readiness`]): 503
+/// `unavailable` while the database or Redis is unreachable, else 503 `draining`
+/// while it drains. A load balancer's probe gets a 503 at once, not a timeout.
 async fn readyz(State(app): State<AppState>) -> Result<impl IntoResponse, Error> {
-    if app.drain.is_draining() {
-        return Err(Error::new(Code::Draining, "draining"));
+    match Readiness::of(&app) {
+        Readiness::Ready => Ok(axum::Json(serde_json::json!({ "status": "ready" }))),
+        Readiness::Draining => Err(Error::new(Code::Draining, "draining")),
+        Readiness::Unreachable(reason) => Err(Error::new(Code::Unavailable, reason)),
     }
-    if !app.chat.store().is_up() {
-        return Err(Error::new(Code::Unavailable, "the database is unreachable"));
-    }
-    if app.redis.as_ref().is_some_and(|r| !r.health.is_up()) {
-        return Err(Error::new(Code::Unavailable, "redis is unreachable"));
-    }
-    Ok(axum::Json(serde_json::json!({ "status": "ready" })))
 }
 
 /// Prometheus text exposition of every metric in [`crate::metrics`].
 async fn metrics() -> impl IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::install().render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_comes_before_draining_and_draining_before_ready() {
+        assert_eq!(Readiness::from_state(false, true, true), Readiness::Ready);
+        assert_eq!(Readiness::from_state(true, true, true), Readiness::Draining);
+        for draining in [false, true] {
+            assert_eq!(
+                Readiness::from_state(draining, false, false),
+                Readiness::Unreachable("the database is unreachable")
+            );
+            assert_eq!(Readiness::from_state(draining, true, false), Readiness::Unreachable("redis is unreachable"));
+        }
+    }
 }

@@ -185,8 +185,9 @@ pub struct Config {
     pub drain_window: Duration,
 
     /// At the start of a drain, how long to let the load balancer see /readyz fail
-    /// before closing transports (its health check interval times its fall count).
-    /// Taken out of the drain window, at most half of it.
+    /// (its health check interval times its fall count), or its agent check read
+    /// `drain` (its agent interval), before closing transports. Taken out of the
+    /// drain window, at most half of it.
     #[arg(long, env = "BATON_DRAIN_LB_DELAY", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
     pub drain_lb_delay: Duration,
 
@@ -194,6 +195,14 @@ pub struct Config {
     /// they went offline (they normally reconnect, elsewhere or here, sooner).
     #[arg(long, env = "BATON_PRESENCE_GRACE", default_value = "15s", value_parser = humantime::parse_duration, global = true)]
     pub presence_grace: Duration,
+
+    /// Address of a TCP port for HAProxy's `agent-check` (its `agent-port`), e.g.
+    /// `127.0.0.1:3201`. Each connection gets one line and is closed: `up ready`
+    /// while serving (a shed included), `up drain` while draining (no new sessions,
+    /// sticky ones still routed here), `down #<reason>` while the database or Redis
+    /// is unreachable; never a weight. Unset: no such port.
+    #[arg(long, env = "BATON_LB_AGENT_LISTEN", global = true)]
+    pub lb_agent_listen: Option<SocketAddr>,
 
     /// Bearer token for `/admin/drain` and `/admin/status` (and `baton drain`).
     /// Unset: the admin endpoints answer 403.
@@ -255,6 +264,7 @@ impl std::fmt::Debug for Config {
             drain_window,
             drain_lb_delay,
             presence_grace,
+            lb_agent_listen,
             admin_token,
             log_format,
         } = self;
@@ -283,6 +293,7 @@ impl std::fmt::Debug for Config {
             .field("drain_window", drain_window)
             .field("drain_lb_delay", drain_lb_delay)
             .field("presence_grace", presence_grace)
+            .field("lb_agent_listen", lb_agent_listen)
             .field("admin_token", &set(admin_token))
             .field("log_format", log_format)
             .finish()

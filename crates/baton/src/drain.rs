@@ -92,7 +92,8 @@ const STOP_HEEDED_WITHIN: Duration = Duration::from_millis(100);
 pub struct Drain {
     pub window: Duration,
     pub grace: Duration,
-    /// Time for the load balancer to notice /readyz failing before closes begin.
+    /// Time for the load balancer to notice /readyz failing (or its agent check
+    /// reading `drain`) before closes begin.
     pub lb_delay: Duration,
     requested: Notify,
     /// Set when the instance stops taking new connections.
@@ -166,7 +167,8 @@ impl Drain {
         self.draining.load(Ordering::SeqCst)
     }
 
-    /// Stops taking new connections: `/readyz` fails, connects are refused.
+    /// Stops taking new connections: `/readyz` fails, the agent port says `drain`,
+    /// connects are refused.
     pub fn start(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
@@ -519,9 +521,10 @@ pub async fn run(app: &App, instance: &str) -> Report {
     let clients = connected_clients(app);
     let sockets_at_start = clients.len();
     tracing::info!(clients = sockets_at_start, window = ?app.drain.window, "draining: closing transports over the window");
-    // First the load balancer sees /readyz fail (its checks need a moment), so the
-    // clients closed next reconnect elsewhere; then the closes, spread up to 80% of
-    // the window; the rest lets the last ones reconnect before the instance goes.
+    // First the load balancer sees /readyz fail or reads the agent's `drain` (its
+    // checks need a moment), so the clients closed next reconnect elsewhere; then
+    // the closes, spread up to 80% of the window; the rest lets the last ones
+    // reconnect before the instance goes.
     let first = started + app.drain.lb_delay.min(app.drain.window / 2);
     let spread = (started + app.drain.window.mul_f64(0.8)).saturating_duration_since(first);
     // The i-th of n at first + spread * i / (n + 1): the last close leaves a step

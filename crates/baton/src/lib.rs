@@ -8,7 +8,8 @@
 //!   Knows nothing of HTTP or Socket.IO.
 //! - [`store`]: the database (SQLite or PostgreSQL), its queries by aggregate and the
 //!   group commit of new messages.
-//! - [`http`]: the REST API and operations endpoints.
+//! - [`http`]: the REST API and operations endpoints, and the load balancer's agent
+//!   port.
 //! - [`gateway`]: the Socket.IO namespaces and events, and the broadcasts that
 //!   follow every change ([`gateway`]'s fanout is where "durable, then broadcast" is).
 //! - [`reconnect`]: remembered joins, presence, and the `since` replay.

@@ -1,6 +1,7 @@
-//! Start-up and shut-down: `Server::build` opens the database, binds the port and
-//! wires everything; `run_until` serves until the shutdown signal, then closes the
-//! Socket.IO connections so the HTTP server can finish.
+//! Start-up and shut-down: `Server::build` opens the database, binds the port (and
+//! the load balancer's agent port, if configured) and wires everything; `run_until`
+//! serves until the shutdown signal, then closes the Socket.IO connections so the
+//! HTTP server can finish.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -40,6 +41,8 @@ const DB_CHECK_EVERY: Duration = Duration::from_millis(500);
 /// A bound, wired baton instance, ready to serve.
 pub struct Server {
     listener: TcpListener,
+    /// The load balancer's agent port (`--lb-agent-listen`), when configured.
+    lb_agent: Option<TcpListener>,
     router: Router,
     app: Arc<App>,
     /// This instance's entry in the cluster's registry (none on a single node).
@@ -149,7 +152,11 @@ where
     let listener = TcpListener::bind(app.config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", app.config.listen))?;
-    Ok(Server { listener, router, app, registry, engine })
+    let lb_agent = match app.config.lb_agent_listen {
+        Some(addr) => Some(http::lb_agent::bind(addr).await?),
+        None => None,
+    };
+    Ok(Server { listener, lb_agent, router, app, registry, engine })
 }
 
 /// Connects to the configured database and applies its migrations.
@@ -167,6 +174,11 @@ impl Server {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
+    /// The agent port's address, when one is configured (port 0 picks a free one).
+    pub fn lb_agent_addr(&self) -> Option<SocketAddr> {
+        self.lb_agent.as_ref().map(|l| l.local_addr().expect("a bound listener has an address"))
+    }
+
     pub fn app(&self) -> &Arc<App> {
         &self.app
     }
@@ -174,7 +186,7 @@ impl Server {
     /// Serves until `shutdown` resolves, then stops taking connections, closes the
     /// Socket.IO ones, and returns when the HTTP server is done.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Server { listener, router, app, registry, engine } = self;
+        let Server { listener, lb_agent, router, app, registry, engine } = self;
         tracing::info!(addr = %listener.local_addr()?, database = if app.chat.store().is_sqlite() { "sqlite" } else { "postgres" }, "baton is serving");
         let store = app.chat.store().clone();
         let mut background = vec![
@@ -182,6 +194,9 @@ impl Server {
             tokio::spawn(listener::return_freed_memory()),
             tokio::spawn(async move { store.watch_health(DB_CHECK_EVERY).await }),
         ];
+        // The agent answers until the process is done, through the drain: HAProxy
+        // reads `drain` from it while the transports are moved.
+        let lb_agent = lb_agent.map(|listener| tokio::spawn(http::lb_agent::serve(listener, app.clone())));
         if let Some(registry) = registry.clone() {
             background.push(tokio::spawn(cluster_tasks(app.clone(), registry)));
         }
@@ -216,6 +231,11 @@ impl Server {
             leave_cluster(&app, &registry).await;
         }
         app.chat.store().close().await;
+        if let Some(agent) = lb_agent {
+            // Awaited, so that the port is closed when this returns.
+            agent.abort();
+            let _ = agent.await;
+        }
         tracing::info!("baton stopped");
         Ok(())
     }

@@ -1,11 +1,13 @@
-//! The REST API (`/api/...`), the operations endpoints, and the HTTP concerns shared
-//! with the Socket.IO transport: the Origin allow-list, CORS, body limits.
+//! The REST API (`/api/...`), the operations endpoints (and, beside them, the load
+//! balancer's agent port, [`lb_agent`]), and the HTTP concerns shared with the
+//! Socket.IO transport: the Origin allow-list, CORS, body limits.
 
 mod accounts;
 mod admin;
 mod channels;
 mod communities;
 mod error;
+pub mod lb_agent;
 mod ops;
 mod web;
 

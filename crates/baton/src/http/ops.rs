@@ -1,6 +1,7 @@
 //! Operations endpoints: liveness and readiness for load balancers, and metrics.
 //! [`Readiness`] is the one judgement of whether this instance should get traffic:
-//! whatever tells a load balancer so answers from it.
+//! `/readyz` and the load balancer's agent port (`lb_agent.rs`) both answer from
+//! it, so they cannot disagree.
 
 use axum::Router;
 use axum::extract::State;
@@ -49,6 +50,21 @@ impl Readiness {
             Readiness::Ready
         }
     }
+
+    /// The line an HAProxy agent check reads (HAProxy 2.6, `agent-check`): an
+    /// operational state (`up`, or `down` with a description after `#`, which must
+    /// be its own word) and, when up, an administrative one (`ready`, or `drain`:
+    /// only sessions that persistence sends here). Never a weight percentage: the
+    /// deploy scripts set weights through HAProxy's runtime API, and an agent's
+    /// would overwrite them at every check. `down` leaves the administrative state
+    /// as it was; the next `up` says which it is.
+    pub(super) fn agent_line(self) -> String {
+        match self {
+            Readiness::Ready => "up ready\n".to_owned(),
+            Readiness::Draining => "up drain\n".to_owned(),
+            Readiness::Unreachable(reason) => format!("down #{reason}\n"),
+        }
+    }
 }
 
 /// The process is alive and answering.
@@ -86,6 +102,25 @@ mod tests {
                 Readiness::Unreachable("the database is unreachable")
             );
             assert_eq!(Readiness::from_state(draining, true, false), Readiness::Unreachable("redis is unreachable"));
+        }
+    }
+
+    #[test]
+    fn the_agent_line_is_words_haproxy_knows_and_never_a_weight() {
+        assert_eq!(Readiness::Ready.agent_line(), "up ready\n");
+        assert_eq!(Readiness::Draining.agent_line(), "up drain\n");
+        assert_eq!(Readiness::Unreachable("redis is unreachable").agent_line(), "down #redis is unreachable\n");
+        for readiness in [Readiness::Ready, Readiness::Draining, Readiness::Unreachable("the database is unreachable")]
+        {
+            let line = readiness.agent_line();
+            // One line, ended as HAProxy needs it, nothing after the end.
+            assert_eq!(line.find(['\r', '\n']), Some(line.len() - 1), "{line:?}");
+            // HAProxy reads words up to a `#`; the description after it is free text.
+            let words = line.split('#').next().unwrap();
+            assert!(!words.contains('%'), "a weight in {line:?}");
+            for word in words.split([' ', '\t', ',', '\n']).filter(|w| !w.is_empty()) {
+                assert!(["up", "down", "ready", "drain"].contains(&word), "{word:?} in {line:?}");
+            }
         }
     }
 }

@@ -25,6 +25,8 @@ pub struct TestApp {
     rest: Rest,
     /// The running instance's shared state, to look inside (namespaces, presence).
     pub app: std::sync::Arc<baton::app::App>,
+    /// The load balancer's agent port, when the test configured one.
+    pub lb_agent: Option<std::net::SocketAddr>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -55,11 +57,12 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let server = Server::build(config).await.expect("baton starts");
     let base = format!("http://{}", server.local_addr());
     let app = server.app().clone();
+    let lb_agent = server.lb_agent_addr();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(server.run_until(async move {
         let _ = rx.await;
     }));
-    TestApp { rest: Rest::new(base), app, shutdown: Some(tx), server: Some(handle), _dir: dir }
+    TestApp { rest: Rest::new(base), app, lb_agent, shutdown: Some(tx), server: Some(handle), _dir: dir }
 }
 
 impl TestApp {

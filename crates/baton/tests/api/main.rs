@@ -9,6 +9,7 @@ mod bench;
 mod concurrency;
 mod fuzz;
 mod group_commit;
+mod lb_agent;
 mod recovery;
 mod rest;
 mod shed;

@@ -453,6 +453,34 @@ async fn with_redis_down_instances_still_admit_and_serve_their_own_clients() {
     common::assert_no_event(&mut a, "new-chat").await;
 }
 
+/// A cluster instance's agent port (`BATON_LB_AGENT_LISTEN`, HAProxy's
+/// `agent-check`) says `down` with `/readyz`'s reason while Redis is unreachable, and
+/// `up ready` once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_says_down_while_redis_is_unreachable_and_up_ready_once_it_is_back() {
+    let agent_port = harness::free_port();
+    let env = vec![("BATON_LB_AGENT_LISTEN", format!("127.0.0.1:{agent_port}"))];
+    let mut cluster = Cluster::start_with(1, harness::Options { env, ..Default::default() }).await;
+    let agent = std::net::SocketAddr::from(([127, 0, 0, 1], agent_port));
+    assert_eq!(common::agent_says(agent, None).await, "up ready\n");
+    cluster.redis.kill().await;
+    common::eventually("the agent says down", WAIT, async || {
+        common::agent_says(agent, None).await == "down #redis is unreachable\n"
+    })
+    .await;
+    let (status, body) = cluster.rest(0).request(reqwest::Method::GET, "/readyz", None, None).await;
+    assert_eq!(
+        (status.as_u16(), body["error"]["code"].as_str(), body["error"]["message"].as_str()),
+        (503, Some("unavailable"), Some("redis is unreachable")),
+        "/readyz gives the same reason: {body}"
+    );
+    cluster.redis.start_again().await;
+    common::eventually("the agent says up ready again", WAIT * 2, async || {
+        common::agent_says(agent, None).await == "up ready\n"
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_moves_clients_to_the_survivors_without_loss_or_presence_flapping() {
     let mut cluster = Cluster::start(2).await;
@@ -801,7 +829,8 @@ async fn baton_drain_wait_json_prints_the_drain_report() {
 /// One instance on a PostgreSQL of the test's own, stopped for a while: every
 /// request that needs the database is answered `unavailable` within its deadline
 /// (`--db-timeout`, 1 s here), `/readyz` answers 503 at once from the background
-/// check, and when the database is back everything works again, with no restart.
+/// check (and the agent port `down` with the same reason), and when the database is
+/// back everything works again, with no restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_is_answered_within_the_deadline_and_recovered_from() {
     let pg = harness::OwnPostgres::start().await;
@@ -809,8 +838,13 @@ async fn a_database_outage_is_answered_within_the_deadline_and_recovered_from() 
     let base = format!("http://127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let url = pg.url();
-    let mut instance =
-        harness::serve_alone(port, dir.path(), &[("DATABASE_URL", url.as_str()), ("BATON_DB_TIMEOUT", "1s")]);
+    let agent = std::net::SocketAddr::from(([127, 0, 0, 1], harness::free_port()));
+    let agent_listen = agent.to_string();
+    let mut instance = harness::serve_alone(
+        port,
+        dir.path(),
+        &[("DATABASE_URL", url.as_str()), ("BATON_DB_TIMEOUT", "1s"), ("BATON_LB_AGENT_LISTEN", agent_listen.as_str())],
+    );
     let rest = common::Rest::new(base.clone());
     let readyz = || {
         let url = format!("{base}/readyz");
@@ -860,6 +894,7 @@ async fn a_database_outage_is_answered_within_the_deadline_and_recovered_from() 
     .await;
     let slowest_probe = probes.iter().max().copied().unwrap_or_default();
     assert!(slowest_probe < Duration::from_secs(1), "every probe answered within 1 s: {slowest_probe:?}");
+    assert_eq!(common::agent_says(agent, None).await, "down #the database is unreachable\n");
 
     pg.start_again().await;
     let back = Instant::now();
@@ -871,6 +906,7 @@ async fn a_database_outage_is_answered_within_the_deadline_and_recovered_from() 
     .await;
     let recovered_after = back.elapsed();
     common::eventually("/readyz says 200 again", WAIT, async || readyz().await.0 == Some(200)).await;
+    assert_eq!(common::agent_says(agent, None).await, "up ready\n");
     // Nothing half-written: the channel's events are 1..n with no gap.
     let (_, page) = rest.get(&format!("/api/channels/{ch}/messages?since=0&limit=200"), &alice.token).await;
     let seqs: Vec<i64> = page["messages"].as_array().unwrap().iter().map(|m| m["eventSeq"].as_i64().unwrap()).collect();

@@ -231,3 +231,20 @@ pub async fn eventually<F: AsyncFnMut() -> bool>(what: &str, within: Duration, m
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// What the load balancer's agent port at `addr` answers one connection (HAProxy's
+/// `agent-check`): everything it writes before it closes, read within [`WAIT`].
+/// `send`: text written first, as HAProxy's `agent-send` would.
+pub async fn agent_says(addr: std::net::SocketAddr, send: Option<&str>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("the agent port takes connections");
+    if let Some(text) = send {
+        stream.write_all(text.as_bytes()).await.unwrap();
+    }
+    let mut said = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut said))
+        .await
+        .expect("the agent answers and closes in time")
+        .expect("a line of ASCII");
+    said
+}

@@ -197,10 +197,10 @@ pub struct Config {
     pub presence_grace: Duration,
 
     /// Address of a TCP port for HAProxy's `agent-check` (its `agent-port`), e.g.
-    /// `127.0.0.1:3201`. Each connection gets one line and is closed: `up ready`
-    /// while serving (a shed included), `up drain` while draining (no new sessions,
-    /// sticky ones still routed here), `down #<reason>` while the database or Redis
-    /// is unreachable; never a weight. Unset: no such port.
+    /// `127.0.0.1:3102`. Each connection gets one line and is closed: `up ready`
+    /// while serving (a shed included), `up drain` while draining or while the
+    /// database or Redis is unreachable (no new sessions, sticky ones still routed
+    /// here); never a weight. Unset: no such port.
     #[arg(long, env = "BATON_LB_AGENT_LISTEN", global = true)]
     pub lb_agent_listen: Option<SocketAddr>,
 

@@ -1,8 +1,8 @@
 //! The load balancer's agent port (`--lb-agent-listen`): a TCP port HAProxy's
 //! `agent-check` connects to, to learn this instance's state in one line of words:
-//! `up ready`, `up drain` while it drains (HAProxy's DRAIN: sessions its cookie
-//! sends here still come, new ones go elsewhere), `down #<reason>` while the
-//! database or Redis is unreachable. Not HTTP, but what a load balancer asks of
+//! `up ready`, `up drain` while it drains or cannot reach its database or Redis
+//! (HAProxy's DRAIN: sessions its cookie sends here still come, new ones go
+//! elsewhere). Not HTTP, but what a load balancer asks of
 //! the instance, as `/readyz` is, beside which it lives.
 //!
 //! The invariants: every accepted connection is answered the line of
@@ -41,7 +41,7 @@ pub async fn serve(mut listener: TcpListener, app: Arc<App>) {
         let (stream, peer) = axum::serve::Listener::accept(&mut listener).await;
         let line = Readiness::of(&app).agent_line();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &line).await {
+            if let Err(e) = answer(stream, line).await {
                 tracing::debug!(%peer, error = %e, "agent check connection");
             }
         });

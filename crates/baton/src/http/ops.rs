@@ -51,18 +51,19 @@ impl Readiness {
         }
     }
 
-    /// The line an HAProxy agent check reads (HAProxy 2.6, `agent-check`): an
-    /// operational state (`up`, or `down` with a description after `#`, which must
-    /// be its own word) and, when up, an administrative one (`ready`, or `drain`:
-    /// only sessions that persistence sends here). Never a weight percentage: the
-    /// deploy scripts set weights through HAProxy's runtime API, and an agent's
-    /// would overwrite them at every check. `down` leaves the administrative state
-    /// as it was; the next `up` says which it is.
-    pub(super) fn agent_line(self) -> String {
+    /// The line an HAProxy agent check reads (HAProxy 2.6, `agent-check`): the
+    /// operational state `up` (a dead or hung process is the health check's to
+    /// find) and an administrative one: `ready`, or `drain` (only sessions that
+    /// persistence sends here). An unreachable database or Redis is a `drain`, not a
+    /// `down`: the instance keeps its clients (their sends get `unavailable` and are
+    /// retried) and gets no new ones; when the outage is every instance's (they
+    /// share them), `down` would throw every client off at once. Never a weight
+    /// percentage: the deploy scripts set weights through HAProxy's runtime API, and
+    /// an agent's would overwrite them at every check.
+    pub(super) fn agent_line(self) -> &'static str {
         match self {
-            Readiness::Ready => "up ready\n".to_owned(),
-            Readiness::Draining => "up drain\n".to_owned(),
-            Readiness::Unreachable(reason) => format!("down #{reason}\n"),
+            Readiness::Ready => "up ready\n",
+            Readiness::Draining | Readiness::Unreachable(_) => "up drain\n",
         }
     }
 }
@@ -109,17 +110,15 @@ mod tests {
     fn the_agent_line_is_words_haproxy_knows_and_never_a_weight() {
         assert_eq!(Readiness::Ready.agent_line(), "up ready\n");
         assert_eq!(Readiness::Draining.agent_line(), "up drain\n");
-        assert_eq!(Readiness::Unreachable("redis is unreachable").agent_line(), "down #redis is unreachable\n");
+        assert_eq!(Readiness::Unreachable("redis is unreachable").agent_line(), "up drain\n");
         for readiness in [Readiness::Ready, Readiness::Draining, Readiness::Unreachable("the database is unreachable")]
         {
             let line = readiness.agent_line();
             // One line, ended as HAProxy needs it, nothing after the end.
             assert_eq!(line.find(['\r', '\n']), Some(line.len() - 1), "{line:?}");
-            // HAProxy reads words up to a `#`; the description after it is free text.
-            let words = line.split('#').next().unwrap();
-            assert!(!words.contains('%'), "a weight in {line:?}");
-            for word in words.split([' ', '\t', ',', '\n']).filter(|w| !w.is_empty()) {
-                assert!(["up", "down", "ready", "drain"].contains(&word), "{word:?} in {line:?}");
+            assert!(!line.contains('%'), "a weight in {line:?}");
+            for word in line.split([' ', '\t', ',', '\n']).filter(|w| !w.is_empty()) {
+                assert!(["up", "ready", "drain"].contains(&word), "{word:?} in {line:?}");
             }
         }
     }

@@ -454,20 +454,18 @@ async fn with_redis_down_instances_still_admit_and_serve_their_own_clients() {
 }
 
 /// A cluster instance's agent port (`BATON_LB_AGENT_LISTEN`, HAProxy's
-/// `agent-check`) says `down` with `/readyz`'s reason while Redis is unreachable, and
-/// `up ready` once Redis is back.
+/// `agent-check`) says `up drain` while Redis is unreachable (the instance keeps its
+/// clients, gets no new ones; `/readyz` says why), and `up ready` once Redis is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agent_says_down_while_redis_is_unreachable_and_up_ready_once_it_is_back() {
+async fn the_agent_says_drain_while_redis_is_unreachable_and_up_ready_once_it_is_back() {
     let agent_port = harness::free_port();
     let env = vec![("BATON_LB_AGENT_LISTEN", format!("127.0.0.1:{agent_port}"))];
     let mut cluster = Cluster::start_with(1, harness::Options { env, ..Default::default() }).await;
     let agent = std::net::SocketAddr::from(([127, 0, 0, 1], agent_port));
     assert_eq!(common::agent_says(agent, None).await, "up ready\n");
     cluster.redis.kill().await;
-    common::eventually("the agent says down", WAIT, async || {
-        common::agent_says(agent, None).await == "down #redis is unreachable\n"
-    })
-    .await;
+    common::eventually("the agent says drain", WAIT, async || common::agent_says(agent, None).await == "up drain\n")
+        .await;
     let (status, body) = cluster.rest(0).request(reqwest::Method::GET, "/readyz", None, None).await;
     assert_eq!(
         (status.as_u16(), body["error"]["code"].as_str(), body["error"]["message"].as_str()),
@@ -894,7 +892,7 @@ async fn a_database_outage_is_answered_within_the_deadline_and_recovered_from() 
     .await;
     let slowest_probe = probes.iter().max().copied().unwrap_or_default();
     assert!(slowest_probe < Duration::from_secs(1), "every probe answered within 1 s: {slowest_probe:?}");
-    assert_eq!(common::agent_says(agent, None).await, "down #the database is unreachable\n");
+    assert_eq!(common::agent_says(agent, None).await, "up drain\n", "the agent: no new sessions, keep these");
 
     pg.start_again().await;
     let back = Instant::now();

@@ -1,6 +1,12 @@
 # shellcheck shell=bash
-# The instances' side of a deploy, sourced by lib.sh: the two colours, their ports,
-# pids, binaries and logs, and starting, checking, draining and stopping them.
+# The instances' side of a deploy, sourced by lib.sh: the two colours, each of
+# BATON_COLOUR_SIZE instances (blue-1, blue-2, ...), their ports, pids, binaries and
+# logs, and starting, checking, draining and stopping them.
+#
+# Invariant: an instance is started only under its supervisor (supervise.sh), which
+# restarts it when it dies without being asked to stop; every deliberate stop goes
+# through stop_instance or drain_instance, which first write <instance>.stop so that
+# the supervisor lets the exit stand.
 
 check_colour() {
     case ${1:-} in
@@ -14,26 +20,76 @@ other() {
     if [ "$1" = blue ]; then echo green; else echo blue; fi
 }
 
-port() {
-    check_colour "$1"
-    if [ "$1" = blue ]; then echo "$BATON_BLUE_PORT"; else echo "$BATON_GREEN_PORT"; fi
+# Instances per colour (BATON_COLOUR_SIZE, default 2).
+colour_size() {
+    local n=${BATON_COLOUR_SIZE:-2}
+    [[ $n =~ ^[1-9][0-9]?$ ]] || die "BATON_COLOUR_SIZE must be a number from 1 to 99, not '$n'"
+    echo "$n"
 }
+
+# The instances of COLOUR, in order: blue-1 blue-2 ...
+instances_of() {
+    local c=$1 i n
+    check_colour "$c"
+    n=$(colour_size)
+    for ((i = 1; i <= n; i++)); do printf '%s-%d\n' "$c" "$i"; done
+}
+
+all_instances() { instances_of blue; instances_of green; }
+
+# Fails unless NAME is one of this setup's instances (colour-number, number within
+# BATON_COLOUR_SIZE).
+check_instance() {
+    local name=${1:-} n
+    [[ $name =~ ^(blue|green)-([0-9]+)$ ]] || die "not an instance: '$name' (blue-1, green-2, ...)"
+    n=${BASH_REMATCH[2]}
+    [ "$n" -ge 1 ] && [ "$n" -le "$(colour_size)" ] ||
+        die "no instance $name: a colour has $(colour_size) instances (BATON_COLOUR_SIZE)"
+}
+
+colour_of() { echo "${1%-*}"; }
+
+# An instance's HTTP port: its colour's first port (BATON_BLUE_PORT / BATON_GREEN_PORT)
+# + 2 x (number - 1). The port after it is its HAProxy agent's (agent_port).
+port() {
+    local name=$1 base c
+    check_instance "$name"
+    c=$(colour_of "$name")
+    if [ "$c" = blue ]; then base=$BATON_BLUE_PORT; else base=$BATON_GREEN_PORT; fi
+    echo $((base + 2 * (${name##*-} - 1)))
+}
+
+agent_port() { echo $(($(port "$1") + 1)); }
 
 url_of() { echo "http://127.0.0.1:$(port "$1")"; }
 pid_file() { echo "$STATE_DIR/$1.pid"; }
+supervisor_file() { echo "$STATE_DIR/$1.supervisor"; }
+stop_file() { echo "$STATE_DIR/$1.stop"; }
 log_file() { echo "$STATE_DIR/$1.log"; }
 
-# The pid recorded for COLOUR (empty if none).
+# The pid recorded for NAME's baton process (empty if none).
 pid_of() {
     local f
     f=$(pid_file "$1")
-    if [ -f "$f" ]; then cat "$f"; fi
+    if [ -f "$f" ]; then cat "$f" 2>/dev/null || true; fi
 }
 
-# The binary COLOUR runs (or last ran), from COLOUR.bin (empty if none).
+supervisor_of() {
+    local f
+    f=$(supervisor_file "$1")
+    if [ -f "$f" ]; then cat "$f" 2>/dev/null || true; fi
+}
+
+# The binary NAME runs (or last ran), from NAME.bin (empty if none).
 bin_of() {
     local f=$STATE_DIR/$1.bin
-    if [ -f "$f" ]; then cat "$f"; fi
+    if [ -f "$f" ]; then cat "$f" 2>/dev/null || true; fi
+}
+
+# How many times NAME's supervisor restarted it after it died (0 if never).
+restarts_of() {
+    local f=$STATE_DIR/$1.restarts
+    if [ -f "$f" ]; then cat "$f"; else echo 0; fi
 }
 
 # True if PID is a live process (a zombie does not count).
@@ -47,10 +103,33 @@ pid_alive() {
     fi
 }
 
-# True if COLOUR's recorded process is alive.
-running() {
-    check_colour "$1"
-    pid_alive "$(pid_of "$1")"
+# True if NAME's baton process is alive.
+running() { pid_alive "$(pid_of "$1")"; }
+
+# True if NAME's supervisor is alive (it restarts NAME when NAME dies).
+supervised() { pid_alive "$(supervisor_of "$1")"; }
+
+# True if any instance of COLOUR runs.
+colour_running() {
+    local i
+    for i in $(instances_of "$1"); do running "$i" && return 0; done
+    return 1
+}
+
+# True if every instance of COLOUR runs.
+colour_all_running() {
+    local i
+    for i in $(instances_of "$1"); do running "$i" || return 1; done
+}
+
+# The binary COLOUR runs: its instances' one binary, empty if they differ or none ran.
+colour_bin() {
+    local i b first=
+    for i in $(instances_of "$1"); do
+        b=$(bin_of "$i")
+        if [ -z "$first" ]; then first=${b:-none}; elif [ "$first" != "${b:-none}" ]; then return 0; fi
+    done
+    [ "$first" = none ] || echo "$first"
 }
 
 # True if something accepts TCP connections on 127.0.0.1:PORT.
@@ -72,13 +151,12 @@ set_active() {
     mv "$ACTIVE_FILE.tmp" "$ACTIVE_FILE"
 }
 
-
-# GET /readyz of COLOUR: prints the HTTP status, 000 if nothing answers.
+# GET /readyz of NAME: prints the HTTP status, 000 if nothing answers.
 readyz_code() {
     curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$(url_of "$1")/readyz" || true
 }
 
-# Sum of the Prometheus metric NAME (all label sets) on COLOUR's /metrics; 0 when the
+# Sum of the Prometheus metric METRIC (all label sets) on NAME's /metrics; 0 when the
 # metric is absent. Fails if /metrics does not answer.
 metric_sum() {
     local body
@@ -86,148 +164,210 @@ metric_sum() {
     awk -v m="$2" '$1 == m || index($1, m "{") == 1 { s += $NF } END { printf "%d\n", s }' <<<"$body"
 }
 
-# Starts `BINARY serve` as COLOUR in the background (nohup, its own session, so it
-# outlives this script and a Ctrl-C here), with the env file's variables plus
-# BATON_LISTEN=127.0.0.1:<port> and BATON_INSTANCE_ID=<colour>; logs to COLOUR.log
-# (appended: earlier runs stay above a "=== started" line); writes COLOUR.pid and
-# COLOUR.bin. Refuses if COLOUR is already running or its port is taken.
-start_colour() {
-    local c=$1 bin=$2 p log pid
-    check_colour "$c"
+# `baton status --json` of NAME (one line), with the env file's admin token; empty if
+# there is no token, no binary, or no answer.
+status_json() {
+    local name=$1 token bin
+    token=$(env_get BATON_ADMIN_TOKEN)
+    bin=$(bin_of "$name")
+    [ -n "$token" ] && [ -x "$bin" ] || return 0
+    # The token goes through the environment, not the command line where ps shows it.
+    BATON_ADMIN_TOKEN=$token timeout 5 "$bin" status --url "$(url_of "$name")" --json 2>/dev/null || true
+}
+
+# A scalar field of a one-line JSON object (no jq needed): "sockets":12 -> 12.
+json_field() {
+    sed -n "s/.*\"$1\":\\(\"[^\"]*\"\\|[^,}]*\\).*/\\1/p" <<<"$2" | tr -d '"'
+}
+
+# Starts NAME on BINARY in the background, under its supervisor (supervise.sh, nohup,
+# its own session, so both outlive this script and a Ctrl-C here), with the env
+# file's variables plus BATON_LISTEN=127.0.0.1:<port>, BATON_LB_AGENT_LISTEN=
+# 127.0.0.1:<port+1> and BATON_INSTANCE_ID=<name>. Logs go to NAME.log (appended: each
+# start adds a "=== <time> started" line); NAME.pid is baton's pid, NAME.supervisor
+# the supervisor's, NAME.bin the binary. Refuses if NAME runs or its port is taken.
+start_instance() {
+    local name=$1 bin=$2 p sup
+    check_instance "$name"
     if [ -z "$bin" ] || [ ! -f "$bin" ] || [ ! -x "$bin" ]; then die "not an executable file: '$bin'"; fi
     require_env_file
-    if running "$c"; then die "$c is already running (pid $(pid_of "$c"), $(bin_of "$c"))"; fi
-    p=$(port "$c")
-    if port_busy "$p"; then die "port $p ($c) is already taken by another process"; fi
-    log=$(log_file "$c")
-    printf '=== %s started: %s serve on 127.0.0.1:%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$bin" "$p" >>"$log"
-    # The subshell exits at once: the instance is re-parented to init and never left
-    # as a zombie of this script; its own stdio points at the log, not at our pipes.
-    pid=$(
+    if running "$name" || supervised "$name"; then
+        die "$name is already running (pid $(pid_of "$name"), supervisor $(supervisor_of "$name"), $(bin_of "$name"))"
+    fi
+    p=$(port "$name")
+    if port_busy "$p"; then die "port $p ($name) is already taken by another process"; fi
+    if port_busy $((p + 1)); then die "port $((p + 1)) ($name's HAProxy agent) is already taken by another process"; fi
+    rm -f "$(stop_file "$name")" "$(pid_file "$name")" "$STATE_DIR/$name.restarts"
+    printf '%s\n' "$bin" >"$STATE_DIR/$name.bin"
+    # The subshell exits at once: the supervisor is re-parented to init and never
+    # left as a zombie of this script; its stdio points at the log, not at our pipes.
+    sup=$(
         set -a
         # shellcheck disable=SC1090
         . "$ENV_FILE"
         set +a
-        export BATON_LISTEN=127.0.0.1:$p BATON_INSTANCE_ID=$c
-        nohup setsid "$bin" serve </dev/null >>"$log" 2>&1 &
+        export BATON_LISTEN=127.0.0.1:$p BATON_LB_AGENT_LISTEN=127.0.0.1:$((p + 1)) BATON_INSTANCE_ID=$name
+        nohup setsid "$BG_HOME/supervise.sh" "$STATE_DIR" "$name" "$bin" </dev/null >>"$(log_file "$name")" 2>&1 &
         echo $!
     )
-    printf '%s\n' "$pid" >"$(pid_file "$c")"
-    printf '%s\n' "$bin" >"$STATE_DIR/$c.bin"
-    echo "$c: started pid $pid ($bin serve on 127.0.0.1:$p, log $log)" >&2
+    printf '%s\n' "$sup" >"$(supervisor_file "$name")"
+    # The supervisor writes NAME.pid once baton runs.
+    for _ in $(seq 1 50); do [ -s "$(pid_file "$name")" ] && break; sleep 0.1; done
+    echo "$name: started pid $(pid_of "$name") under supervisor $sup ($bin serve on 127.0.0.1:$p, log $(log_file "$name"))" >&2
 }
 
-# The last lines COLOUR logged since it was last started (after the last "=== "
-# line start_colour writes), without terminal colour codes.
+# The last lines NAME logged since it was last started (after the last "=== " line),
+# without terminal colour codes.
 log_tail() {
     awk '/^=== / { n = 0; next } { buf[n++ % 8] = $0 } END { for (i = (n > 8 ? n - 8 : 0); i < n; i++) print "    " buf[i % 8] }' \
         "$(log_file "$1")" 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' || true
 }
 
-# Polls COLOUR's /readyz until it answers 200 (returns 0), the process dies or
-# TIMEOUT seconds pass (returns 1, with the log's last lines).
+# Polls NAME's /readyz until it answers 200 (returns 0), NAME dies (its supervisor
+# gone, or a restart counted since this call began: a build that crashes at start
+# is not waited for) or TIMEOUT seconds pass (returns 1, with the log's last lines).
 wait_ready() {
-    local c=$1 timeout=${2:-60} deadline code=000
+    local name=$1 timeout=${2:-60} deadline code=000 restarts
     deadline=$((SECONDS + timeout))
+    restarts=$(restarts_of "$name")
     while :; do
-        code=$(readyz_code "$c")
+        code=$(readyz_code "$name")
         [ "$code" = 200 ] && return 0
-        if ! running "$c"; then
-            warn "$c exited before becoming ready; the end of its log ($(log_file "$c")):"
-            log_tail "$c" >&2
+        if ! supervised "$name" || [ "$(restarts_of "$name")" != "$restarts" ]; then
+            warn "$name exited before becoming ready; the end of its log ($(log_file "$name")):"
+            log_tail "$name" >&2
             return 1
         fi
         if [ "$SECONDS" -ge "$deadline" ]; then
-            warn "$c not ready after ${timeout}s (last /readyz: $code); the end of its log ($(log_file "$c")):"
-            log_tail "$c" >&2
+            warn "$name not ready after ${timeout}s (last /readyz: $code); the end of its log ($(log_file "$name")):"
+            log_tail "$name" >&2
             return 1
         fi
         sleep 0.5
     done
 }
 
-# Waits up to TIMEOUT seconds for COLOUR's process to exit.
+# Waits up to TIMEOUT seconds for NAME's baton process and its supervisor to exit.
 wait_exit() {
-    local c=$1 timeout=$2 pid deadline
-    pid=$(pid_of "$c")
+    local name=$1 timeout=$2 pid sup deadline
+    pid=$(pid_of "$name")
+    sup=$(supervisor_of "$name")
     deadline=$((SECONDS + timeout))
-    while pid_alive "$pid"; do
+    while pid_alive "$pid" || pid_alive "$sup"; do
         [ "$SECONDS" -lt "$deadline" ] || return 1
         sleep 0.2
     done
 }
 
-# Kills COLOUR with SIGKILL after a warning, and waits for it to go.
-kill_colour() {
-    local c=$1 pid
-    pid=$(pid_of "$c")
-    warn "$c (pid $pid) did not exit in time: kill -9"
+# Kills NAME and its supervisor with SIGKILL after a warning, and waits for them.
+kill_instance() {
+    local name=$1 pid sup
+    pid=$(pid_of "$name")
+    sup=$(supervisor_of "$name")
+    warn "$name (pid $pid) did not exit in time: kill -9"
+    touch "$(stop_file "$name")"
+    kill -9 "$sup" 2>/dev/null || true
     kill -9 "$pid" 2>/dev/null || true
-    wait_exit "$c" 5 || warn "$c (pid $pid) survived kill -9"
+    wait_exit "$name" 5 || warn "$name (pid $pid) survived kill -9"
 }
 
-# Sends SIGTERM to COLOUR (baton drains on SIGTERM too) without waiting.
-signal_colour() {
-    local pid
-    pid=$(pid_of "$1")
+# Asks NAME to stop for good: the supervisor will not restart it; SIGTERM to baton
+# (it drains on SIGTERM), without waiting.
+signal_instance() {
+    local name=$1 pid
+    touch "$(stop_file "$name")"
+    pid=$(pid_of "$name")
+    if pid_alive "$pid"; then kill -TERM "$pid" 2>/dev/null || true; fi
+    # A supervisor waiting out a restart delay has no baton to signal: it sees the
+    # stop file when it wakes; SIGTERM wakes it now.
+    pid=$(supervisor_of "$name")
     if pid_alive "$pid"; then kill -TERM "$pid" 2>/dev/null || true; fi
 }
 
-# Stops COLOUR: SIGTERM, then waits up to the drain window + 10 s, then kill -9.
-# Removes its pid file; its .bin and .log stay.
-stop_colour() {
-    local c=$1 window
-    check_colour "$c"
-    if running "$c"; then
+# Stops NAME: SIGTERM, then waits up to the drain window + 10 s, then kill -9.
+# Removes its pid files; its .bin and .log stay.
+stop_instance() {
+    local name=$1 window
+    check_instance "$name"
+    if running "$name" || supervised "$name"; then
         window=$(drain_window_seconds)
-        echo "$c: stopping pid $(pid_of "$c") (SIGTERM, up to $((window + 10))s)" >&2
-        signal_colour "$c"
-        wait_exit "$c" $((window + 10)) || kill_colour "$c"
+        echo "$name: stopping pid $(pid_of "$name") (SIGTERM, up to $((window + 10))s)" >&2
+        signal_instance "$name"
+        wait_exit "$name" $((window + 10)) || kill_instance "$name"
     fi
-    rm -f "$(pid_file "$c")"
+    rm -f "$(pid_file "$name")" "$(supervisor_file "$name")"
 }
 
-# Drains COLOUR with `baton drain --wait --json` (the binary the colour runs, the env
-# file's admin token): baton marks itself not ready, lets HAProxy see it, closes its
-# clients' transports spread over the drain window so they reconnect through
-# HAProxy to the other colour, answers with its drain report, then exits 0. Waits up
-# to the drain window + 10 s for the process to exit, then kill -9 with a warning.
-# Without a token, or if baton drain fails, SIGTERM (baton drains on it too). Leaves
-# the drain report (one JSON line), or a note saying why there is none, in
-# DRAIN_REPORT.
-drain_colour() {
-    local c=$1 token window bin err
-    check_colour "$c"
-    DRAIN_REPORT=
-    if ! running "$c"; then
-        echo "$c: not running, nothing to drain" >&2
-        rm -f "$(pid_file "$c")"
-        DRAIN_REPORT="($c was not running)"
+# Drains NAME with `baton drain --wait --json` (the binary it runs, the env file's
+# admin token): baton tells HAProxy's agent check it drains (HAProxy sends it no new
+# session but keeps its sticky ones), closes its clients' transports spread over the
+# drain window so they reconnect through HAProxy to the other instances, answers
+# with its drain report, then exits 0 (its supervisor, told to stop, lets it). Waits
+# up to the drain window + 10 s for the exit, then kill -9 with a warning. Without a
+# token, or if baton drain fails, SIGTERM (baton drains on it too). Prints the drain
+# report (one JSON line), or a note saying why there is none.
+drain_instance() {
+    local name=$1 token window bin err report=
+    check_instance "$name"
+    if ! running "$name"; then
+        echo "$name: not running, nothing to drain" >&2
+        signal_instance "$name"
+        wait_exit "$name" 5 || kill_instance "$name"
+        rm -f "$(pid_file "$name")" "$(supervisor_file "$name")"
+        echo "($name was not running)"
         return 0
     fi
+    touch "$(stop_file "$name")"
     token=$(env_get BATON_ADMIN_TOKEN)
     window=$(drain_window_seconds)
-    bin=$(bin_of "$c")
+    bin=$(bin_of "$name")
     if [ -n "$token" ] && [ -x "$bin" ]; then
-        echo "$c: draining (baton drain --wait, up to $((window + 10))s)" >&2
+        echo "$name: draining (baton drain --wait, up to $((window + 10))s)" >&2
         err=$(mktemp)
         # The token goes through the environment, not the command line where ps shows it.
-        if ! DRAIN_REPORT=$(BATON_ADMIN_TOKEN=$token timeout $((window + 10)) \
-            "$bin" drain --url "$(url_of "$c")" --wait --json 2>"$err"); then
-            DRAIN_REPORT=
-            warn "$c: baton drain failed ($(tail -n 1 "$err")); sending SIGTERM instead (baton drains on it too)"
-            signal_colour "$c"
+        if ! report=$(BATON_ADMIN_TOKEN=$token timeout $((window + 10)) \
+            "$bin" drain --url "$(url_of "$name")" --wait --json 2>"$err"); then
+            report=
+            warn "$name: baton drain failed ($(tail -n 1 "$err")); sending SIGTERM instead (baton drains on it too)"
+            signal_instance "$name"
         fi
         rm -f "$err"
     else
-        warn "$c: no BATON_ADMIN_TOKEN in $ENV_FILE (or no binary $bin); sending SIGTERM instead (baton drains on it too)"
-        signal_colour "$c"
+        warn "$name: no BATON_ADMIN_TOKEN in $ENV_FILE (or no binary $bin); sending SIGTERM instead (baton drains on it too)"
+        signal_instance "$name"
     fi
-    if wait_exit "$c" $((window + 10)); then
-        echo "$c: exited" >&2
+    if wait_exit "$name" $((window + 10)); then
+        echo "$name: exited" >&2
     else
-        kill_colour "$c"
+        kill_instance "$name"
     fi
-    rm -f "$(pid_file "$c")"
-    [ -n "$DRAIN_REPORT" ] || DRAIN_REPORT="(no drain report: $c was stopped by SIGTERM; its log $(log_file "$c") has the 'drain finished' line)"
+    rm -f "$(pid_file "$name")" "$(supervisor_file "$name")"
+    echo "${report:-(no drain report: $name was stopped by SIGTERM; its log $(log_file "$name") has the 'drain finished' line)}"
+}
+
+# Drains every instance of COLOUR at once (each over the drain window) and waits for
+# them all; prints one "NAME: report" line per instance.
+drain_colour() {
+    local c=$1 i dir
+    check_colour "$c"
+    dir=$(mktemp -d)
+    for i in $(instances_of "$c"); do
+        drain_instance "$i" >"$dir/$i" &
+    done
+    wait
+    for i in $(instances_of "$c"); do printf '%s: %s\n' "$i" "$(cat "$dir/$i")"; done
+    rm -rf "$dir"
+}
+
+# Stops every instance of COLOUR at once (SIGTERM: each drains) and waits for them.
+stop_colour() {
+    local i
+    for i in $(instances_of "$1"); do stop_instance "$i" & done
+    wait
+}
+
+# Starts every instance of COLOUR on BINARY.
+start_colour() {
+    local i
+    for i in $(instances_of "$1"); do start_instance "$i" "$2"; done
 }

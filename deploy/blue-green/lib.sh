@@ -2,22 +2,29 @@
 # Shared by deploy.sh, canary.sh, status.sh (next to it) and scripts/cluster: the
 # state directory's paths, the env file, and the deploy steps (bringing a colour up).
 # It sources its two parts: haproxy.sh (HAProxy's runtime API: weights, server
-# states, the rendered config) and instances.sh (starting, checking, draining and
-# stopping the two colours). Sourced, not run; the caller sets `set -euo pipefail`.
+# states, the rendered config) and instances.sh (starting under supervise.sh,
+# checking, draining and stopping the colours' instances). Sourced, not run; the
+# caller sets `set -euo pipefail`.
 # It installs nothing: a missing tool is named (require_tools), and scripts/cluster,
 # the local try-out, installs what it needs.
 #
 # Environment (all optional):
 #   BATON_DEPLOY_DIR   state directory (default: <repo>/.deploy)
 #   BATON_LB_PORT      HAProxy's frontend on 127.0.0.1 (default 8080)
-#   BATON_BLUE_PORT    blue's port on 127.0.0.1 (default 3101)
-#   BATON_GREEN_PORT   green's port on 127.0.0.1 (default 3102)
+#   BATON_COLOUR_SIZE  instances per colour (default 2)
+#   BATON_BLUE_PORT    blue-1's port on 127.0.0.1 (default 3101); blue-N's is
+#                      BATON_BLUE_PORT + 2(N-1), and each instance's HAProxy agent
+#                      listens on the port after its own
+#   BATON_GREEN_PORT   green-1's port on 127.0.0.1 (default 3201), the same way
 #
 # The state directory holds: env (the instances' environment, KEY=VALUE lines in
-# shell syntax, sourced with `set -a`), active (blue or green), <colour>.pid,
-# <colour>.bin (the binary the colour runs or last ran), <colour>.log, haproxy.cfg
-# (rendered from haproxy.cfg next to this file), haproxy.pid, haproxy.sock (runtime
-# API, level admin), and for scripts/cluster redis.pid.
+# shell syntax, sourced with `set -a`), active (blue or green); per instance
+# (blue-1 ...): <instance>.pid (baton's pid), <instance>.supervisor (its
+# supervisor's pid), <instance>.bin (the binary it runs or last ran),
+# <instance>.log, <instance>.restarts (restarts after crashes), <instance>.stop
+# (asked to stop: not restarted); haproxy.cfg (rendered from haproxy.cfg next to
+# this file), haproxy.pid, haproxy.sock (runtime API, level admin), and for
+# scripts/cluster redis.pid.
 
 BG_HOME=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$BG_HOME/../.." && pwd)
@@ -31,7 +38,7 @@ case $BATON_DEPLOY_DIR in
 esac
 BATON_LB_PORT=${BATON_LB_PORT:-8080}
 BATON_BLUE_PORT=${BATON_BLUE_PORT:-3101}
-BATON_GREEN_PORT=${BATON_GREEN_PORT:-3102}
+BATON_GREEN_PORT=${BATON_GREEN_PORT:-3201}
 
 STATE_DIR=$BATON_DEPLOY_DIR
 ENV_FILE=$STATE_DIR/env
@@ -111,39 +118,43 @@ drain_window_seconds() {
     duration_seconds "${w:-${BATON_DRAIN_WINDOW:-10s}}" || echo 10
 }
 
-# Brings COLOUR up on BINARY for a deploy or canary, with its weight as it is (0
-# for the inactive colour): reuses it if it already runs BINARY and is ready, else
-# stops it and starts BINARY; waits for /readyz (DEPLOY_READY_TIMEOUT, default 60 s)
-# and for HAProxy's health checks to see it up. If it never gets ready: stops it,
-# leaves the weights as they were, prints "rolled back: COLOUR did not become ready"
-# and exits 1.
+# Brings every instance of COLOUR up on BINARY for a deploy or canary, with its
+# weight as it is (0 for the inactive colour): reuses an instance that already runs
+# BINARY and is ready, else stops it and starts BINARY; waits for /readyz
+# (DEPLOY_READY_TIMEOUT, default 60 s) and for HAProxy's checks to see each one up.
+# If one never gets ready: stops the colour, leaves the weights as they were, prints
+# "rolled back: COLOUR did not become ready" and exits 1.
 bring_up() {
-    local c=$1 bin=$2 timeout=${DEPLOY_READY_TIMEOUT:-60}
+    local c=$1 bin=$2 timeout=${DEPLOY_READY_TIMEOUT:-60} i
     [[ $timeout =~ ^[0-9]+$ ]] || die "DEPLOY_READY_TIMEOUT must be a number of seconds, not '$timeout'"
-    if running "$c"; then
-        if [ "$(bin_of "$c")" = "$bin" ] && [ "$(readyz_code "$c")" = 200 ]; then
-            step "reusing $c: it already runs $bin and is ready (pid $(pid_of "$c"))"
-        else
-            step "stopping $c: it runs $(bin_of "$c"), or is not ready"
-            stop_colour "$c"
+    for i in $(instances_of "$c"); do
+        if running "$i" || supervised "$i"; then
+            if [ "$(bin_of "$i")" = "$bin" ] && [ "$(readyz_code "$i")" = 200 ]; then
+                step "reusing $i: it already runs $bin and is ready (pid $(pid_of "$i"))"
+                continue
+            fi
+            step "stopping $i: it runs $(bin_of "$i"), or is not ready"
+            stop_instance "$i"
         fi
-    fi
-    if ! running "$c"; then
-        step "starting $c with $bin"
-        start_colour "$c" "$bin"
-    fi
-    step "waiting until $c is ready (timeout ${timeout}s)"
-    if ! wait_ready "$c" "$timeout"; then
-        stop_colour "$c"
-        echo "rolled back: $c did not become ready"
-        exit 1
-    fi
-    step "waiting until HAProxy's health checks see $c up"
-    if ! wait_hap_up "$c" 15; then
-        stop_colour "$c"
-        echo "rolled back: $c did not become ready (HAProxy's checks of /readyz did not pass)"
-        exit 1
-    fi
+        step "starting $i with $bin"
+        start_instance "$i" "$bin"
+    done
+    for i in $(instances_of "$c"); do
+        step "waiting until $i is ready (timeout ${timeout}s)"
+        if ! wait_ready "$i" "$timeout"; then
+            stop_colour "$c"
+            echo "rolled back: $c did not become ready"
+            exit 1
+        fi
+    done
+    step "waiting until HAProxy's health checks see every $c instance up"
+    for i in $(instances_of "$c"); do
+        if ! wait_hap_up "$i" 15; then
+            stop_colour "$c"
+            echo "rolled back: $c did not become ready (HAProxy's checks of $i did not pass)"
+            exit 1
+        fi
+    done
 }
 
 # Absolute path of BINARY, which must be an executable file.

@@ -21,22 +21,44 @@ export const freePort = () =>
     });
   });
 
+const portFree = (port) =>
+  new Promise((resolve) => {
+    const s = createServer()
+      .once("error", () => resolve(false))
+      .listen(port, "127.0.0.1", () => s.close(() => resolve(true)));
+  });
+
+/** The first of `n` consecutive TCP ports free on 127.0.0.1 right now. */
+export async function freePorts(n) {
+  for (;;) {
+    const first = await freePort();
+    if (first + n > 65535) continue;
+    let all = true;
+    for (let p = first + 1; p < first + n && all; p++) all = await portFree(p);
+    if (all) return first;
+  }
+}
+
 /**
- * A local cluster from scripts/cluster (HAProxy, its own Redis, two instances blue
- * and green on a fresh database of the PostgreSQL server BATON_TEST_POSTGRES), on
- * free ports with its state in a temporary directory. `extra` is added to the
- * scripts' environment. Returns `{dir, env, lb, run(script, ...args), down()}`;
+ * A local cluster from scripts/cluster (HAProxy, its own Redis, two colours of
+ * BATON_COLOUR_SIZE instances, blue-1.. and green-1.., on a fresh database of the
+ * PostgreSQL server BATON_TEST_POSTGRES), on free ports with its state in a
+ * temporary directory. `extra` is added to the scripts' environment (its
+ * BATON_COLOUR_SIZE, default 1 here, sets the instances per colour). Returns `{dir, env, lb, run(script, ...args), down()}`;
  * `run` runs a repository script (e.g. deploy/blue-green/deploy.sh) in that
  * environment, synchronously, with its output inherited.
  */
 export async function localCluster(name, extra = {}) {
   const dir = mkdtempSync(join(tmpdir(), `baton-${name}-`));
+  // Each instance takes two ports: its own and its HAProxy agent's.
+  const size = Number(extra.BATON_COLOUR_SIZE || 1);
   const env = {
     ...process.env,
     BATON_DEPLOY_DIR: dir,
+    BATON_COLOUR_SIZE: String(size),
     BATON_LB_PORT: String(await freePort()),
-    BATON_BLUE_PORT: String(await freePort()),
-    BATON_GREEN_PORT: String(await freePort()),
+    BATON_BLUE_PORT: String(await freePorts(2 * size)),
+    BATON_GREEN_PORT: String(await freePorts(2 * size)),
     BATON_CLUSTER_REDIS_PORT: String(await freePort()),
     BATON_CLUSTER_DB: `baton_js_${name}_${process.pid}`,
     BATON_PG_ADMIN: process.env.BATON_TEST_POSTGRES,

@@ -136,16 +136,16 @@ test(
       execFileSync("socat", ["-t", "5", "-", `UNIX-CONNECT:${join(dir, "haproxy.sock")}`], { input: `${command}\n` }).toString();
     try {
       // scripts/cluster starts with blue active (weight 100, green 0): both pages
-      // land on blue. Then green takes new sessions too, so the pages have
-      // somewhere to go when blue dies.
+      // land on blue-1. Then green takes the new sessions, so that the pages go
+      // there when blue-1 dies (its supervisor restarts it, at weight 0).
       const base = cluster.lb;
       const pages = await twoPagesInAPrivateChannel(base);
       for (const page of pages) {
         const cookies = await page.context().cookies(base);
-        assert.equal(cookies.find((c) => c.name === "BATON_SERVER")?.value, "blue", "the page is on blue");
+        assert.equal(cookies.find((c) => c.name === "BATON_SERVER")?.value, "blue-1", "the page is on blue-1");
       }
-      assert.equal(hap("set server baton/green weight 100").trim(), "");
-      const bluePid = Number(readFileSync(join(dir, "blue.pid"), "utf8"));
+      assert.equal(hap("set server baton/green-1 weight 100; set server baton/blue-1 weight 0").trim(), "");
+      const bluePid = Number(readFileSync(join(dir, "blue-1.pid"), "utf8"));
       const sent = await chatThrough(pages, 15, 200, async () => {
         await until(async () => (await messages(pages[1])).length >= 6, 10000, "some messages before the kill");
         process.kill(bluePid, "SIGKILL");
@@ -153,7 +153,7 @@ test(
       await assertSameCompleteList(pages, sent, "across the kill");
       for (const page of pages) {
         const cookies = await page.context().cookies(base);
-        assert.equal(cookies.find((c) => c.name === "BATON_SERVER")?.value, "green", "the page moved to green");
+        assert.equal(cookies.find((c) => c.name === "BATON_SERVER")?.value, "green-1", "the page moved to green-1");
         await page.context().close();
       }
     } finally {

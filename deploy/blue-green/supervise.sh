@@ -10,7 +10,9 @@
 # panic, an exit code other than 0) is logged as "=== <time> NAME died: ..." in its log
 # and followed by a restart after 0.2 s; the delay doubles (up to 10 s) while it keeps
 # dying within 30 s of its start, so a build that cannot start does not spin.
-# NAME.pid holds baton's current pid; NAME.restarts counts the restarts.
+# NAME.pid holds baton's current pid; NAME.restarts counts the restarts. When it
+# stops for good it writes NAME.stop itself (a drain started by hand exits 0 without
+# one), so that status.sh tells a stopped instance from a dead supervisor.
 #
 # SIGTERM to this script stops the instance for good (SIGTERM to baton: it drains).
 set -uo pipefail
@@ -60,4 +62,7 @@ while ! stopping; do
     if [ "$delay_ms" -gt 10000 ]; then delay_ms=10000; fi
 done
 printf '=== %s %s stopped (exit %s); not restarted\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$name" "${status:-none}"
+# Stopped for good, whoever asked (a drain by hand exits 0 without a stop file):
+# status.sh tells this from a supervisor that died.
+touch "$stop"
 rm -f "$pidfile"

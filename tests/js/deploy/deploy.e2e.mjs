@@ -12,11 +12,15 @@
 //   5. kill -9 polling the serving instance holding the most long-polling clients is
 //                      killed.
 //
-// Every client uses web/baton-client.js with its own reconnect timings (dedupe by
-// eventSeq, `since` on reconnect, gap filling, resend by clientMsgId). Per phase and
-// transport: acked messages lost (0), duplicates after dedupe (0), clients back in
-// all their rooms (all), and reconnect-to-recovered p50/p99/max, measured from the
-// event: the client's transport closing (drain, shed), or the kill.
+// Every client uses web/baton-client.js (dedupe by eventSeq, `since` on reconnect,
+// gap filling, resend by clientMsgId), 850 with its reconnect timings and 150 with
+// socket.io-client's stock ones. Asserted per phase: acked messages lost (0),
+// duplicates after dedupe (0), clients back in all their rooms (all); at each canary
+// step, the canary's share of the live sessions (within 5 points). Printed per
+// phase and transport, module and stock timings apart: reconnect-to-recovered
+// p50/p99/max, measured from the event (the client's transport closing in a drain
+// or a shed; the kill), with this process's event-loop lag (the clients share its
+// one thread); and how long HAProxy took to mark each killed instance DOWN.
 //
 // Needs BATON_TEST_POSTGRES (an admin URL), haproxy, socat and redis-server:
 // scripts/test provides them and runs this with `node --test deploy/deploy.e2e.mjs`.
@@ -36,8 +40,15 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
 const USERS = 200;
 const CLIENTS_PER_USER = 5; // 1,000 clients
 const POLLING_EVERY = 4; // every 4th client on long-polling: 250
+// 150 clients (100 on WebSocket, 50 on long-polling) reconnect on socket.io-client's
+// stock timings (first retry after 1 s ± 50 %, at most 5 s) instead of the
+// module's (250 ms ± 50 %, at most 2 s): figures for both.
+const stockTimings = (n) => n % 10 === 1 || n % 20 === 4;
 const CHANNELS = 20;
-const SENDERS = 40; // one message a second each
+// One message a second each: every client gets about two a second (its two
+// channels), 2,000 deliveries a second in all. The 1,000 clients share this one
+// Node.js thread, whose lag counts in every time measured (clientLoopLagMs).
+const SENDERS = 20;
 const SIZE = 2; // instances per colour
 
 let cluster;
@@ -74,10 +85,10 @@ before(async () => {
   assert.ok(process.env.BATON_TEST_POSTGRES, "the deploy test needs BATON_TEST_POSTGRES (scripts/test sets it)");
   cluster = await localCluster("deploy", {
     BATON_COLOUR_SIZE: String(SIZE),
-    BATON_DRAIN_WINDOW: "6s",
+    BATON_DRAIN_WINDOW: "10s",
     BATON_PRESENCE_GRACE: "5s",
     DEPLOY_READY_TIMEOUT: "30",
-    CANARY_STEP_SECONDS: "4",
+    CANARY_STEP_SECONDS: "6",
     CANARY_SHED_WINDOW: "3s",
   });
 });
@@ -156,6 +167,7 @@ test("1,000 clients through blue-green, a canary by shedding, a failing canary a
   for (let i = 0; i < USERS; i++) {
     for (let k = 0; k < CLIENTS_PER_USER; k++) {
       const polling = clients.length % POLLING_EVERY === 0;
+      const stock = stockTimings(clients.length);
       const client = createBatonClient({
         io,
         url: lb,
@@ -164,11 +176,13 @@ test("1,000 clients through blue-green, a canary by shedding, a failing canary a
         ioOptions: {
           transports: polling ? ["polling"] : ["websocket"],
           withCredentials: true, // keeps HAProxy's sticky cookie, for long-polling
-          // Reconnect timings: the client module's own (docs/client.md).
+          // Reconnect timings: the client module's own (docs/client.md), or stock.
+          ...(stock ? { reconnectionDelay: 1000, reconnectionDelayMax: 5000, randomizationFactor: 0.5 } : {}),
         },
       });
       client.user = i;
       client.polling = polling;
+      client.stock = stock;
       client.channels = channelsOf(i);
       client.events = []; // [time, "down" | "recovered" | "rejoined", channels?]
       client.on("state", (s) => {
@@ -256,10 +270,11 @@ test("1,000 clients through blue-green, a canary by shedding, a failing canary a
     const code = await run("deploy/blue-green/canary.sh", [binary, "5", "25", "50", "100"], (line) => {
       const m = /^holding (\d+)%/.exec(line);
       if (!m || m[1] === "100") return;
-      // The shed has ended; its clients reconnect within about a second (the
-      // module's first retry is 250 ms): count where every transport is then.
+      // The shed has ended; its clients reconnect within a second or two (the
+      // module's first retry is 250 ms): once they are all back, count where every
+      // transport is (within the step's 6 s).
       checks.push(
-        new Promise((r) => setTimeout(r, 2000)).then(async () => {
+        until(() => clients.every((c) => c.socket.connected), 5000, `every client back at ${m[1]}%`).then(async () => {
           const count = async (colour) => {
             let n = 0;
             for (const i of instances(colour)) n += (await status(i))?.transports ?? 0;
@@ -297,10 +312,23 @@ test("1,000 clients through blue-green, a canary by shedding, a failing canary a
   });
   for (const i of instances("green")) assert.equal(await status(i), null, `${i} was drained and stopped`);
 
+  // HAProxy's status of server NAME, from its runtime API.
+  const hapStatus = (name) =>
+    new Promise((resolve) => {
+      const child = execFile("socat", ["-t", "2", "-", `UNIX-CONNECT:${join(cluster.dir, "haproxy.sock")}`], (e, out) => {
+        const [header, ...rows] = (out || "").split("\n");
+        const col = header.replace(/^# /, "").split(",").indexOf("status");
+        resolve(rows.map((r) => r.split(",")).find((r) => r[0] === "baton" && r[1] === name)?.[col] ?? "");
+      });
+      child.stdin.end("show stat\n");
+    });
+  const markedDown = []; // ms from a kill until HAProxy marks the instance DOWN
   const kill = async (name) => {
     const pid = Number(readFileSync(join(cluster.dir, `${name}.pid`), "utf8"));
     const at = Date.now();
     process.kill(pid, "SIGKILL");
+    await until(async () => (await hapStatus(name)).startsWith("DOWN"), 5000, `HAProxy marking ${name} down`);
+    markedDown.push([name, Date.now() - at]);
     return at;
   };
   let killed1;
@@ -319,6 +347,7 @@ test("1,000 clients through blue-green, a canary by shedding, a failing canary a
     return kill(killed2);
   });
   log(`killed ${killed1}, then ${killed2} (long-polling clients per instance: ${JSON.stringify(polling)})`);
+  log(`HAProxy marked the killed instance DOWN after (ms, polled every 20 ms or so): ${JSON.stringify(markedDown)}`);
 
   sending = false;
   clearInterval(ticker);
@@ -373,7 +402,7 @@ test("1,000 clients through blue-green, a canary by shedding, a failing canary a
     row.refused = refused.filter(([t]) => t >= p.start && t < p.end).length;
     let moved = 0;
     let notBack = 0;
-    const times = { websocket: [], polling: [] };
+    const times = { websocket: [], polling: [], stockWebsocket: [], stockPolling: [] };
     const connected = { websocket: [], polling: [] }; // down to connected: the transport's part
     for (const c of clients) {
       const downs = c.events.filter(([t, k]) => k === "down" && t >= p.start && t < p.end);
@@ -381,9 +410,10 @@ test("1,000 clients through blue-green, a canary by shedding, a failing canary a
       moved += 1;
       for (const [t] of downs) {
         const up = c.events.find(([u, k]) => k === "recovered" && u >= t);
-        times[c.polling ? "polling" : "websocket"].push(up[0] - (p.eventAt ?? t));
+        const kind = c.polling ? "polling" : "websocket";
+        times[c.stock ? `stock${kind[0].toUpperCase()}${kind.slice(1)}` : kind].push(up[0] - (p.eventAt ?? t));
         const conn = c.events.find(([u, k]) => k === "connected" && u >= t);
-        connected[c.polling ? "polling" : "websocket"].push(conn[0] - (p.eventAt ?? t));
+        if (!c.stock) connected[kind].push(conn[0] - (p.eventAt ?? t));
       }
       const lastDown = downs.at(-1)[0];
       const rejoined = c.events.find(([t, k]) => k === "rejoined" && t >= lastDown);
@@ -392,6 +422,8 @@ test("1,000 clients through blue-green, a canary by shedding, a failing canary a
     Object.assign(row, { moved, notBackInRooms: notBack });
     row.websocketMs = summary(times.websocket);
     row.pollingMs = summary(times.polling);
+    row.stockWebsocketMs = summary(times.stockWebsocket);
+    row.stockPollingMs = summary(times.stockPolling);
     row.clientLoopLagMs = p.loopLagMs;
     row.connectedMs = { websocket: summary(connected.websocket), polling: summary(connected.polling) };
     figures.phases.push(row);

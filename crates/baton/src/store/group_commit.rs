@@ -341,7 +341,7 @@ async fn insert_messages_in_steps(pools: &Pools, messages: &[NewMessage]) -> Res
             let before = BatchError::before_commit;
             let mut tx = pool.begin().await.map_err(before)?;
             let rows: Vec<(ChannelId, CommunityId, Option<UserId>)> =
-                sqlx::query_as(&read_members).fetch_all(&mut *tx).await.map_err(before)?;
+                sqlx::query_as(&read_members).persistent(false).fetch_all(&mut *tx).await.map_err(before)?;
             // channel -> (community, members)
             let mut found: HashMap<ChannelId, (CommunityId, Vec<UserId>)> = HashMap::new();
             for (channel, community, user) in rows {

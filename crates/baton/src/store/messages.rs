@@ -146,20 +146,25 @@ impl Store {
 
     /// Reads `limit` messages of a channel (one more is fetched to tell `hasMore`).
     pub async fn messages(&self, channel: ChannelId, slice: Slice, limit: i64) -> Result<Vec<Message>, sqlx::Error> {
-        // Bounds are integers, inlined as such; the open ones become no-ops.
-        let (filter, order) = match slice {
+        // The bounds are bound, not inlined: one statement text per kind of slice,
+        // prepared once per connection (inlined values made every replay a new
+        // statement, prepared anew and pushing the others out of the cache). The
+        // open bounds become no-ops.
+        let (filter, order, low, high) = match slice {
             Slice::Descending { before, after } => {
-                (format!("m.seq < {} AND m.seq > {}", before.unwrap_or(i64::MAX), after.unwrap_or(-1)), "m.seq DESC")
+                ("m.seq > $3 AND m.seq < $4", "m.seq DESC", after.unwrap_or(-1), before.unwrap_or(i64::MAX))
             }
             Slice::Ascending { after, before } => {
-                (format!("m.seq > {after} AND m.seq < {}", before.unwrap_or(i64::MAX)), "m.seq ASC")
+                ("m.seq > $3 AND m.seq < $4", "m.seq ASC", after, before.unwrap_or(i64::MAX))
             }
-            Slice::Changes { since } => (format!("m.event_seq > {since}"), "m.event_seq ASC"),
+            Slice::Changes { since } => ("m.event_seq > $3 AND m.event_seq < $4", "m.event_seq ASC", since, i64::MAX),
         };
         let sql = format!("SELECT {MESSAGE_COLUMNS} WHERE m.channel_id = $1 AND {filter} ORDER BY {order} LIMIT $2");
         on_pool!(self.pools.read(), "messages", |pool| sqlx::query_as(&sql)
             .bind(channel)
             .bind(limit)
+            .bind(low)
+            .bind(high)
             .fetch_all(pool)
             .await)
     }

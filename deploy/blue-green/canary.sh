@@ -90,13 +90,18 @@ count_transports() {
     done
 }
 
+# N as a percentage of D, to a tenth: "23.4%" (D of 0 counts as 1).
+percent() {
+    local n=$1 d=$(($2 > 0 ? $2 : 1))
+    printf '%d.%d%%' $((n * 100 / d)) $((n * 1000 / d % 10))
+}
+
 share_text() {
     local total=$((T_NEW + T_OLD))
     if [ "$total" = 0 ]; then
         echo "no sessions yet"
     else
-        printf '%s holds %d of %d transports (%d.%d%%)' "$NEW" "$T_NEW" "$total" \
-            $((T_NEW * 100 / total)) $((T_NEW * 1000 / total % 10))
+        printf '%s holds %d of %d transports (%s)' "$NEW" "$T_NEW" "$total" "$(percent "$T_NEW" "$total")"
     fi
 }
 
@@ -191,7 +196,7 @@ for STEP in "${STEPS[@]}"; do
         rate_new=$((err_new * 10000 / (ev_new > 0 ? ev_new : 1)))
         rate_old=$((err_old * 10000 / (ev_old > 0 ? ev_old : 1)))
         if [ "$err_new" -ge "$MIN_ERRORS" ] && [ "$rate_new" -gt $((rate_old + MARGIN * 100)) ]; then
-            rollback "$NEW's error rate $((rate_new / 100)).$((rate_new / 10 % 10))% ($err_new errors in $ev_new events) is above $OLD's $((rate_old / 100)).$((rate_old / 10 % 10))% ($err_old in $ev_old) by more than CANARY_ERROR_MARGIN=$MARGIN points"
+            rollback "$NEW's error rate $(percent "$err_new" "$ev_new") ($err_new errors in $ev_new events) is above $OLD's $(percent "$err_old" "$ev_old") ($err_old in $ev_old) by more than CANARY_ERROR_MARGIN=$MARGIN points"
         fi
     done
     count_transports
@@ -212,5 +217,4 @@ printf 'canary of %s finished: %s active at 100%% after steps %s%%\n' "$BIN" "$N
 for i in $(instances_of "$NEW"); do
     printf '  %s: pid %s, %s\n' "$i" "$(pid_of "$i")" "$(url_of "$i")"
 done
-printf '  %s drained and stopped; drain reports:\n' "$OLD"
-printf '    %s\n' "${reports//$'\n'/$'\n'    }"
+print_drained "$OLD" "$reports"

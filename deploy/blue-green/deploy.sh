@@ -53,5 +53,4 @@ printf '  active: %s\n' "$NEW"
 for i in $(instances_of "$NEW"); do
     printf '    %s: pid %s, %s, HAProxy %s (status|weight|sessions)\n' "$i" "$(pid_of "$i")" "$(url_of "$i")" "$(server_state "$i")"
 done
-printf '  %s drained and stopped; drain reports:\n' "$OLD"
-printf '    %s\n' "${reports//$'\n'/$'\n'    }"
+print_drained "$OLD" "$reports"

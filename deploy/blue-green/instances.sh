@@ -311,9 +311,7 @@ drain_instance() {
     check_instance "$name"
     if ! running "$name"; then
         echo "$name: not running, nothing to drain" >&2
-        signal_instance "$name"
-        wait_exit "$name" 5 || kill_instance "$name"
-        rm -f "$(pid_file "$name")" "$(supervisor_file "$name")"
+        stop_instance "$name" # its supervisor, if one waits to restart it
         echo "($name was not running)"
         return 0
     fi

@@ -157,6 +157,13 @@ bring_up() {
     done
 }
 
+# The end of a deploy's summary: COLOUR drained and stopped, then REPORTS
+# (drain_colour's lines, one per instance), indented.
+print_drained() {
+    printf '  %s drained and stopped; drain reports:\n' "$1"
+    printf '%s\n' "$2" | sed 's/^/    /'
+}
+
 # Absolute path of BINARY, which must be an executable file.
 resolve_binary() {
     local b=${1:-}

@@ -258,8 +258,8 @@ impl Store {
         }
         // PostgreSQL: the list is one array parameter, so the statement is the same
         // text every time, prepared once per connection. (Inlined, each list was a
-        // statement of its own, prepared anew at every call: half of these calls took
-        // 100-250 ms in a reconnect storm, against a few ms for every other query.)
+        // statement of its own, prepared anew at every call and pushing the others
+        // out of the connection's statement cache.)
         macro_rules! select {
             () => {
                 "SELECT m.channel_id FROM channel_members m JOIN channels c ON c.id = m.channel_id \

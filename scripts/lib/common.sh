@@ -49,10 +49,16 @@ ensure_rust_checks() {
     rustup component add rustfmt clippy
 }
 
+# redis-server and redis-cli; with `sentinel`, redis-sentinel too (Debian packages
+# it apart). Only the binaries are wanted: what runs them starts its own servers.
 ensure_redis() {
     if ! command -v redis-server >/dev/null; then
         step "installing Redis"
         apt_install redis-server
+    fi
+    if [ "${1:-}" = sentinel ] && ! command -v redis-sentinel >/dev/null; then
+        step "installing Redis Sentinel"
+        apt_install redis-sentinel
     fi
 }
 

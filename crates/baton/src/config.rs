@@ -157,9 +157,13 @@ pub struct Config {
     #[arg(long, env = "BATON_POSITION_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub position_interval: Duration,
 
-    /// Redis URL (`redis://host:port`). Set, baton runs as one instance of a cluster:
-    /// Socket.IO rooms and broadcasts, remembered joins and presence go through
-    /// Redis. A cluster needs a shared database: PostgreSQL, not SQLite.
+    /// Redis URL. Set, baton runs as one instance of a cluster: Socket.IO rooms and
+    /// broadcasts, remembered joins and presence go through Redis. A cluster needs a
+    /// shared database: PostgreSQL, not SQLite. One Redis: `redis://host:port`; a
+    /// Redis Cluster: `redis-cluster://host1:port?node=host2:port&node=host3:port`; a
+    /// master behind Sentinels:
+    /// `redis-sentinel://sentinel1:26379?sentinelServiceName=NAME&node=sentinel2:26379`
+    /// (docs/redis.md; TLS is not supported yet).
     #[arg(long, env = "REDIS_URL", global = true, hide_env_values = true)]
     pub redis_url: Option<String>,
 
@@ -172,6 +176,18 @@ pub struct Config {
     /// and delivers to its own clients only.
     #[arg(long, env = "BATON_REDIS_TIMEOUT", default_value = "500ms", value_parser = humantime::parse_duration, global = true)]
     pub redis_timeout: Duration,
+
+    /// How often a cluster instance probes cross-instance delivery: a message it
+    /// publishes through Redis pub/sub on every shard, which must come back to it
+    /// and be answered by the other live instances (docs/redis.md).
+    #[arg(long, env = "BATON_DELIVERY_PROBE_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
+    pub delivery_probe_interval: Duration,
+
+    /// How long the delivery probe may fail before the instance is not ready
+    /// (`/readyz` 503, `baton_delivery_ok` 0) and it subscribes again, then replaces
+    /// its pub/sub connection, until delivery works.
+    #[arg(long, env = "BATON_DELIVERY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub delivery_timeout: Duration,
 
     /// This instance's name in the cluster's registry. Unset: the host name and a
     /// random suffix.
@@ -198,9 +214,10 @@ pub struct Config {
 
     /// Address of a TCP port for HAProxy's `agent-check` (its `agent-port`), e.g.
     /// `127.0.0.1:3102`. Each connection gets one line and is closed: `up ready`
-    /// while serving (a shed included), `up drain` while draining or while the
-    /// database or Redis is unreachable (no new sessions, sticky ones still routed
-    /// here); never a weight. Unset: no such port.
+    /// while serving (a shed included), `up drain` while draining, while the
+    /// database or Redis is unreachable or while cross-instance delivery fails (no
+    /// new sessions, sticky ones still routed here); never a weight. Unset: no
+    /// such port.
     #[arg(long, env = "BATON_LB_AGENT_LISTEN", global = true)]
     pub lb_agent_listen: Option<SocketAddr>,
 
@@ -260,6 +277,8 @@ impl std::fmt::Debug for Config {
             redis_url,
             redis_prefix,
             redis_timeout,
+            delivery_probe_interval,
+            delivery_timeout,
             instance_id,
             drain_window,
             drain_lb_delay,
@@ -289,6 +308,8 @@ impl std::fmt::Debug for Config {
             .field("redis_url", &redis_url.as_deref().map(redact_url))
             .field("redis_prefix", redis_prefix)
             .field("redis_timeout", redis_timeout)
+            .field("delivery_probe_interval", delivery_probe_interval)
+            .field("delivery_timeout", delivery_timeout)
             .field("instance_id", instance_id)
             .field("drain_window", drain_window)
             .field("drain_lb_delay", drain_lb_delay)
@@ -301,14 +322,23 @@ impl std::fmt::Debug for Config {
 }
 
 /// A database or Redis URL without its password, for logs and messages.
+/// A Sentinel URL may carry the Sentinels' own password as `sentinelPassword`.
 pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
+    let Ok(mut u) = url::Url::parse(url) else { return url.to_owned() };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
     }
+    if u.query_pairs().any(|(k, _)| k == "sentinelPassword") {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "sentinelPassword" { "***".into() } else { v.into_owned() };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
 }
 
 #[cfg(test)]
@@ -322,6 +352,8 @@ mod tests {
         config.admin_token = Some("admin-token-value".into());
         config.redis_url = Some("redis://:redispass@cache.example:6379".into());
         let shown = format!("{config:?}");
+        let sentinel = "redis-sentinel://:redispass@s1:26379?sentinelServiceName=m&sentinelPassword=sentinelpass";
+        assert!(!redact_url(sentinel).contains("sentinelpass"), "{}", redact_url(sentinel));
         for secret in ["hunter2", &"s".repeat(40), "admin-token-value", "redispass"] {
             assert!(!shown.contains(secret), "{secret:?} shown in {shown}");
         }

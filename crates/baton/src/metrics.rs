@@ -42,6 +42,18 @@ pub const REDIS_UP: &str = "baton_redis_up";
 pub const REDIS_RECONNECTS: &str = "baton_redis_reconnects_total";
 /// Redis operations of baton's own state (joins, presence, registry) that failed.
 pub const REDIS_ERRORS: &str = "baton_redis_errors_total";
+/// 1 while the delivery probe's round trips through Redis pub/sub succeed, 0 after
+/// they have failed for `--delivery-timeout` (only in a cluster).
+pub const DELIVERY_OK: &str = "baton_delivery_ok";
+/// Times the delivery probe found cross-instance delivery failing.
+pub const DELIVERY_FAILURES: &str = "baton_delivery_failures_total";
+/// Repairs the delivery probe made while delivery failed, by `action`
+/// (`resubscribe`, `reconnect`).
+pub const DELIVERY_REPAIRS: &str = "baton_delivery_repairs_total";
+/// Live instances that answered this instance's last probes, on every shard.
+pub const DELIVERY_PEERS_ANSWERING: &str = "baton_delivery_peers_answering";
+/// Live instances in the registry, this one left out.
+pub const DELIVERY_PEERS: &str = "baton_delivery_peers";
 /// Pub/sub messages dropped before reaching the adapter (a full queue).
 pub const PUBSUB_DROPPED: &str = "baton_pubsub_dropped_total";
 /// `typing` events acked but not relayed: over the per-user, per-channel rate.

@@ -20,7 +20,7 @@ use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 use tower_http::trace::TraceLayer;
 
-use crate::adapter::{ChatAdapter, ClusterAdapter, RedisLink};
+use crate::adapter::{ChatAdapter, ClusterAdapter, DeliveryProbe, RedisLink, Verdict};
 use crate::app::App;
 use crate::auth::Tokens;
 use crate::chat::{Chat, ChatRate, now_ms};
@@ -198,7 +198,8 @@ impl Server {
         // reads `drain` from it while the transports are moved.
         let lb_agent = lb_agent.map(|listener| tokio::spawn(http::lb_agent::serve(listener, app.clone())));
         if let Some(registry) = registry.clone() {
-            background.push(tokio::spawn(cluster_tasks(app.clone(), registry)));
+            background.push(tokio::spawn(cluster_tasks(app.clone(), registry.clone())));
+            background.push(tokio::spawn(probe_delivery(app.clone(), registry)));
         }
         // The other instances' written changes, subscribed before serving.
         if let Some(relay) = app.fanout.relay_link().cloned()
@@ -294,6 +295,31 @@ async fn cluster_tasks(app: Arc<App>, registry: Registry) {
                 Err(e) => tracing::warn!(error = %e, "registry heartbeat failed"),
             }
             gateway::reap_dead_instances(&app, &registry).await;
+        }
+    }
+}
+
+/// Probes cross-instance delivery every `--delivery-probe-interval`
+/// (adapter/probe.rs); when it works again after failing, emits `position` for the
+/// channels written to meanwhile, so that clients fetch what they missed at once.
+async fn probe_delivery(app: Arc<App>, registry: Registry) {
+    let Some(link) = app.redis.clone() else { return };
+    let interval = app.config.delivery_probe_interval.max(Duration::from_millis(100));
+    let probe = DeliveryProbe::new(link, registry.id().to_owned(), interval, app.config.delivery_timeout);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let peers = match registry.live().await {
+            Ok(peers) => peers,
+            // Redis unreachable: its health check says so; the probe would only agree.
+            Err(_) => continue,
+        };
+        if let Verdict::Resumed(failed_for) = probe.round(&peers).await {
+            let since = now_ms() - (failed_for + interval * 2).as_millis() as i64;
+            if let Err(e) = app.fanout.positions(since).await {
+                tracing::warn!(error = %e, "position emit after delivery resumed failed");
+            }
         }
     }
 }

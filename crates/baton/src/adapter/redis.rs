@@ -4,7 +4,7 @@
 //! socketioxide-redis 0.4 with fred 10, as its example wires it, does not survive a
 //! Redis restart, and [`ResilientDriver`] exists for each way it fails:
 //! - fred without a reconnect policy never reconnects: emits never return. Both
-//!   clients here reconnect forever (exponential back-off, 50 ms to 1 s), the first
+//!   clients here reconnect forever (exponential back-off, 50 ms to 250 ms), the first
 //!   connect included (fred's `fail_fast`, on by default, gives up on a first
 //!   connect that fails: an instance started while Redis was unreachable stayed out
 //!   of the cluster).
@@ -30,12 +30,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::Message;
+use fred::types::cluster::SlotRange;
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::{broadcast, mpsc};
 
@@ -43,6 +44,10 @@ use crate::metrics as m;
 
 /// The adapter baton uses in a cluster.
 pub type ClusterAdapter = socketioxide_redis::CustomRedisAdapter<socketioxide::adapter::Emitter, ResilientDriver>;
+
+/// The longest wait between two attempts to connect again (fred's policy doubles
+/// from 50 ms up to it).
+const RECONNECT_MAX_DELAY_MS: u32 = 250;
 
 /// Messages fred buffers for the router task before it lags (fred's default is 32).
 const PUBSUB_BUFFER: usize = 8192;
@@ -79,7 +84,13 @@ pub struct Health {
     silent: AtomicU32,
     /// The same for the pub/sub connection.
     silent_pubsub: AtomicU32,
+    /// The delivery probe's last verdict (`probe.rs`); true until it has one.
+    delivering: AtomicBool,
 }
+
+/// How long a burst of reconnects or slot changes is let settle before the
+/// channels are subscribed again.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(50);
 
 /// Silent health checks in a row after which the connections are replaced.
 const SILENT_CHECKS: u32 = 2;
@@ -87,6 +98,15 @@ const SILENT_CHECKS: u32 = 2;
 impl Health {
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::SeqCst)
+    }
+
+    /// Whether cross-instance delivery works, as the delivery probe last found.
+    pub fn is_delivering(&self) -> bool {
+        self.delivering.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn set_delivering(&self, delivering: bool) {
+        self.delivering.store(delivering, Ordering::SeqCst);
     }
 
     /// Records the state; true if it changed.
@@ -119,6 +139,7 @@ impl RedisLink {
     /// at start: the instance serves its own clients and joins the cluster when
     /// Redis answers.
     pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> anyhow::Result<Self> {
+        check_scheme(url)?;
         let mut config = Config::from_url(url).map_err(|e| anyhow::anyhow!("bad REDIS_URL: {e}"))?;
         // fred's default (fail fast) ends a client's connection task when its first
         // connect fails, and it never reconnects: an instance started while Redis was
@@ -134,13 +155,16 @@ impl RedisLink {
                 c.connection_timeout = timeout;
                 c.internal_command_timeout = timeout;
             })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2));
+            // At most 250 ms between attempts: after a Redis Cluster or Sentinel
+            // failover the new master is reached within 250 ms of its promotion.
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, RECONNECT_MAX_DELAY_MS, 2));
         let commands = builder.build()?;
         let subscriber = builder.build_subscriber_client()?;
         let health = Arc::new(Health {
             up: AtomicBool::new(false),
             silent: AtomicU32::new(0),
             silent_pubsub: AtomicU32::new(0),
+            delivering: AtomicBool::new(true),
         });
         commands.connect();
         subscriber.connect();
@@ -257,6 +281,34 @@ impl RedisLink {
         Some(up)
     }
 
+    /// Subscribes every pub/sub channel again (the delivery probe's first repair).
+    pub(super) async fn resubscribe(&self) {
+        self.driver.resubscribe().await;
+    }
+
+    /// On a Redis Cluster, refreshes the subscriber's map of slots and, if a slot
+    /// changed owner since the channels were subscribed, subscribes them again. A
+    /// node that gives a slot away (a resharding) drops its subscribers' shard
+    /// channels there with an SUNSUBSCRIBE push that fred discards, and an instance
+    /// that does not publish to that slot gets no MOVED to learn it from: without
+    /// this it would stay deaf to those channels. The delivery probe calls it every
+    /// round.
+    pub(super) async fn follow_slots(&self) {
+        let inner = &self.driver.inner;
+        if !inner.subscriber.is_clustered() || !self.health.is_up() || !inner.sync_subscriber_slots().await {
+            return;
+        }
+        if inner.slots_moved() {
+            tracing::info!("the cluster's slots moved: subscribing the pub/sub channels again");
+            self.driver.resubscribe().await;
+        }
+    }
+
+    /// Replaces the pub/sub connection, in the background (its second repair).
+    pub(super) fn reconnect_pubsub(&self) {
+        self.reconnect(false);
+    }
+
     /// Has the pub/sub client, and the command one if `commands`, drop its
     /// connection and connect again, in the background.
     fn reconnect(&self, commands: bool) {
@@ -279,6 +331,23 @@ impl RedisLink {
     }
 }
 
+/// The schemes of the topologies baton supports (docs/redis.md). fred takes others
+/// it cannot honour in this build without a word: `rediss://` connected in plain
+/// text (no TLS support is compiled in), an unknown scheme as `redis://`.
+fn check_scheme(url: &str) -> anyhow::Result<()> {
+    let scheme = url.split_once("://").map(|(scheme, _)| scheme).unwrap_or_default();
+    match scheme {
+        "redis" | "redis-cluster" | "redis-sentinel" | "valkey" | "valkey-cluster" | "valkey-sentinel" => Ok(()),
+        s if s.starts_with("rediss") || s.starts_with("valkeys") => {
+            anyhow::bail!("REDIS_URL {s}://...: TLS to Redis is not supported by this build of baton (docs/redis.md)")
+        }
+        _ => anyhow::bail!(
+            "REDIS_URL must start with redis://, redis-cluster:// or redis-sentinel:// (docs/redis.md), not {:?}",
+            crate::config::redact_url(url)
+        ),
+    }
+}
+
 /// socketioxide-redis's pub/sub driver over fred's subscriber client, made to
 /// survive Redis restarts (see the module doc).
 #[derive(Clone)]
@@ -296,34 +365,146 @@ struct DriverInner {
     handlers: RwLock<HashMap<String, mpsc::Sender<ChanItem>>>,
     health: Arc<Health>,
     timeout: Duration,
+    /// On a Redis Cluster, the owners of the slots when the channels were last
+    /// subscribed (None elsewhere).
+    subscribed_under: Mutex<Option<Vec<SlotRange>>>,
+}
+
+/// What wakes the resubscription task.
+enum Event {
+    Reconnected,
+    /// The publisher refreshed its map of slots (a MOVED reply, a reconnect).
+    PublisherSlots,
+    /// The subscriber refreshed its map of slots.
+    SubscriberSlots,
+}
+
+/// A cluster client's map of slots to their owners; None off a cluster.
+fn slot_map(client: &impl ClusterInterface) -> Option<Vec<SlotRange>> {
+    client.cached_cluster_state().map(|state| state.slots().to_vec())
+}
+
+impl DriverInner {
+    /// Whether the subscriber's map of slots differs from the one the channels
+    /// were last subscribed under.
+    fn slots_moved(&self) -> bool {
+        let map = slot_map(&self.subscriber);
+        map.is_some() && map != *self.subscribed_under.lock().unwrap()
+    }
+
+    /// Refreshes the subscriber's map of slots (it announces the refresh as a
+    /// [`Event::SubscriberSlots`]); false if that failed.
+    async fn sync_subscriber_slots(&self) -> bool {
+        match tokio::time::timeout(self.timeout, self.subscriber.sync_cluster()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not refresh the cluster's slots");
+                false
+            }
+            Err(_) => {
+                tracing::warn!("refreshing the cluster's slots timed out");
+                false
+            }
+        }
+    }
 }
 
 impl ResilientDriver {
     fn start(subscriber: SubscriberClient, publisher: Client, health: Arc<Health>, timeout: Duration) -> Self {
-        let inner = Arc::new(DriverInner { subscriber, publisher, handlers: RwLock::default(), health, timeout });
+        let subscribed_under = Mutex::new(slot_map(&subscriber));
+        let inner = Arc::new(DriverInner {
+            subscriber,
+            publisher,
+            handlers: RwLock::default(),
+            health,
+            timeout,
+            subscribed_under,
+        });
         tokio::spawn(route_messages(inner.subscriber.message_rx(), Arc::downgrade(&inner)));
         let weak = Arc::downgrade(&inner);
         let mut reconnects = inner.subscriber.reconnect_rx();
+        // A Redis Cluster's slots change owner (a failover, a resharding): the
+        // subscriber's connection to a slot's old owner may stay open, and a node
+        // that gives a slot away drops its shard subscriptions with an SUNSUBSCRIBE
+        // that fred discards. When the publisher learns of a change (fred refreshes
+        // its map on a MOVED reply or a reconnect), the subscriber's map is
+        // refreshed too; when that one changed, everything is subscribed again.
+        // (`RedisLink::follow_slots` catches the changes no publish runs into.)
+        let mut changes = inner.subscriber.cluster_change_rx();
+        let mut publisher_changes = inner.publisher.cluster_change_rx();
         tokio::spawn(async move {
-            while reconnects.recv().await.is_ok() {
+            loop {
+                let event = tokio::select! {
+                    r = reconnects.recv() => r.map(|_| Event::Reconnected),
+                    r = changes.recv() => r.map(|_| Event::SubscriberSlots),
+                    r = publisher_changes.recv() => r.map(|_| Event::PublisherSlots),
+                };
+                let event = match event {
+                    Ok(event) => event,
+                    Err(broadcast::error::RecvError::Lagged(_)) => Event::Reconnected,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
                 let Some(inner) = weak.upgrade() else { return };
+                // fred announces every refresh of a map, changed or not (the
+                // resubscription's own refresh among them): only a change counts.
+                // The subscriber's refresh comes back here as its own event.
+                match event {
+                    Event::Reconnected => {}
+                    Event::PublisherSlots => {
+                        inner.sync_subscriber_slots().await;
+                        continue;
+                    }
+                    Event::SubscriberSlots if inner.slots_moved() => {}
+                    Event::SubscriberSlots => continue,
+                }
+                // Reconnects and slot changes come in bursts (one per node): one
+                // resubscription after the burst is enough.
+                tokio::time::sleep(RESUBSCRIBE_AFTER).await;
+                reconnects = reconnects.resubscribe();
+                changes = changes.resubscribe();
+                publisher_changes = publisher_changes.resubscribe();
                 ResilientDriver { inner }.resubscribe().await;
             }
         });
         Self { inner }
     }
 
-    /// SSUBSCRIBEs every tracked channel again.
+    /// SSUBSCRIBEs every tracked channel again, one command per hash slot (a Redis
+    /// Cluster refuses a command across slots; each slot's goes to its owner).
+    /// On a cluster, the subscriber's map of slots is refreshed first, so that the
+    /// channels go where their slots are now.
     async fn resubscribe(&self) {
         let channels: Vec<String> = self.inner.handlers.read().unwrap().keys().cloned().collect();
         if channels.is_empty() {
             return;
         }
+        let subscriber = &self.inner.subscriber;
+        let timeout = self.inner.timeout;
+        if subscriber.is_clustered() {
+            self.inner.sync_subscriber_slots().await;
+        }
+        *self.inner.subscribed_under.lock().unwrap() = slot_map(subscriber);
         let count = channels.len();
-        match tokio::time::timeout(self.inner.timeout, self.inner.subscriber.ssubscribe(channels)).await {
-            Ok(Ok(())) => tracing::info!(channels = count, "pub/sub channels subscribed again"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not subscribe pub/sub channels again"),
-            Err(_) => tracing::warn!("subscribing pub/sub channels again timed out"),
+        let groups = match fred::util::group_by_hash_slot(channels) {
+            Ok(groups) => groups,
+            Err(e) => return tracing::warn!(error = %e, "could not group pub/sub channels by slot"),
+        };
+        let mut failed = 0;
+        for (_, group) in groups {
+            match tokio::time::timeout(timeout, subscriber.ssubscribe(Vec::from(group))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    failed += 1;
+                    tracing::warn!(error = %e, "could not subscribe pub/sub channels again");
+                }
+                Err(_) => {
+                    failed += 1;
+                    tracing::warn!("subscribing pub/sub channels again timed out");
+                }
+            }
+        }
+        if failed == 0 {
+            tracing::info!(channels = count, "pub/sub channels subscribed again");
         }
     }
 
@@ -402,5 +583,22 @@ impl Driver for ResilientDriver {
         }
         let (_, n): (String, u16) = self.bounded(self.inner.publisher.pubsub_shardnumsub(chan)).await?;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_scheme;
+
+    #[test]
+    fn only_the_supported_topologies_schemes_pass() {
+        for ok in ["redis://h:6379", "redis-cluster://h:1?node=h:2", "redis-sentinel://s:26379?sentinelServiceName=m"] {
+            assert!(check_scheme(ok).is_ok(), "{ok}");
+        }
+        let tls = check_scheme("rediss://h:6380").unwrap_err().to_string();
+        assert!(tls.contains("TLS"), "{tls}");
+        let other = check_scheme("http://:secret@h:6379").unwrap_err().to_string();
+        assert!(other.contains("redis-cluster://") && !other.contains("secret"), "{other}");
+        assert!(check_scheme("h:6379").is_err());
     }
 }

@@ -35,15 +35,19 @@ impl Readiness {
     /// This instance's readiness now.
     pub(super) fn of(app: &App) -> Self {
         let redis_up = app.redis.as_ref().is_none_or(|r| r.health.is_up());
-        Self::from_state(app.drain.is_draining(), app.chat.store().is_up(), redis_up)
+        let delivering = app.redis.as_ref().is_none_or(|r| r.health.is_delivering());
+        Self::from_state(app.drain.is_draining(), app.chat.store().is_up(), redis_up, delivering)
     }
 
-    /// The precedence: unreachable (the database first), then draining, then ready.
-    fn from_state(draining: bool, database_up: bool, redis_up: bool) -> Self {
+    /// The precedence: unreachable (the database first, then Redis, then delivery
+    /// through it), then draining, then ready.
+    fn from_state(draining: bool, database_up: bool, redis_up: bool, delivering: bool) -> Self {
         if !database_up {
             Readiness::Unreachable("the database is unreachable")
         } else if !redis_up {
             Readiness::Unreachable("redis is unreachable")
+        } else if !delivering {
+            Readiness::Unreachable("cross-instance delivery is failing (the delivery probe)")
         } else if draining {
             Readiness::Draining
         } else {
@@ -95,14 +99,20 @@ mod tests {
 
     #[test]
     fn unreachable_comes_before_draining_and_draining_before_ready() {
-        assert_eq!(Readiness::from_state(false, true, true), Readiness::Ready);
-        assert_eq!(Readiness::from_state(true, true, true), Readiness::Draining);
+        assert_eq!(Readiness::from_state(false, true, true, true), Readiness::Ready);
+        assert_eq!(Readiness::from_state(true, true, true, true), Readiness::Draining);
         for draining in [false, true] {
             assert_eq!(
-                Readiness::from_state(draining, false, false),
+                Readiness::from_state(draining, false, false, false),
                 Readiness::Unreachable("the database is unreachable")
             );
-            assert_eq!(Readiness::from_state(draining, true, false), Readiness::Unreachable("redis is unreachable"));
+            assert_eq!(
+                Readiness::from_state(draining, true, false, false),
+                Readiness::Unreachable("redis is unreachable")
+            );
+            assert!(
+                matches!(Readiness::from_state(draining, true, true, false), Readiness::Unreachable(why) if why.contains("delivery"))
+            );
         }
     }
 

@@ -72,6 +72,16 @@ impl Registry {
         Ok(ids.into_iter().filter(|id| *id != self.id).collect())
     }
 
+    /// The other instances that beat within [`DEAD_AFTER`].
+    pub async fn live(&self) -> Result<Vec<String>> {
+        let cutoff = (now_ms() - DEAD_AFTER.as_millis() as i64) as f64;
+        let ids: Vec<String> = self
+            .link
+            .run(self.link.commands.zrangebyscore(self.instances(), cutoff, f64::INFINITY, false, None))
+            .await?;
+        Ok(ids.into_iter().filter(|id| *id != self.id).collect())
+    }
+
     /// Claims a dead instance for clean-up; false if another instance has.
     pub async fn claim(&self, dead: &str) -> Result<bool> {
         let key = self.link.key(format!("reaping:{dead}"));

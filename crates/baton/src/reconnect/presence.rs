@@ -4,13 +4,21 @@
 //! go in, across instances.
 //!
 //! In Redis (scripts in `lua/`, each one atomic):
-//! - `{prefix}:presence:{channel}:{user}`: the user's sockets there, `instance/sid`;
-//! - `{prefix}:online:{channel}`: the users online there;
+//! - `{prefix}:presence:{<channel>}:{user}`: the user's sockets there, `instance/sid`;
+//! - `{prefix}:online:{<channel>}`: the users online there;
 //! - `{prefix}:instance:{id}:presence`: every entry an instance made, so that when it
 //!   dies another instance can take its users offline ([`Presence::reap`]), and so
 //!   that after a Redis outage it can put Redis back in step with its sockets
 //!   ([`Presence::resync`]), and with the entries of sockets a shed moved, which
 //!   stay for the grace period ([`Presence::linger`]).
+//!
+//! A channel's two keys share the hash tag `{<channel>}`, so the scripts touch one
+//! hash slot and run on a Redis Cluster. The instance's index lives in another
+//! slot, so it is written outside the scripts, in the order that keeps the
+//! invariant: the index holds at least every entry filed in a channel (an entry is
+//! indexed before it enters, unindexed after it leaves). A crash in between leaves
+//! an index entry without a channel entry, which a reap or resync removes as a
+//! no-op leave; never a channel entry no index names, which nothing would remove.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{LazyLock, Mutex};
@@ -78,16 +86,40 @@ impl Presence {
         Self { backend: Backend::Redis { link, instance }, lingering: Mutex::default() }
     }
 
-    /// Runs an enter or leave script for the entry made by `instance`.
+    /// The channel's two keys, in one hash slot: the user's sockets there, and the
+    /// users online there.
+    fn channel_keys(link: &RedisLink, channel: ChannelId, user: UserId) -> Vec<String> {
+        vec![link.key(format!("presence:{{{channel}}}:{user}")), Self::online_key(link, channel)]
+    }
+
+    fn online_key(link: &RedisLink, channel: ChannelId) -> String {
+        link.key(format!("online:{{{channel}}}"))
+    }
+
+    fn index_key(link: &RedisLink, instance: &str) -> String {
+        link.key(format!("instance:{instance}:presence"))
+    }
+
+    /// Runs an enter or leave script on the channel's keys for the entry made by
+    /// `instance`; true if the user's presence there changed.
     async fn script(link: &RedisLink, script: &Script, instance: &str, e: &Entry) -> Result<bool> {
-        let keys = vec![
-            link.key(format!("presence:{}:{}", e.channel, e.user)),
-            link.key(format!("online:{}", e.channel)),
-            link.key(format!("instance:{instance}:presence")),
-        ];
-        let args = vec![format!("{instance}/{}", e.socket), e.user.to_string(), e.encode()];
+        let keys = Self::channel_keys(link, e.channel, e.user);
+        let args = vec![format!("{instance}/{}", e.socket), e.user.to_string()];
         let changed: i64 = link.run(script.evalsha_with_reload(&link.commands, keys, args)).await?;
         Ok(changed == 1)
+    }
+
+    /// Files the entry: indexed first, then entered (the module's invariant).
+    async fn file(link: &RedisLink, instance: &str, e: &Entry) -> Result<bool> {
+        link.run(link.commands.sadd::<i64, _, _>(Self::index_key(link, instance), e.encode())).await?;
+        Self::script(link, &ENTER, instance, e).await
+    }
+
+    /// Unfiles the entry: left first, then unindexed.
+    async fn unfile(link: &RedisLink, instance: &str, e: &Entry) -> Result<bool> {
+        let changed = Self::script(link, &LEAVE, instance, e).await?;
+        link.run(link.commands.srem::<i64, _, _>(Self::index_key(link, instance), e.encode())).await?;
+        Ok(changed)
     }
 
     /// Records the socket in the channel; true if it is the user's first there.
@@ -99,7 +131,7 @@ impl Presence {
                 let first = sockets.is_empty();
                 Ok(sockets.insert(e.socket.clone()) && first)
             }
-            Backend::Redis { link, instance } => Self::script(link, &ENTER, instance, e).await,
+            Backend::Redis { link, instance } => Self::file(link, instance, e).await,
         }
     }
 
@@ -119,7 +151,7 @@ impl Presence {
                 }
                 Ok(last)
             }
-            Backend::Redis { link, instance } => Self::script(link, &LEAVE, instance, e).await,
+            Backend::Redis { link, instance } => Self::unfile(link, instance, e).await,
         }
     }
 
@@ -150,7 +182,7 @@ impl Presence {
                 Ok(was)
             }
             Backend::Redis { link, .. } => {
-                let keys = vec![link.key(format!("presence:{channel}:{user}")), link.key(format!("online:{channel}"))];
+                let keys = Self::channel_keys(link, channel, user);
                 let was: i64 =
                     link.run(REMOVE_USER.evalsha_with_reload(&link.commands, keys, vec![user.to_string()])).await?;
                 Ok(was == 1)
@@ -164,9 +196,7 @@ impl Presence {
             Backend::Local(map) => {
                 map.lock().unwrap().get(&channel).map(|u| u.keys().copied().collect()).unwrap_or_default()
             }
-            Backend::Redis { link, .. } => {
-                link.run(link.commands.smembers(link.key(format!("online:{channel}")))).await?
-            }
+            Backend::Redis { link, .. } => link.run(link.commands.smembers(Self::online_key(link, channel))).await?,
         };
         users.sort_unstable();
         Ok(users)
@@ -181,18 +211,17 @@ impl Presence {
         let lingering: Vec<Entry> = self.lingering.lock().unwrap().iter().cloned().collect();
         let local: Vec<Entry> = local.iter().cloned().chain(lingering).collect();
         let local = &local[..];
-        let filed: Vec<String> =
-            link.run(link.commands.smembers(link.key(format!("instance:{instance}:presence")))).await?;
+        let filed: Vec<String> = link.run(link.commands.smembers(Self::index_key(link, instance))).await?;
         let filed: HashSet<Entry> = filed.iter().filter_map(|s| Entry::decode(s)).collect();
         let local_set: HashSet<&Entry> = local.iter().collect();
         let mut changes = Vec::new();
         for stale in filed.iter().filter(|e| !local_set.contains(e)) {
-            if Self::script(link, &LEAVE, instance, stale).await? {
+            if Self::unfile(link, instance, stale).await? {
                 changes.push((stale.clone(), false));
             }
         }
         for missing in local.iter().filter(|e| !filed.contains(*e)) {
-            if Self::script(link, &ENTER, instance, missing).await? {
+            if Self::file(link, instance, missing).await? {
                 changes.push((missing.clone(), true));
             }
         }
@@ -203,9 +232,10 @@ impl Presence {
     /// whose user went offline with them. The caller has claimed the instance.
     pub async fn reap(&self, dead: &str) -> Result<Vec<Entry>> {
         let Backend::Redis { link, .. } = &self.backend else { return Ok(Vec::new()) };
-        let index = link.key(format!("instance:{dead}:presence"));
+        let index = Self::index_key(link, dead);
         let filed: Vec<String> = link.run(link.commands.smembers(&index)).await?;
         let mut offline = Vec::new();
+        // Each entry leaves its channel; the index goes whole after.
         for entry in filed.iter().filter_map(|s| Entry::decode(s)) {
             if Self::script(link, &LEAVE, dead, &entry).await? {
                 offline.push(entry);

@@ -62,21 +62,67 @@ fn output() -> Stdio {
     if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() }
 }
 
-/// A redis-server of the test's own, never the shared one.
+/// The Redis topology a cluster runs on: `BATON_TEST_REDIS` = `standalone` (the
+/// default), `cluster` (three masters, three replicas) or `sentinel` (a master, a
+/// replica, three Sentinels). scripts/test runs the cluster tests on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    Standalone,
+    Cluster,
+    Sentinel,
+}
+
+impl Topology {
+    pub fn from_env() -> Topology {
+        match std::env::var("BATON_TEST_REDIS").as_deref() {
+            Err(_) | Ok("") | Ok("standalone") => Topology::Standalone,
+            Ok("cluster") => Topology::Cluster,
+            Ok("sentinel") => Topology::Sentinel,
+            Ok(other) => panic!("BATON_TEST_REDIS={other}: standalone, cluster or sentinel"),
+        }
+    }
+}
+
+/// A Redis of the test's own, never the shared one. Standalone, a redis-server this
+/// process runs (so that a test can kill it and start it again, with extra
+/// arguments); a Redis Cluster or a Sentinel set, what `scripts/redis-topology`
+/// starts in a temporary directory, stopped when this is dropped.
 pub struct Redis {
+    /// The standalone server's port (what proxies forward to); a topology's first
+    /// server.
     pub port: u16,
-    child: Child,
+    child: Option<Child>,
     extra: Vec<String>,
+    /// A topology's directory (see scripts/redis-topology).
+    dir: Option<tempfile::TempDir>,
+}
+
+/// scripts/redis-topology, which starts and stops the Redis Cluster and Sentinel sets.
+fn topology_script() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/redis-topology")
 }
 
 impl Redis {
-    pub async fn start() -> Redis {
-        Self::start_on(free_port(), Vec::new()).await
-    }
-
-    /// With extra `redis-server` arguments (e.g. `--client-output-buffer-limit`).
-    pub async fn start_with(args: Vec<String>) -> Redis {
-        Self::start_on(free_port(), args).await
+    /// The topology given; extra arguments only apply to a standalone server.
+    pub async fn start_topology(topology: Topology, extra: Vec<String>) -> Redis {
+        let ports = |n| (0..n).map(|_| free_port().to_string()).collect::<Vec<_>>();
+        let (kind, ports) = match topology {
+            Topology::Standalone => return Self::start_on(free_port(), extra).await,
+            Topology::Cluster => ("cluster", ports(12)),
+            Topology::Sentinel => ("sentinel", ports(5)),
+        };
+        assert!(extra.is_empty(), "extra redis-server arguments are for a standalone server");
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(topology_script())
+            .args(["up", kind])
+            .arg(dir.path())
+            .args(&ports)
+            .output()
+            .await
+            .expect("scripts/redis-topology runs");
+        assert!(out.status.success(), "scripts/redis-topology up {kind}: {}", String::from_utf8_lossy(&out.stderr));
+        let port = ports[0].parse().unwrap();
+        Redis { port, child: None, extra, dir: Some(dir) }
     }
 
     async fn start_on(port: u16, extra: Vec<String>) -> Redis {
@@ -88,7 +134,7 @@ impl Redis {
             .kill_on_drop(true)
             .spawn()
             .expect("redis-server is installed (scripts/test installs it)");
-        let redis = Redis { port, child, extra };
+        let redis = Redis { port, child: Some(child), extra, dir: None };
         redis.wait_ready().await;
         redis
     }
@@ -110,44 +156,162 @@ impl Redis {
         }
     }
 
+    /// The REDIS_URL the instances take.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.dir {
+            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(dir) => std::fs::read_to_string(dir.path().join("url")).unwrap().trim().to_owned(),
+        }
     }
 
-    /// Messages published so far (PUBLISH and SPUBLISH calls), from `INFO commandstats`.
-    pub async fn publishes(&self) -> u64 {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
-        s.write_all(b"INFO commandstats\r\n").await.unwrap();
-        // A bulk string: `$LEN\r\n`, LEN bytes, `\r\n`.
-        let mut reply = Vec::new();
-        let mut buf = [0u8; 4096];
-        let text = loop {
-            let n = s.read(&mut buf).await.unwrap();
-            assert!(n > 0, "redis closed the connection");
-            reply.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&reply).into_owned();
-            if let Some((head, body)) = text.split_once("\r\n") {
-                let len: usize = head.trim_start_matches('$').parse().unwrap();
-                if body.len() >= len {
-                    break body[..len].to_owned();
-                }
+    /// The redis-servers' ports (a standalone server's alone).
+    pub fn servers(&self) -> Vec<u16> {
+        match &self.dir {
+            None => vec![self.port],
+            Some(dir) => ports_in(&dir.path().join("servers")),
+        }
+    }
+
+    /// The Sentinels' ports.
+    pub fn sentinels(&self) -> Vec<u16> {
+        self.dir.as_ref().map(|dir| ports_in(&dir.path().join("sentinels"))).unwrap_or_default()
+    }
+
+    /// The servers that are masters now (those that answer).
+    pub async fn masters(&self) -> Vec<u16> {
+        let mut masters = Vec::new();
+        for port in self.servers() {
+            if cli(port, &["role"]).await.lines().next() == Some("master") {
+                masters.push(port);
             }
-        };
-        text.lines()
-            .filter(|l| l.starts_with("cmdstat_publish:") || l.starts_with("cmdstat_spublish:"))
-            .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
-            .sum()
+        }
+        masters
     }
 
-    /// Kills Redis (SIGKILL: nothing saved, every connection cut).
+    /// Messages published so far with SPUBLISH (all baton publishes; Sentinels
+    /// PUBLISH their hellos) on every master, from `INFO commandstats`.
+    pub async fn spublishes(&self) -> u64 {
+        let mut total = 0;
+        for port in self.masters().await {
+            total += cli(port, &["info", "commandstats"])
+                .await
+                .lines()
+                .filter(|l| l.starts_with("cmdstat_spublish:"))
+                .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+        total
+    }
+
+    /// Kills the standalone Redis (SIGKILL: nothing saved, every connection cut).
     pub async fn kill(&mut self) {
-        self.child.kill().await.unwrap();
+        self.child
+            .as_mut()
+            .expect("kill() is for a standalone Redis: kill_server() for a topology's")
+            .kill()
+            .await
+            .unwrap();
     }
 
-    /// Starts Redis again on the same port, empty.
+    /// Starts the standalone Redis again on the same port, empty.
     pub async fn start_again(&mut self) {
         *self = Self::start_on(self.port, self.extra.clone()).await;
     }
+
+    /// Kills one of a topology's servers (or Sentinels) with SIGKILL.
+    pub fn kill_server(&self, port: u16) {
+        let dir = self.dir.as_ref().expect("a topology's server");
+        let pid = std::fs::read_to_string(dir.path().join(format!("{port}.pid"))).unwrap();
+        let pid: i32 = pid.trim().parse().unwrap();
+        // SAFETY: a plain kill(2) of a process this test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill {pid}");
+    }
+
+    /// The Redis Cluster's hash slot of a key or channel name.
+    pub async fn slot_of(&self, name: &str) -> u16 {
+        cli(self.port, &["cluster", "keyslot", name]).await.trim().parse().unwrap()
+    }
+
+    /// The master serving a slot now, as a live master sees it.
+    pub async fn master_of(&self, slot: u16) -> u16 {
+        let masters = self.masters().await;
+        let nodes = cli(masters[0], &["cluster", "nodes"]).await;
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let owns = fields[8..].iter().any(|range| match range.split_once('-') {
+                Some((a, b)) => (a.parse::<u16>().unwrap()..=b.parse().unwrap()).contains(&slot),
+                None => range.parse::<u16>().ok() == Some(slot),
+            });
+            if owns {
+                return node_port(fields[1]);
+            }
+        }
+        panic!("no master serves slot {slot}: {nodes}");
+    }
+
+    /// Moves one slot, with its keys, from its master to the master on `to`, the
+    /// way `redis-cli --cluster reshard` does (IMPORTING, MIGRATING, MIGRATE, NODE).
+    pub async fn migrate_slot(&self, slot: u16, to: u16) {
+        let from = self.master_of(slot).await;
+        assert_ne!(from, to, "slot {slot} is on {to} already");
+        let id = |port| async move { cli(port, &["cluster", "myid"]).await.trim().to_owned() };
+        let (from_id, to_id) = (id(from).await, id(to).await);
+        let (slot_arg, to_arg) = (slot.to_string(), to.to_string());
+        cli(to, &["cluster", "setslot", &slot_arg, "importing", &from_id]).await;
+        cli(from, &["cluster", "setslot", &slot_arg, "migrating", &to_id]).await;
+        loop {
+            let keys = cli(from, &["cluster", "getkeysinslot", &slot_arg, "100"]).await;
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = vec!["migrate", "127.0.0.1", &to_arg, "", "0", "5000", "keys"];
+            args.extend(keys);
+            cli(from, &args).await;
+        }
+        for port in self.masters().await {
+            cli(port, &["cluster", "setslot", &slot_arg, "node", &to_id]).await;
+        }
+    }
+
+    /// The Sentinels' master now (what `SENTINEL get-master-addr-by-name` says).
+    pub async fn sentinel_master(&self) -> u16 {
+        let sentinel = self.sentinels()[0];
+        let addr = cli(sentinel, &["sentinel", "get-master-addr-by-name", "baton"]).await;
+        addr.lines().nth(1).expect("the Sentinels know the master").trim().parse().unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::process::Command::new(topology_script()).arg("down").arg(dir.path()).status();
+        }
+    }
+}
+
+/// The ports listed in one of scripts/redis-topology's files, one a line.
+fn ports_in(file: &std::path::Path) -> Vec<u16> {
+    std::fs::read_to_string(file).unwrap().lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+/// The port of a `CLUSTER NODES` address, `ip:port@bus`.
+fn node_port(addr: &str) -> u16 {
+    addr.split('@').next().unwrap().rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// What redis-cli answers on `port` (raw), empty if it does not.
+pub async fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "--raw"])
+        .args(args)
+        .output()
+        .await
+        .expect("redis-cli is installed with redis-server");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// One baton process, and the proxies it reaches Redis and PostgreSQL through
@@ -196,8 +360,10 @@ pub struct Options {
     /// The database is on an [`OwnPostgres`] (kept in [`Cluster::own_postgres`]),
     /// which the test may stop and start.
     pub own_postgres: bool,
-    /// Extra `redis-server` arguments.
+    /// Extra `redis-server` arguments (standalone only).
     pub redis_args: Vec<String>,
+    /// The Redis topology; `BATON_TEST_REDIS`'s when None.
+    pub redis: Option<Topology>,
     /// Extra environment for every instance (after the defaults, so it wins).
     pub env: Vec<(&'static str, String)>,
 }
@@ -229,14 +395,16 @@ impl Cluster {
                 .expect("the cluster tests need PostgreSQL: set BATON_TEST_POSTGRES (scripts/test does)"),
         };
         let database_url = fresh_postgres_database(&admin).await;
-        let redis = if options.redis_args.is_empty() {
-            Redis::start().await
-        } else {
-            Redis::start_with(options.redis_args).await
-        };
+        let topology = options.redis.unwrap_or_else(Topology::from_env);
+        assert!(
+            topology == Topology::Standalone || !options.proxy_redis,
+            "a Redis proxy is for a standalone Redis (a cluster's nodes are reached at the addresses they announce)"
+        );
+        let redis = Redis::start_topology(topology, options.redis_args).await;
         let mut cluster = Cluster { redis, instances: Vec::new(), database_url, own_postgres, env: options.env };
         for i in 0..n {
-            let redis_proxy = if options.proxy_redis { Some(Proxy::start(cluster.redis.port).await) } else { None };
+            let redis_proxy =
+                if options.proxy_redis { Some(Proxy::start_redis(cluster.redis.port).await) } else { None };
             let postgres_proxy = if options.proxy_postgres {
                 let url = url::Url::parse(&cluster.database_url).unwrap();
                 Some(Proxy::start(url.port().unwrap_or(5432)).await)

@@ -12,6 +12,7 @@ mod harness;
 mod member;
 mod memory;
 mod proxy;
+mod topology;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use common::{Community, Rest, WAIT};
-use harness::Cluster;
+use harness::{Cluster, Options};
 use member::Member;
 
 /// Each channel's lastSeq, from the database.
@@ -104,7 +105,9 @@ async fn every_acked_message_reaches_every_member_on_every_instance_exactly_once
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_written_message_crosses_the_cluster_in_one_publish() {
     const MESSAGES: usize = 20;
-    let cluster = Cluster::start(2).await;
+    // The delivery probe publishes too: its first round is at start, the next in an hour.
+    let options = Options { env: vec![("BATON_DELIVERY_PROBE_INTERVAL", "1h".into())], ..Options::default() };
+    let cluster = Cluster::start_with(2, options).await;
     let rest = cluster.rest(0);
     let c = rest.populated_community(4, 1).await;
     let channel = c.channels[0];
@@ -116,7 +119,7 @@ async fn a_written_message_crosses_the_cluster_in_one_publish() {
         baton_client::Socket::connect(cluster.base(1), "/", json!({ "token": c.users[3].token })).await.unwrap();
     // The joins' presence broadcasts are done before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = cluster.redis.publishes().await;
+    let before = cluster.redis.spublishes().await;
     for i in 0..MESSAGES {
         sender.send(channel, &format!("m{i}"), &format!("c{i}")).await.unwrap();
     }
@@ -140,7 +143,7 @@ async fn a_written_message_crosses_the_cluster_in_one_publish() {
     assert_eq!((here.duplicates, there.duplicates), (0, 0));
     sender.drain();
     assert_eq!(sender.received_raw, 0, "the sender does not get its own messages");
-    let published = cluster.redis.publishes().await - before;
+    let published = cluster.redis.spublishes().await - before;
     println!("relay: {MESSAGES} messages, {published} Redis publishes");
     assert_eq!(published, MESSAGES as u64, "one publish per message");
 }

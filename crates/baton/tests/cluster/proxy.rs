@@ -18,6 +18,12 @@
 //! [`Proxy::strand_if_client_sent`] drops only the connections whose client sent
 //! some bytes (e.g. Redis's pub/sub connection, by its `SSUBSCRIBE`).
 //!
+//! A proxy to Redis ([`Proxy::start_redis`]) forwards what Redis sends in whole RESP
+//! frames, so that [`Proxy::mute_pubsub_if_client_sent`] can drop the pub/sub
+//! messages pushed on a connection and nothing else: its subscriptions are silently
+//! gone while its PINGs are answered (what no health check sees, and the delivery
+//! probe must).
+//!
 //! One proxy stands between one instance and one service, so one instance alone can
 //! be cut off. The invariant it keeps: in `Pass` it is byte-for-byte transparent
 //! (order kept, nothing added or dropped), and it never loses bytes it has read,
@@ -54,6 +60,15 @@ pub struct Proxy {
 impl Proxy {
     /// Starts a proxy to `127.0.0.1:target`, in `Pass`.
     pub async fn start(target: u16) -> Proxy {
+        Self::start_speaking(target, false).await
+    }
+
+    /// A proxy to a Redis on `127.0.0.1:target`, which knows RESP frames.
+    pub async fn start_redis(target: u16) -> Proxy {
+        Self::start_speaking(target, true).await
+    }
+
+    async fn start_speaking(target: u16, resp: bool) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (mode, watcher) = watch::channel(Mode::Pass);
@@ -75,7 +90,7 @@ impl Proxy {
                 open.retain(|c| c.strong_count() > 0);
                 open.push(Arc::downgrade(&conn));
                 drop(open);
-                tokio::spawn(forward(client, target, watcher.clone(), conn));
+                tokio::spawn(forward(client, target, watcher.clone(), conn, resp));
             }
         });
         Proxy { port, mode, accepted, conns, task }
@@ -93,10 +108,21 @@ impl Proxy {
     }
 
     fn strand_where(&self, which: impl Fn(&[u8]) -> bool) -> usize {
+        self.flag_where(which, |conn| &conn.stranded)
+    }
+
+    /// From now on, drops the pub/sub messages Redis pushes on the open connections
+    /// whose client has sent `pattern` among its first 4 KiB, and forwards the rest
+    /// (a proxy started with [`Proxy::start_redis`]); how many connections.
+    pub fn mute_pubsub_if_client_sent(&self, pattern: &[u8]) -> usize {
+        self.flag_where(|head| head.windows(pattern.len()).any(|w| w == pattern), |conn| &conn.muted)
+    }
+
+    fn flag_where(&self, which: impl Fn(&[u8]) -> bool, flag: impl Fn(&Conn) -> &AtomicBool) -> usize {
         let mut n = 0;
         for conn in self.conns.lock().unwrap().iter().filter_map(Weak::upgrade) {
             if which(&conn.head.lock().unwrap()) {
-                conn.stranded.store(true, Ordering::SeqCst);
+                flag(&conn).store(true, Ordering::SeqCst);
                 n += 1;
             }
         }
@@ -137,6 +163,8 @@ fn reset(stream: TcpStream) {
 #[derive(Default)]
 struct Conn {
     stranded: AtomicBool,
+    /// Pub/sub messages from the server are dropped (a Redis proxy's).
+    muted: AtomicBool,
     head: Mutex<Vec<u8>>,
 }
 
@@ -149,7 +177,7 @@ impl Conn {
     }
 }
 
-async fn forward(client: TcpStream, target: u16, mode: watch::Receiver<Mode>, conn: Arc<Conn>) {
+async fn forward(client: TcpStream, target: u16, mode: watch::Receiver<Mode>, conn: Arc<Conn>, resp: bool) {
     let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
         reset(client);
         return;
@@ -157,8 +185,8 @@ async fn forward(client: TcpStream, target: u16, mode: watch::Receiver<Mode>, co
     let _ = server.set_nodelay(true);
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
-    let up = pump(&mut client_read, &mut server_write, mode.clone(), &conn, true);
-    let down = pump(&mut server_read, &mut client_write, mode, &conn, false);
+    let up = pump(&mut client_read, &mut server_write, mode.clone(), &conn, true, false);
+    let down = pump(&mut server_read, &mut client_write, mode, &conn, false, resp);
     // Either direction ending (EOF, error, Refuse) ends the connection: the services
     // here never half-close.
     tokio::select! {
@@ -180,8 +208,11 @@ async fn pump(
     mut mode: watch::Receiver<Mode>,
     conn: &Conn,
     from_client: bool,
+    resp: bool,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
+    // With `resp`, what was read and is not yet a whole frame.
+    let mut partial: Vec<u8> = Vec::new();
     loop {
         while conn.stranded() {
             if *mode.borrow_and_update() == Mode::Refuse || mode.changed().await.is_err() {
@@ -222,6 +253,19 @@ async fn pump(
         if conn.stranded() {
             continue;
         }
+        let chunk = if resp {
+            partial.extend_from_slice(&buf[..n]);
+            let mut whole = Vec::new();
+            while let Some(len) = resp_frame_len(&partial) {
+                let frame: Vec<u8> = partial.drain(..len).collect();
+                if !(conn.muted.load(Ordering::SeqCst) && is_pubsub_message(&frame)) {
+                    whole.extend_from_slice(&frame);
+                }
+            }
+            whole
+        } else {
+            buf[..n].to_vec()
+        };
         loop {
             let current = *mode.borrow_and_update();
             match current {
@@ -238,8 +282,68 @@ async fn pump(
                 Mode::Pass => break,
             }
         }
-        if to.write_all(&buf[..n]).await.is_err() {
+        if to.write_all(&chunk).await.is_err() {
             return;
         }
     }
+}
+
+/// The length of the whole RESP2 or RESP3 frame at the start of `buf`; None while it
+/// is incomplete. What is not RESP is one frame to the end of `buf`.
+fn resp_frame_len(buf: &[u8]) -> Option<usize> {
+    let (&kind, _) = buf.split_first()?;
+    let line = buf.windows(2).position(|w| w == b"\r\n")?;
+    let after = line + 2;
+    let count = || std::str::from_utf8(&buf[1..line]).ok()?.parse::<i64>().ok();
+    match kind {
+        b'+' | b'-' | b':' | b'_' | b'#' | b',' | b'(' => Some(after),
+        b'$' | b'!' | b'=' => match count() {
+            None => Some(buf.len()),
+            Some(n) if n < 0 => Some(after),
+            Some(n) => Some(after + n as usize + 2).filter(|end| *end <= buf.len()),
+        },
+        b'*' | b'>' | b'~' | b'%' | b'|' => {
+            let Some(n) = count() else { return Some(buf.len()) };
+            let elements = if matches!(kind, b'%' | b'|') { 2 * n.max(0) } else { n.max(0) };
+            let mut at = after;
+            for _ in 0..elements {
+                at += resp_frame_len(&buf[at..])?;
+            }
+            if kind == b'|' {
+                // An attribute precedes the frame it describes.
+                at += resp_frame_len(&buf[at..])?;
+            }
+            Some(at)
+        }
+        _ => Some(buf.len()),
+    }
+}
+
+/// Whether a whole frame is a pub/sub message Redis pushes (`message`, `pmessage`,
+/// `smessage`), not a reply.
+fn is_pubsub_message(frame: &[u8]) -> bool {
+    let Some(line) = frame.windows(2).position(|w| w == b"\r\n") else { return false };
+    let first = &frame[line + 2..];
+    matches!(frame[0], b'*' | b'>')
+        && [&b"$7\r\nmessage\r\n"[..], b"$8\r\npmessage\r\n", b"$8\r\nsmessage\r\n"]
+            .iter()
+            .any(|m| first.starts_with(m))
+}
+
+#[test]
+fn resp_frames_are_split_whole_and_pushes_told_from_replies() {
+    let push = b"*3\r\n$8\r\nsmessage\r\n$4\r\nchan\r\n$2\r\nhi\r\n";
+    let pong = b"*2\r\n$4\r\npong\r\n$0\r\n\r\n";
+    let stream = [&push[..], b"+OK\r\n", pong].concat();
+    assert_eq!(resp_frame_len(&stream), Some(push.len()));
+    assert_eq!(resp_frame_len(&stream[..push.len() - 1]), None, "incomplete");
+    assert_eq!(resp_frame_len(&stream[push.len()..]), Some(5));
+    assert!(is_pubsub_message(push));
+    assert!(!is_pubsub_message(pong));
+    assert!(!is_pubsub_message(b"+OK\r\n"));
+    let resp3 = b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nx\r\n";
+    assert_eq!(resp_frame_len(resp3), Some(resp3.len()));
+    assert!(is_pubsub_message(resp3));
+    assert_eq!(resp_frame_len(b"%1\r\n+a\r\n:1\r\n"), Some(12));
+    assert_eq!(resp_frame_len(b"$-1\r\n"), Some(5));
 }

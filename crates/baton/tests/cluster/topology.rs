@@ -1,0 +1,164 @@
+//! Issue 16's faults, each under the traffic and checker of `faults.rs`: on a Redis
+//! Cluster (three masters, three replicas), the master of the slot written changes
+//! cross on killed (its replica promoted), and that slot migrated to another master;
+//! on Sentinel, the master killed (the replica promoted); on a standalone Redis, one
+//! instance's pub/sub silently muted (its subscriptions deliver nothing, its PINGs
+//! are answered), which only the delivery probe sees.
+//!
+//! Each test pins its topology (scripts/test runs them once, not once per
+//! topology) and prints one `topology <name> figures:` line with the time until
+//! cross-instance delivery resumed both ways, measured from the fault by a member's
+//! message reaching a member on the other instance live.
+
+use std::time::{Duration, Instant};
+
+use crate::faults::{Readyz, Traffic};
+use crate::harness::{Cluster, Options, Topology};
+
+/// A probe fast enough for a test: a round every 500 ms, unready after 2 s.
+const PROBE: [(&str, &str); 2] = [("BATON_DELIVERY_PROBE_INTERVAL", "500ms"), ("BATON_DELIVERY_TIMEOUT", "2s")];
+
+/// The pub/sub channel written changes cross the cluster on (gateway/relay.rs,
+/// under the default prefix).
+const WRITTEN: &str = "baton:written";
+
+fn on(topology: Topology, proxy_redis: bool) -> Options {
+    Options {
+        redis: Some(topology),
+        proxy_redis,
+        env: PROBE.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+        ..Options::default()
+    }
+}
+
+/// Delivery from instance 0 to 1 and from 1 to 0, each measured from `fault`.
+async fn resumed_both_ways(t: &mut Traffic, fault: Instant) -> (Duration, Duration) {
+    let there = t.delivery_resumed(0, 1, fault).await;
+    let back = t.delivery_resumed(1, 0, fault).await;
+    (there, back)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_redis_cluster_master_killed_under_traffic() {
+    let cluster = Cluster::start_with(2, on(Topology::Cluster, false)).await;
+    let mut t = Traffic::start(&cluster, 4).await;
+    let readyz = Readyz::watch(&cluster);
+    t.rounds(2).await;
+    let slot = cluster.redis.slot_of(WRITTEN).await;
+    let master = cluster.redis.master_of(slot).await;
+    let fault = Instant::now();
+    cluster.redis.kill_server(master);
+    t.during_fault = true;
+    let (there, back) = resumed_both_ways(&mut t, fault).await;
+    let healed = Instant::now();
+    t.rounds_while(Duration::from_secs(3), Duration::from_secs(3), || true).await;
+    t.during_fault = false;
+    let promoted = cluster.redis.master_of(slot).await;
+    assert_ne!(promoted, master, "a replica took the slot over");
+    t.rounds(2).await;
+    let report = t.check().await;
+    println!(
+        "topology redis cluster master killed figures: {report}, cross-instance delivery resumed {there:?} (0 to 1) \
+         and {back:?} (1 to 0) after the kill of the master of slot {slot}, /readyz said {}",
+        readyz.summary(fault, healed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_redis_cluster_slot_migrated_under_traffic() {
+    let cluster = Cluster::start_with(2, on(Topology::Cluster, false)).await;
+    let mut t = Traffic::start(&cluster, 4).await;
+    let readyz = Readyz::watch(&cluster);
+    t.rounds(2).await;
+    let slot = cluster.redis.slot_of(WRITTEN).await;
+    let from = cluster.redis.master_of(slot).await;
+    let to = *cluster.redis.masters().await.iter().find(|m| **m != from).unwrap();
+    let fault = Instant::now();
+    cluster.redis.migrate_slot(slot, to).await;
+    t.during_fault = true;
+    let (there, back) = resumed_both_ways(&mut t, fault).await;
+    let healed = Instant::now();
+    t.rounds_while(Duration::from_secs(3), Duration::from_secs(3), || true).await;
+    t.during_fault = false;
+    assert_eq!(cluster.redis.master_of(slot).await, to, "the slot moved");
+    t.rounds(2).await;
+    let report = t.check().await;
+    println!(
+        "topology redis cluster slot migrated figures: {report}, cross-instance delivery resumed {there:?} (0 to 1) \
+         and {back:?} (1 to 0) after slot {slot} moved, /readyz said {}",
+        readyz.summary(fault, healed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_sentinel_master_killed_under_traffic() {
+    let cluster = Cluster::start_with(2, on(Topology::Sentinel, false)).await;
+    let mut t = Traffic::start(&cluster, 4).await;
+    let readyz = Readyz::watch(&cluster);
+    t.rounds(2).await;
+    let master = cluster.redis.sentinel_master().await;
+    let fault = Instant::now();
+    cluster.redis.kill_server(master);
+    t.during_fault = true;
+    let (there, back) = resumed_both_ways(&mut t, fault).await;
+    let healed = Instant::now();
+    t.rounds_while(Duration::from_secs(3), Duration::from_secs(3), || true).await;
+    t.during_fault = false;
+    let promoted = cluster.redis.sentinel_master().await;
+    assert_ne!(promoted, master, "the Sentinels promoted the replica");
+    t.rounds(2).await;
+    let report = t.check().await;
+    println!(
+        "topology sentinel master killed figures: {report}, cross-instance delivery resumed {there:?} (0 to 1) and \
+         {back:?} (1 to 0) after the kill, /readyz said {}",
+        readyz.summary(fault, healed)
+    );
+}
+
+/// One instance's subscriptions deliver nothing while its connections look healthy:
+/// that instance, and only it, turns unready, repairs itself (subscribing again,
+/// then a new pub/sub connection), and the clients get everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_one_instance_pubsub_muted_is_caught_by_the_delivery_probe() {
+    let cluster = Cluster::start_with(2, on(Topology::Standalone, true)).await;
+    let mut t = Traffic::start(&cluster, 4).await;
+    let readyz = Readyz::watch(&cluster);
+    t.rounds(2).await;
+    let proxy = cluster.instances[0].redis_proxy.as_ref().unwrap();
+    let accepted = proxy.accepted();
+    let fault = Instant::now();
+    assert_eq!(proxy.mute_pubsub_if_client_sent(b"SSUBSCRIBE"), 1, "one pub/sub connection");
+    t.during_fault = true;
+    // Traffic goes on until the instance has been unready and is ready again.
+    let mut unready_after: Option<Duration> = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ready_again_after = loop {
+        t.round().await;
+        match unready_after {
+            None => unready_after = readyz.first(0, 503, fault),
+            Some(unready) => {
+                if let Some(ready) = readyz.first(0, 200, fault + unready) {
+                    break unready + ready;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "instance 0 was not unready then ready again within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let healed = Instant::now();
+    let to_it = t.delivery_resumed(1, 0, fault).await;
+    t.during_fault = false;
+    assert!(readyz.always(1, 200, fault, healed), "the instance that delivers stayed ready");
+    let reconnected = proxy.accepted() - accepted;
+    t.rounds(2).await;
+    let report = t.check().await;
+    let metrics = reqwest::get(format!("{}/metrics", cluster.base(0))).await.unwrap().text().await.unwrap();
+    let repairs: Vec<&str> = metrics.lines().filter(|l| l.starts_with("baton_delivery_repairs_total")).collect();
+    println!(
+        "topology one instance's pubsub muted figures: {report}, unready {:?} after the mute (timeout 2 s), ready \
+         again {ready_again_after:?} after it, live delivery to it {to_it:?} after it, new connections to Redis \
+         {reconnected}, repairs {repairs:?}, /readyz said {}",
+        unready_after.unwrap(),
+        readyz.summary(fault, healed)
+    );
+}

@@ -16,9 +16,9 @@ checks what it rendered:
 - with --baton BINARY, that every BATON_* variable the chart sets is one `baton
   --help` lists.
 
-Each render is written to OUT/<render>/<kind>-<name>.yaml, where the deploy test's
-simulated rolling update reads the pod's timings, and the objects servicemonitor.mjs
-checks to OUT/<render>.others.json. Exit status 1 with a line per
+Each render is written to OUT/<render>/<kind>-<name>.yaml and, as JSON, to
+OUT/<render>.json, where the deploy test's simulated rolling update reads the pod's
+timings; the objects servicemonitor.mjs checks go to OUT/<render>.others.json. Exit status 1 with a line per
 fault."""
 
 import argparse
@@ -245,7 +245,10 @@ def write(out, name, objects):
         path = os.path.join(directory, f"{obj['kind'].lower()}-{obj['metadata']['name']}.yaml")
         with open(path, "w") as f:
             yaml.safe_dump(obj, f, sort_keys=False)
-    # The objects another checker validates, as JSON for it (Node.js reads no YAML).
+    # As JSON too (Node.js reads no YAML): every object, for the deploy test's
+    # simulated rolling update, and those another checker validates.
+    with open(os.path.join(out, f"{name}.json"), "w") as f:
+        json.dump([obj for _, obj in objects], f)
     others = [obj for _, obj in objects if obj["kind"] in OTHER_CHECKER]
     with open(os.path.join(out, f"{name}.others.json"), "w") as f:
         json.dump(others, f)

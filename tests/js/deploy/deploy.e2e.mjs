@@ -10,7 +10,19 @@
 //                      clients move back;
 //   4. kill -9         one instance of the serving colour is killed;
 //   5. kill -9 polling the serving instance holding the most long-polling clients is
-//                      killed.
+//                      killed;
+//   6. kubernetes      two rolling updates as Kubernetes would run the Helm chart's
+//                      Deployment (kubernetes.mjs, with the pod's probes, preStop
+//                      hook, grace period, maxSurge/maxUnavailable and
+//                      minReadySeconds as scripts/check-kubernetes renders them;
+//                      HAProxy, its agent checks off, following the pods'
+//                      readiness as the endpoints would, a terminating pod in
+//                      its DRAIN state): the serving colour
+//                      replaced by pods running with the chart's settings, then
+//                      those replaced in turn. Asserted besides: no old pod was
+//                      killed at the end of its grace period, each preStop hook
+//                      ended with the drain's report, /healthz answered 200 for as
+//                      long as each old pod ran.
 //
 // Every client uses web/baton-client.js (dedupe by eventSeq, `since` on reconnect,
 // gap filling, resend by clientMsgId), 850 with its reconnect timings and 150 with
@@ -22,8 +34,9 @@
 // or a shed; the kill), with this process's event-loop lag (the clients share its
 // one thread); and how long HAProxy took to mark each killed instance DOWN.
 //
-// Needs BATON_TEST_POSTGRES (an admin URL), haproxy, socat and redis-server:
-// scripts/test provides them and runs this with `node --test deploy/deploy.e2e.mjs`.
+// Needs BATON_TEST_POSTGRES (an admin URL), haproxy, socat and redis-server, and
+// runs scripts/check-kubernetes (which installs what it needs): scripts/test
+// provides them and runs this with `node --test deploy/deploy.e2e.mjs`.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFile, spawn, execFileSync } from "node:child_process";
@@ -31,10 +44,12 @@ import { writeFileSync, chmodSync, readFileSync } from "node:fs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createInterface } from "node:readline";
+import { createServer } from "node:net";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import { io } from "socket.io-client";
 import { createBatonClient } from "../../../web/baton-client.js";
 import { rest, until, localCluster, batonBinary as binary } from "../baton.mjs";
+import { renderedPod, Deployment } from "./kubernetes.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
 const USERS = 200;
@@ -52,6 +67,7 @@ const SENDERS = 20;
 const SIZE = 2; // instances per colour
 
 let cluster;
+let deployment; // the simulated Kubernetes Deployment (phase 6), its probes stopped in `after`
 // Closed in `after`, so that a failed assertion does not leave 1,000 sockets and the
 // traffic's timer holding the process open.
 const clients = [];
@@ -81,10 +97,42 @@ const run = (script, args = [], onLine = () => {}) =>
     });
   });
 
+// Whether `port` can be listened on, on 127.0.0.1, now.
+const portFree = (port) =>
+  new Promise((resolve) => {
+    const s = createServer()
+      .once("error", () => resolve(false))
+      .listen(port, "127.0.0.1", () => s.close(() => resolve(true)));
+  });
+// The first of `n` consecutive free ports below the kernel's ephemeral range. The
+// instances' ports (and their agents') are taken from there: an instance is
+// restarted under load (by its supervisor after a kill -9, as a new pod in the
+// Kubernetes phase), and while it is down, any outgoing connection on this machine
+// (HAProxy's to the other instances, the clients') may take a port of the ephemeral
+// range as its own, and the restart then fails with "address already in use".
+const portsBelowEphemeral = async (n) => {
+  const [low] = readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/).map(Number);
+  assert.ok(low > 11000 + n, `the ephemeral range starts at ${low}: no room below it`);
+  for (let tries = 0; tries < 100; tries++) {
+    const first = 10000 + Math.floor(Math.random() * (low - 10000 - n));
+    let free = true;
+    for (let p = first; p < first + n && free; p++) free = await portFree(p);
+    if (free) return first;
+  }
+  throw new Error(`no ${n} free consecutive ports below ${low}`);
+};
+
 before(async () => {
   assert.ok(process.env.BATON_TEST_POSTGRES, "the deploy test needs BATON_TEST_POSTGRES (scripts/test sets it)");
+  // The chart as rendered now (target/kubernetes/defaults.json), before any client
+  // shares this machine's cores with the render.
+  execFileSync(join(root, "scripts", "check-kubernetes"), [], { stdio: ["ignore", "ignore", "inherit"] });
+  // Each instance takes two ports (its own and its agent's): blue's, then green's.
+  const ports = await portsBelowEphemeral(4 * SIZE);
   cluster = await localCluster("deploy", {
     BATON_COLOUR_SIZE: String(SIZE),
+    BATON_BLUE_PORT: String(ports),
+    BATON_GREEN_PORT: String(ports + 2 * SIZE),
     BATON_DRAIN_WINDOW: "10s",
     BATON_PRESENCE_GRACE: "5s",
     DEPLOY_READY_TIMEOUT: "30",
@@ -94,6 +142,7 @@ before(async () => {
 });
 
 after(() => {
+  deployment?.stop();
   clearInterval(ticker);
   clients.forEach((c) => c.close());
   cluster?.down();
@@ -348,6 +397,78 @@ test("1,000 clients through blue-green, a canary by shedding, a failing canary a
   });
   log(`killed ${killed1}, then ${killed2} (long-polling clients per instance: ${JSON.stringify(polling)})`);
   log(`HAProxy marked the killed instance DOWN after (ms, polled every 20 ms or so): ${JSON.stringify(markedDown)}`);
+
+  // Kubernetes: the pod as the chart renders it, and the instances as its pods.
+  // The new pods run the same binary with the rendered Deployment's baton settings
+  // (the drain window, the load balancer delay, the presence grace), through a
+  // wrapper, as a new image would; the scripts' own (port, agent port, instance
+  // name, human logs) stay.
+  const pod = renderedPod(join(root, "target", "kubernetes", "defaults.json"));
+  const chartEnv = Object.entries(pod.env).filter(
+    ([k]) => k.startsWith("BATON_") && !["BATON_LISTEN", "BATON_DATA_DIR", "BATON_LOG_FORMAT"].includes(k),
+  );
+  const chartBinary = join(cluster.dir, "chart-pod-baton");
+  writeFileSync(
+    chartBinary,
+    `#!/bin/sh\n# baton with the rendered chart's settings\n` +
+      chartEnv.map(([k, v]) => `export ${k}='${v}'\n`).join("") +
+      `exec '${binary}' "$@"\n`,
+  );
+  chmodSync(chartBinary, 0o755);
+  log(`kubernetes: the chart's pod: ${JSON.stringify({ ...pod, env: Object.fromEntries(chartEnv) })}`);
+  const hap = (command) =>
+    new Promise((resolve, reject) => {
+      const child = execFile("socat", ["-t", "2", "-", `UNIX-CONNECT:${join(cluster.dir, "haproxy.sock")}`], (e, out) =>
+        e || out.trim() ? reject(new Error(`HAProxy: ${command}: ${e?.message ?? out.trim()}`)) : resolve(),
+      );
+      child.stdin.end(`${command}\n`);
+    });
+  // The load balancer follows readiness only: no agent, whose `up ready` would end
+  // the maintenance state a terminating pod is put in.
+  for (const i of [...instances("blue"), ...instances("green")]) await hap(`disable agent baton/${i}`);
+  deployment = new Deployment(pod, {
+    start: async (name) => {
+      writeFileSync(join(cluster.dir, `${name}.bin`), `${chartBinary}\n`);
+      assert.equal(await run("scripts/cluster", ["restart", name]), 0, `${name} started`);
+    },
+    // In the endpoints: ready and weighted as the others. Out of them: HAProxy's
+    // DRAIN, no new session, established connections kept, as any Kubernetes load
+    // balancer does when an endpoint goes. (Not MAINT: with the template's
+    // on-marked-down shutdown-sessions, it cuts every WebSocket of the server at
+    // once.) DRAIN still sends a terminating pod the requests its cookie names, so
+    // its long-polling clients move paced by the drain; ingress-nginx and the AWS
+    // load balancers send those elsewhere from the deletion (docs/operations.md).
+    lbAdd: (name) => hap(`set server baton/${name} state ready; set server baton/${name} weight 100`),
+    lbRemove: (name) => hap(`set server baton/${name} state drain`),
+    transportsOf: async (name) => (await status(name))?.transports,
+    urlOf: (name) => `http://127.0.0.1:${portOf(name)}`,
+    pidOf: (name) => Number(readFileSync(join(cluster.dir, `${name}.pid`), "utf8")),
+    deleted: (name) => writeFileSync(join(cluster.dir, `${name}.stop`), ""),
+    binary,
+    adminToken: token(),
+    log,
+  });
+  const first = active();
+  await deployment.adopt(instances(first));
+  const rollouts = [];
+  for (const [name, to] of [
+    ["kubernetes rolling update onto the chart's pods", other(first)],
+    ["kubernetes rolling update, chart to chart", first],
+  ]) {
+    await phase(name, async () => {
+      rollouts.push([name, await deployment.rollOut(instances(to))]);
+    });
+  }
+  for (const [name, { started, terminated }] of rollouts) {
+    log(`kubernetes figures: ${name}: ${JSON.stringify({ started, terminated })}`);
+    for (const t of terminated) {
+      assert.equal(t.preStopExit, 0, `${name}: ${t.name}'s preStop hook succeeded (${t.preStopOutput ?? ""})`);
+      assert.ok(t.report?.instance === t.name, `${name}: ${t.name}'s preStop hook printed its drain report`);
+      assert.ok(!t.killedAtGraceEnd && t.goneAfterMs < pod.graceMs, `${name}: ${t.name} exited within its grace period`);
+      assert.ok(t.healthzChecks > 0, `${name}: ${t.name}'s /healthz was checked`);
+      assert.deepEqual(t.healthzFailures, [], `${name}: ${t.name}'s /healthz answered 200 while it ran`);
+    }
+  }
 
   sending = false;
   clearInterval(ticker);

@@ -40,7 +40,8 @@ export async function freePorts(n) {
 }
 
 /**
- * A local cluster from scripts/cluster (HAProxy, its own Redis, two colours of
+ * A local cluster from scripts/cluster (HAProxy, its own Redis of the topology
+ * BATON_TEST_REDIS names, standalone by default, two colours of
  * BATON_COLOUR_SIZE instances, blue-1.. and green-1.., on a fresh database of the
  * PostgreSQL server BATON_TEST_POSTGRES), on free ports with its state in a
  * temporary directory. `extra` is added to the scripts' environment (its
@@ -59,7 +60,10 @@ export async function localCluster(name, extra = {}) {
     BATON_LB_PORT: String(await freePort()),
     BATON_BLUE_PORT: String(await freePorts(2 * size)),
     BATON_GREEN_PORT: String(await freePorts(2 * size)),
-    BATON_CLUSTER_REDIS_PORT: String(await freePort()),
+    // Its Redis: BATON_TEST_REDIS's topology (standalone, cluster or sentinel),
+    // on enough free ports in a row for any of them.
+    BATON_CLUSTER_REDIS: process.env.BATON_TEST_REDIS || "standalone",
+    BATON_CLUSTER_REDIS_PORT: String(await freePorts(12)),
     BATON_CLUSTER_DB: `baton_js_${name}_${process.pid}`,
     BATON_PG_ADMIN: process.env.BATON_TEST_POSTGRES,
     ...extra,

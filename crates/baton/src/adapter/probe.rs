@@ -252,7 +252,7 @@ impl DeliveryProbe {
         if reconnect {
             tracing::warn!("delivery still failing: replacing the pub/sub connection");
             metrics::counter!(m::DELIVERY_REPAIRS, "action" => "reconnect").increment(1);
-            self.link.reconnect_pubsub();
+            self.link.reconnect_pubsub().await;
         } else {
             tracing::warn!("delivery failing: subscribing every pub/sub channel again");
             metrics::counter!(m::DELIVERY_REPAIRS, "action" => "resubscribe").increment(1);

@@ -304,9 +304,24 @@ impl RedisLink {
         }
     }
 
-    /// Replaces the pub/sub connection, in the background (its second repair).
-    pub(super) fn reconnect_pubsub(&self) {
-        self.reconnect(false);
+    /// Replaces the pub/sub connections (the delivery probe's second repair). On a
+    /// Redis Cluster fred's forced reconnection only refreshes the slots and keeps
+    /// every node connection that has not failed, a silent one included (and a QUIT
+    /// would close the client's message stream for good): there each node is asked
+    /// to close the subscriber's connection (`CLIENT KILL ID`), fred connects
+    /// again, and its reconnect has everything subscribed again.
+    pub(super) async fn reconnect_pubsub(&self) {
+        let subscriber = &self.driver.inner.subscriber;
+        if !subscriber.is_clustered() {
+            return self.reconnect(false);
+        }
+        for (server, id) in subscriber.connection_ids() {
+            let kill = vec![fred::types::client::ClientKillFilter::ID(id.to_string())];
+            let node = self.commands.with_cluster_node(&server);
+            if let Err(e) = self.run(node.client_kill::<fred::types::Value>(kill)).await {
+                tracing::warn!(%server, error = %e, "could not close the pub/sub connection");
+            }
+        }
     }
 
     /// Has the pub/sub client, and the command one if `commands`, drop its

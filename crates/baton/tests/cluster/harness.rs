@@ -277,6 +277,29 @@ impl Redis {
         }
     }
 
+    /// Makes the cluster's master on `master` announce `port` as its own (its bus
+    /// port unchanged), and waits until every master's map of slots says so: from
+    /// then on clients reach it there.
+    pub async fn announce_through(&self, master: u16, port: u16) {
+        let bus = cli(master, &["config", "get", "cluster-port"]).await;
+        let bus = bus.lines().nth(1).expect("cluster-port is set").trim().to_owned();
+        cli(master, &["config", "set", "cluster-announce-bus-port", &bus]).await;
+        cli(master, &["config", "set", "cluster-announce-port", &port.to_string()]).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let announced = format!("127.0.0.1:{port}@");
+        loop {
+            let mut seen = 0;
+            for m in self.masters().await {
+                seen += cli(m, &["cluster", "nodes"]).await.contains(&announced) as usize;
+            }
+            if seen == self.masters().await.len() {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the masters did not learn the announced port");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The Sentinels' master now (what `SENTINEL get-master-addr-by-name` says).
     pub async fn sentinel_master(&self) -> u16 {
         let sentinel = self.sentinels()[0];
@@ -364,6 +387,10 @@ pub struct Options {
     pub redis_args: Vec<String>,
     /// The Redis topology; `BATON_TEST_REDIS`'s when None.
     pub redis: Option<Topology>,
+    /// On a Redis Cluster: one master, not the one serving this key or channel's
+    /// slot, is reached by every client through a [`Proxy`] (it announces the
+    /// proxy's port as its own), so that a test can break that one shard.
+    pub proxy_one_shard: Option<&'static str>,
     /// Extra environment for every instance (after the defaults, so it wins).
     pub env: Vec<(&'static str, String)>,
 }
@@ -374,6 +401,9 @@ pub struct Cluster {
     pub database_url: String,
     /// Set with [`Options::own_postgres`]; dropped after the instances.
     pub own_postgres: Option<OwnPostgres>,
+    /// Set with [`Options::proxy_one_shard`]: the master every instance reaches
+    /// through the proxy, and the proxy.
+    pub shard_proxy: Option<(u16, Proxy)>,
     env: Vec<(&'static str, String)>,
 }
 
@@ -401,7 +431,19 @@ impl Cluster {
             "a Redis proxy is for a standalone Redis (a cluster's nodes are reached at the addresses they announce)"
         );
         let redis = Redis::start_topology(topology, options.redis_args).await;
-        let mut cluster = Cluster { redis, instances: Vec::new(), database_url, own_postgres, env: options.env };
+        let shard_proxy = match options.proxy_one_shard {
+            Some(avoiding) => {
+                assert_eq!(topology, Topology::Cluster, "proxy_one_shard is for a Redis Cluster");
+                let busy = redis.master_of(redis.slot_of(avoiding).await).await;
+                let master = *redis.masters().await.iter().find(|m| **m != busy).unwrap();
+                let proxy = Proxy::start_redis(master).await;
+                redis.announce_through(master, proxy.port).await;
+                Some((master, proxy))
+            }
+            None => None,
+        };
+        let mut cluster =
+            Cluster { redis, instances: Vec::new(), database_url, own_postgres, shard_proxy, env: options.env };
         for i in 0..n {
             let redis_proxy =
                 if options.proxy_redis { Some(Proxy::start_redis(cluster.redis.port).await) } else { None };

@@ -3,7 +3,8 @@
 //! cross on killed (its replica promoted), and that slot migrated to another master;
 //! on Sentinel, the master killed (the replica promoted); on a standalone Redis, one
 //! instance's pub/sub silently muted (its subscriptions deliver nothing, its PINGs
-//! are answered), which only the delivery probe sees.
+//! are answered), and on a Redis Cluster one shard's pub/sub muted for every
+//! instance, which only the delivery probe sees.
 //!
 //! Each test pins its topology (scripts/test runs them once, not once per
 //! topology) and prints one `topology <name> figures:` line with the time until
@@ -159,6 +160,52 @@ async fn topology_one_instance_pubsub_muted_is_caught_by_the_delivery_probe() {
          again {ready_again_after:?} after it, live delivery to it {to_it:?} after it, new connections to Redis \
          {reconnected}, repairs {repairs:?}, /readyz said {}",
         unready_after.unwrap(),
+        readyz.summary(fault, healed)
+    );
+}
+
+/// One Redis Cluster shard stops delivering pub/sub (a proxy every client reaches
+/// that master through drops the messages it pushes, and nothing else), a shard
+/// that `{prefix}:written` is not on: chat crosses the cluster throughout, but the
+/// namespaces' channels there are silent. Only the probe's channel on that shard
+/// shows it: every instance turns unready, repairs (a new pub/sub connection goes
+/// through the proxy unmuted), and is ready again; nothing acked is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_redis_cluster_one_shard_muted_is_caught_by_the_delivery_probe() {
+    let options = Options { proxy_one_shard: Some(WRITTEN), ..on(Topology::Cluster, false) };
+    let cluster = Cluster::start_with(2, options).await;
+    let mut t = Traffic::start(&cluster, 4).await;
+    let readyz = Readyz::watch(&cluster);
+    t.rounds(2).await;
+    let (master, proxy) = cluster.shard_proxy.as_ref().unwrap();
+    let fault = Instant::now();
+    let muted = proxy.mute_pubsub_if_client_sent(b"SSUBSCRIBE");
+    assert_eq!(muted, 2, "each instance's pub/sub connection to that master");
+    t.during_fault = true;
+    let mut unready: Vec<Option<Duration>> = vec![None; 2];
+    let mut ready_again: Vec<Option<Duration>> = vec![None; 2];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ready_again.iter().any(Option::is_none) {
+        t.round().await;
+        for i in 0..2 {
+            match unready[i] {
+                None => unready[i] = readyz.first(i, 503, fault),
+                Some(after) => {
+                    ready_again[i] = ready_again[i].or(readyz.first(i, 200, fault + after).map(|d| d + after))
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "unready {unready:?}, ready again {ready_again:?} after 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let healed = Instant::now();
+    t.during_fault = false;
+    t.rounds(2).await;
+    let report = t.check().await;
+    println!(
+        "topology redis cluster one shard's pubsub muted figures: {report}, master {master} muted for {muted} \
+         pub/sub connections; unready after {unready:?}, ready again after {ready_again:?} (timeout 2 s), /readyz \
+         said {}",
         readyz.summary(fault, healed)
     );
 }

@@ -435,6 +435,14 @@ pub(crate) fn connected_clients(app: &App) -> Vec<Client> {
     out
 }
 
+/// This instance's transports (engine.io connections), and how many of them are on
+/// HTTP long-polling: what `/admin/status` reports and `/metrics` samples.
+pub(crate) fn count_transports(app: &App) -> (usize, usize) {
+    let clients = connected_clients(app);
+    let polling = clients.iter().filter(|c| c.socket.transport_type() == TransportType::Polling).count();
+    (clients.len(), polling)
+}
+
 /// What [`close_paced`] did.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Closed {

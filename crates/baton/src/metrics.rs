@@ -11,6 +11,12 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Socket.IO sockets connected to this instance, by namespace (gauge).
 pub const SOCKETS: &str = "baton_sockets";
+/// Engine.IO connections (clients, whatever their namespaces) on this instance,
+/// sampled at each scrape: what an autoscaler should count (one series per
+/// instance, unlike [`SOCKETS`]).
+pub const TRANSPORTS: &str = "baton_transports";
+/// Of them, those on HTTP long-polling (not upgraded to WebSocket).
+pub const TRANSPORTS_POLLING: &str = "baton_transports_polling";
 /// Namespace connects, by `namespace` kind (`root`, `community`) and `result`
 /// (`accepted` or the refusal's code).
 pub const CONNECTS: &str = "baton_connects_total";

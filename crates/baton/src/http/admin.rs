@@ -13,7 +13,6 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
 use serde::Deserialize;
-use socketioxide::TransportType;
 
 use super::{AppState, OptionalJson, Query};
 use crate::error::{Error, Result};
@@ -140,9 +139,7 @@ async fn drain(
 async fn status(State(app): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse> {
     require_admin(&app, &headers)?;
     let sockets = app.fanout.io().socket_count();
-    let clients = crate::drain::connected_clients(&app);
-    let transports = clients.len();
-    let polling = clients.iter().filter(|c| c.socket.transport_type() == TransportType::Polling).count();
+    let (transports, polling) = crate::drain::count_transports(&app);
     Ok(axum::Json(serde_json::json!({
         "instance": app.instance,
         "draining": app.drain.is_draining(),

@@ -88,8 +88,13 @@ async fn readyz(State(app): State<AppState>) -> Result<impl IntoResponse, Error>
     }
 }
 
-/// Prometheus text exposition of every metric in [`crate::metrics`].
-async fn metrics() -> impl IntoResponse {
+/// Prometheus text exposition of every metric in [`crate::metrics`]. The transport
+/// gauges are sampled here, at each scrape (what `/admin/status` counts), rather
+/// than kept up to date on every connect and close.
+async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
+    let (transports, polling) = crate::drain::count_transports(&app);
+    metrics::gauge!(crate::metrics::TRANSPORTS).set(transports as f64);
+    metrics::gauge!(crate::metrics::TRANSPORTS_POLLING).set(polling as f64);
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::install().render())
 }
 

@@ -261,10 +261,19 @@ async fn metrics_are_served_in_prometheus_text() {
         "baton_events_in_total{event=\"chat\"}",
         "baton_events_out_total{event=\"new-chat\"}",
         "baton_ack_seconds_bucket{event=\"chat\"",
-        "baton_db_query_seconds_bucket{query=\"insert_message\"",
+        // The group commit's batch (store/group_commit.rs), which every new message goes
+        // through; `insert_message` is its one-by-one fallback.
+        "baton_db_query_seconds_bucket{query=\"insert_messages\"",
         "baton_connects_total{namespace=\"community\",result=\"accepted\"}",
         &format!("baton_sockets{{namespace=\"/socket/commu-{cid}\"}}"),
     ] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
+    // Sampled at the scrape: the connection of the socket above.
+    let sampled = |name: &str| -> f64 {
+        let line = text.lines().find(|l| l.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("no {name}"));
+        line.split(' ').nth(1).unwrap().parse().unwrap()
+    };
+    assert!(sampled("baton_transports") >= 1.0, "{text}");
+    assert_eq!(sampled("baton_transports_polling"), 0.0, "a WebSocket client");
 }

@@ -163,7 +163,7 @@ pub struct Config {
     /// Redis Cluster: `redis-cluster://host1:port?node=host2:port&node=host3:port`; a
     /// master behind Sentinels:
     /// `redis-sentinel://sentinel1:26379?sentinelServiceName=NAME&node=sentinel2:26379`
-    /// (docs/redis.md; TLS is not supported yet).
+    /// (`rediss…` for TLS; docs/redis.md).
     #[arg(long, env = "REDIS_URL", global = true, hide_env_values = true)]
     pub redis_url: Option<String>,
 

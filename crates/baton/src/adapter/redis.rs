@@ -346,18 +346,21 @@ impl RedisLink {
     }
 }
 
-/// The schemes of the topologies baton supports (docs/redis.md). fred takes others
-/// it cannot honour in this build without a word: `rediss://` connected in plain
-/// text (no TLS support is compiled in), an unknown scheme as `redis://`.
+/// The schemes of the topologies baton supports (docs/redis.md), in plain text or
+/// TLS (`rediss…`: rustls, the system's root certificates, or `SSL_CERT_FILE`'s).
+/// fred takes any other scheme as `redis://` without a word.
 fn check_scheme(url: &str) -> anyhow::Result<()> {
     let scheme = url.split_once("://").map(|(scheme, _)| scheme).unwrap_or_default();
-    match scheme {
-        "redis" | "redis-cluster" | "redis-sentinel" | "valkey" | "valkey-cluster" | "valkey-sentinel" => Ok(()),
-        s if s.starts_with("rediss") || s.starts_with("valkeys") => {
-            anyhow::bail!("REDIS_URL {s}://...: TLS to Redis is not supported by this build of baton (docs/redis.md)")
-        }
+    let topology = scheme
+        .strip_prefix("rediss")
+        .or_else(|| scheme.strip_prefix("redis"))
+        .or_else(|| scheme.strip_prefix("valkeys"))
+        .or_else(|| scheme.strip_prefix("valkey"));
+    match topology {
+        Some("" | "-cluster" | "-sentinel") => Ok(()),
         _ => anyhow::bail!(
-            "REDIS_URL must start with redis://, redis-cluster:// or redis-sentinel:// (docs/redis.md), not {:?}",
+            "REDIS_URL must start with redis://, redis-cluster:// or redis-sentinel:// (rediss… for TLS; \
+             docs/redis.md), not {:?}",
             crate::config::redact_url(url)
         ),
     }
@@ -610,8 +613,10 @@ mod tests {
         for ok in ["redis://h:6379", "redis-cluster://h:1?node=h:2", "redis-sentinel://s:26379?sentinelServiceName=m"] {
             assert!(check_scheme(ok).is_ok(), "{ok}");
         }
-        let tls = check_scheme("rediss://h:6380").unwrap_err().to_string();
-        assert!(tls.contains("TLS"), "{tls}");
+        for tls in ["rediss://h:6380", "rediss-cluster://h:1", "rediss-sentinel://s:26379?sentinelServiceName=m"] {
+            assert!(check_scheme(tls).is_ok(), "{tls}");
+        }
+        assert!(check_scheme("redis-clusters://h:1").is_err());
         let other = check_scheme("http://:secret@h:6379").unwrap_err().to_string();
         assert!(other.contains("redis-cluster://") && !other.contains("secret"), "{other}");
         assert!(check_scheme("h:6379").is_err());

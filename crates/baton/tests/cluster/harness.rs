@@ -70,6 +70,9 @@ pub enum Topology {
     Standalone,
     Cluster,
     Sentinel,
+    /// One Redis that speaks TLS only (`rediss://`), its CA given to the instances
+    /// as `SSL_CERT_FILE`.
+    Tls,
 }
 
 impl Topology {
@@ -78,7 +81,8 @@ impl Topology {
             Err(_) | Ok("") | Ok("standalone") => Topology::Standalone,
             Ok("cluster") => Topology::Cluster,
             Ok("sentinel") => Topology::Sentinel,
-            Ok(other) => panic!("BATON_TEST_REDIS={other}: standalone, cluster or sentinel"),
+            Ok("tls") => Topology::Tls,
+            Ok(other) => panic!("BATON_TEST_REDIS={other}: standalone, cluster, sentinel or tls"),
         }
     }
 }
@@ -110,6 +114,7 @@ impl Redis {
             Topology::Standalone => return Self::start_on(free_port(), extra).await,
             Topology::Cluster => ("cluster", ports(12)),
             Topology::Sentinel => ("sentinel", ports(5)),
+            Topology::Tls => ("tls", ports(1)),
         };
         assert!(extra.is_empty(), "extra redis-server arguments are for a standalone server");
         let dir = tempfile::tempdir().unwrap();
@@ -162,6 +167,11 @@ impl Redis {
             None => format!("redis://127.0.0.1:{}", self.port),
             Some(dir) => std::fs::read_to_string(dir.path().join("url")).unwrap().trim().to_owned(),
         }
+    }
+
+    /// The CA that signed a TLS topology's certificate.
+    pub fn ca_file(&self) -> Option<std::path::PathBuf> {
+        self.dir.as_ref().map(|dir| dir.path().join("ca.pem")).filter(|ca| ca.exists())
     }
 
     /// The redis-servers' ports (a standalone server's alone).
@@ -510,6 +520,10 @@ impl Cluster {
             .env("BATON_CHAT_RATE", "1000")
             .env("BATON_CHAT_BURST", "1000")
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        if let Some(ca) = self.redis.ca_file() {
+            // rustls-native-certs reads the trusted roots from it.
+            command.env("SSL_CERT_FILE", ca);
+        }
         for (key, value) in &self.env {
             command.env(key, value);
         }

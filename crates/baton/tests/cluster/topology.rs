@@ -209,3 +209,23 @@ async fn topology_redis_cluster_one_shard_muted_is_caught_by_the_delivery_probe(
         readyz.summary(fault, healed)
     );
 }
+
+/// A Redis that speaks TLS only (`rediss://`, the instances trusting its CA through
+/// `SSL_CERT_FILE`): the cluster runs on it as on any other, and the delivery
+/// probe finds it delivering (both instances stay ready).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_redis_over_tls_carries_the_cluster() {
+    let cluster = Cluster::start_with(2, on(Topology::Tls, false)).await;
+    assert!(cluster.redis.url().starts_with("rediss://"), "{}", cluster.redis.url());
+    let mut t = Traffic::start(&cluster, 4).await;
+    let readyz = Readyz::watch(&cluster);
+    let start = Instant::now();
+    t.rounds(4).await;
+    let (there, back) = resumed_both_ways(&mut t, start).await;
+    let end = Instant::now();
+    assert!(readyz.always(0, 200, start, end) && readyz.always(1, 200, start, end), "{}", readyz.summary(start, end));
+    let report = t.check().await;
+    println!(
+        "topology redis over tls figures: {report}, live delivery 0 to 1 and 1 to 0 seen within {there:?} and {back:?}"
+    );
+}

@@ -39,81 +39,58 @@ async fn resumed_both_ways(t: &mut Traffic, fault: Instant) -> (Duration, Durati
     (there, back)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn topology_redis_cluster_master_killed_under_traffic() {
-    let cluster = Cluster::start_with(2, on(Topology::Cluster, false)).await;
-    let mut t = Traffic::start(&cluster, 4).await;
-    let readyz = Readyz::watch(&cluster);
+/// Members chat on a two-instance cluster while `fault` breaks its Redis (at the
+/// start of the fault, then for 3 s); the checker runs once it is over. Returns
+/// the figures' line: the checker's report, when delivery resumed each way (from
+/// the fault), what /readyz said.
+async fn fault_under_traffic(cluster: &Cluster, fault: impl Future<Output = ()>) -> String {
+    let mut t = Traffic::start(cluster, 4).await;
+    let readyz = Readyz::watch(cluster);
     t.rounds(2).await;
-    let slot = cluster.redis.slot_of(WRITTEN).await;
-    let master = cluster.redis.master_of(slot).await;
-    let fault = Instant::now();
-    cluster.redis.kill_server(master);
+    let at = Instant::now();
+    fault.await;
     t.during_fault = true;
-    let (there, back) = resumed_both_ways(&mut t, fault).await;
+    let (there, back) = resumed_both_ways(&mut t, at).await;
     let healed = Instant::now();
     t.rounds_while(Duration::from_secs(3), Duration::from_secs(3), || true).await;
     t.during_fault = false;
-    let promoted = cluster.redis.master_of(slot).await;
-    assert_ne!(promoted, master, "a replica took the slot over");
     t.rounds(2).await;
     let report = t.check().await;
-    println!(
-        "topology redis cluster master killed figures: {report}, cross-instance delivery resumed {there:?} (0 to 1) \
-         and {back:?} (1 to 0) after the kill of the master of slot {slot}, /readyz said {}",
-        readyz.summary(fault, healed)
-    );
+    format!(
+        "{report}, cross-instance delivery resumed {there:?} (0 to 1) and {back:?} (1 to 0) after the fault, \
+         /readyz said {}",
+        readyz.summary(at, healed)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_redis_cluster_master_killed_under_traffic() {
+    let cluster = Cluster::start_with(2, on(Topology::Cluster, false)).await;
+    let slot = cluster.redis.slot_of(WRITTEN).await;
+    let master = cluster.redis.master_of(slot).await;
+    let figures = fault_under_traffic(&cluster, async { cluster.redis.kill_server(master) }).await;
+    assert_ne!(cluster.redis.master_of(slot).await, master, "a replica took the slot over");
+    println!("topology redis cluster master killed figures: the master of slot {slot} killed: {figures}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topology_redis_cluster_slot_migrated_under_traffic() {
     let cluster = Cluster::start_with(2, on(Topology::Cluster, false)).await;
-    let mut t = Traffic::start(&cluster, 4).await;
-    let readyz = Readyz::watch(&cluster);
-    t.rounds(2).await;
     let slot = cluster.redis.slot_of(WRITTEN).await;
     let from = cluster.redis.master_of(slot).await;
     let to = *cluster.redis.masters().await.iter().find(|m| **m != from).unwrap();
-    let fault = Instant::now();
-    cluster.redis.migrate_slot(slot, to).await;
-    t.during_fault = true;
-    let (there, back) = resumed_both_ways(&mut t, fault).await;
-    let healed = Instant::now();
-    t.rounds_while(Duration::from_secs(3), Duration::from_secs(3), || true).await;
-    t.during_fault = false;
+    let figures = fault_under_traffic(&cluster, cluster.redis.migrate_slot(slot, to)).await;
     assert_eq!(cluster.redis.master_of(slot).await, to, "the slot moved");
-    t.rounds(2).await;
-    let report = t.check().await;
-    println!(
-        "topology redis cluster slot migrated figures: {report}, cross-instance delivery resumed {there:?} (0 to 1) \
-         and {back:?} (1 to 0) after slot {slot} moved, /readyz said {}",
-        readyz.summary(fault, healed)
-    );
+    println!("topology redis cluster slot migrated figures: slot {slot} moved: {figures}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topology_sentinel_master_killed_under_traffic() {
     let cluster = Cluster::start_with(2, on(Topology::Sentinel, false)).await;
-    let mut t = Traffic::start(&cluster, 4).await;
-    let readyz = Readyz::watch(&cluster);
-    t.rounds(2).await;
     let master = cluster.redis.sentinel_master().await;
-    let fault = Instant::now();
-    cluster.redis.kill_server(master);
-    t.during_fault = true;
-    let (there, back) = resumed_both_ways(&mut t, fault).await;
-    let healed = Instant::now();
-    t.rounds_while(Duration::from_secs(3), Duration::from_secs(3), || true).await;
-    t.during_fault = false;
-    let promoted = cluster.redis.sentinel_master().await;
-    assert_ne!(promoted, master, "the Sentinels promoted the replica");
-    t.rounds(2).await;
-    let report = t.check().await;
-    println!(
-        "topology sentinel master killed figures: {report}, cross-instance delivery resumed {there:?} (0 to 1) and \
-         {back:?} (1 to 0) after the kill, /readyz said {}",
-        readyz.summary(fault, healed)
-    );
+    let figures = fault_under_traffic(&cluster, async { cluster.redis.kill_server(master) }).await;
+    assert_ne!(cluster.redis.sentinel_master().await, master, "the Sentinels promoted the replica");
+    println!("topology sentinel master killed figures: the master killed: {figures}");
 }
 
 /// One instance's subscriptions deliver nothing while its connections look healthy:

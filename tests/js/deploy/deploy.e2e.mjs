@@ -487,6 +487,13 @@ test(`1,000 clients through ${[...PHASES].join(", ")} lose nothing (Redis ${REDI
         assert.ok(!t.killedAtGraceEnd && t.goneAfterMs < pod.graceMs, `${name}: ${t.name} exited within its grace period`);
         assert.ok(t.healthzChecks > 0, `${name}: ${t.name}'s /healthz was checked`);
         assert.deepEqual(t.healthzFailures, [], `${name}: ${t.name}'s /healthz answered 200 while it ran`);
+        // After its drain the process closes its port and exits: the kubelet's
+        // liveness probe gives up only after failureThreshold x periodSeconds.
+        const patience = pod.liveness.periodMs * pod.liveness.failureThreshold;
+        assert.ok(
+          t.healthzAtExit.spanMs < patience,
+          `${name}: ${t.name} exited within ${patience} ms of its last /healthz 200 (${JSON.stringify(t.healthzAtExit)})`,
+        );
       }
     }
 

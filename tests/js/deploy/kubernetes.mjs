@@ -179,14 +179,24 @@ export class Deployment {
     if (!pid || !alive(pid)) throw new Error(`${name} is not running`);
 
     // The liveness endpoint, polled more often than the probe would, while the
-    // process lives: it must answer 200 throughout.
+    // process lives: it must answer 200 throughout the drain. Once the drain is
+    // over the process closes its port and exits: the checks that fail then, with
+    // no 200 after them, are its exit (result.healthzAtExit), which the caller
+    // holds to be shorter than the liveness probe's patience; a failure followed
+    // by a 200 is a failure (result.healthzFailures).
     let watching = true;
+    let trailing = [];
     const watch = (async () => {
       while (watching && alive(pid)) {
         const code = await status(ops.urlOf(name) + pod.liveness.path, pod.liveness.timeoutMs);
         if (!alive(pid)) break;
         result.healthzChecks += 1;
-        if (code !== 200) result.healthzFailures.push([Date.now() - start, code]);
+        if (code !== 200) {
+          trailing.push([Date.now() - start, code]);
+        } else {
+          result.healthzFailures.push(...trailing);
+          trailing = [];
+        }
         await sleep(250);
       }
     })();
@@ -233,6 +243,11 @@ export class Deployment {
     clearTimeout(killer);
     watching = false;
     await watch;
+    result.healthzAtExit = {
+      failures: trailing.length,
+      // From the first unanswered check to the exit.
+      spanMs: trailing.length ? result.goneAfterMs - trailing[0][0] : 0,
+    };
     this.pods.delete(name);
     return result;
   }

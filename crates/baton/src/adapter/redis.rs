@@ -24,6 +24,9 @@
 //! - creating a namespace subscribes to three channels; while Redis is down that
 //!   hung the first connect to the namespace. `subscribe` here never waits for an
 //!   unreachable Redis: it registers the channel and subscribes when Redis is back.
+//! - fred ends a client's routing task for good on an error it does not recover
+//!   from, and every later command waits for ever: [`keep_connecting`] starts it
+//!   again.
 //! - pub/sub drops silently (fred's broadcast channel, the adapter's queue, Redis's
 //!   output buffer): drops seen here are counted in `baton_pubsub_dropped_total`; the
 //!   eventSeq gaps and the `position` emit are what let clients repair them.
@@ -86,6 +89,8 @@ pub struct Health {
     silent_pubsub: AtomicU32,
     /// The delivery probe's last verdict (`probe.rs`); true until it has one.
     delivering: AtomicBool,
+    /// Set by [`RedisLink::quit`]: the clients' connection tasks end for good.
+    quitting: AtomicBool,
 }
 
 /// How long a burst of reconnects or slot changes is let settle before the
@@ -165,9 +170,10 @@ impl RedisLink {
             silent: AtomicU32::new(0),
             silent_pubsub: AtomicU32::new(0),
             delivering: AtomicBool::new(true),
+            quitting: AtomicBool::new(false),
         });
-        commands.connect();
-        subscriber.connect();
+        let commands_task = commands.connect();
+        let subscriber_task = subscriber.connect();
         let up = tokio::time::timeout(timeout * 3, async {
             commands.wait_for_connect().await.is_ok() && subscriber.wait_for_connect().await.is_ok()
         })
@@ -178,6 +184,14 @@ impl RedisLink {
             tracing::warn!(redis = %crate::config::redact_url(url), "redis is unreachable at start; serving local clients until it answers");
         }
         let driver = ResilientDriver::start(subscriber, commands.clone(), health.clone(), timeout);
+        tokio::spawn(keep_connecting(commands.clone(), commands_task, health.clone(), None));
+        let resubscribe = Arc::downgrade(&driver.inner);
+        tokio::spawn(keep_connecting(
+            driver.inner.subscriber.clone(),
+            subscriber_task,
+            health.clone(),
+            Some(resubscribe),
+        ));
         Ok(Self { commands, prefix: prefix.to_owned(), timeout, health, driver })
     }
 
@@ -341,6 +355,7 @@ impl RedisLink {
     }
 
     pub async fn quit(&self) {
+        self.health.quitting.store(true, Ordering::SeqCst);
         let _ = tokio::time::timeout(self.timeout, self.commands.quit()).await;
         let _ = tokio::time::timeout(self.timeout, self.driver.inner.subscriber.quit()).await;
     }
@@ -363,6 +378,41 @@ fn check_scheme(url: &str) -> anyhow::Result<()> {
              docs/redis.md), not {:?}",
             crate::config::redact_url(url)
         ),
+    }
+}
+
+/// Keeps a client's connection task running. fred ends it, for good, on an error
+/// its router does not recover from (a Redis Cluster's `ASK` redirection that ran
+/// out of attempts while a slot was being migrated ended it in a test), and every
+/// command then waits for ever: nothing reconnects, whatever the policy. Here the
+/// task is started again (after a pause, so that a task that keeps failing does
+/// not spin), and for the subscriber every channel is subscribed again, until
+/// [`RedisLink::quit`].
+async fn keep_connecting<C: ClientLike + Clone>(
+    client: C,
+    mut task: tokio::task::JoinHandle<FredResult<()>>,
+    health: Arc<Health>,
+    resubscribe: Option<std::sync::Weak<DriverInner>>,
+) {
+    loop {
+        let ended = (&mut task).await;
+        if health.quitting.load(Ordering::SeqCst) {
+            return;
+        }
+        let why = match ended {
+            Ok(Ok(())) => "it ended".to_owned(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(client = client.id(), error = %why, "a redis client's connection task ended: starting it again");
+        metrics::counter!(m::REDIS_RECONNECTS).increment(1);
+        tokio::time::sleep(Duration::from_millis(RECONNECT_MAX_DELAY_MS.into())).await;
+        task = client.connect();
+        if let Some(inner) = resubscribe.as_ref().and_then(std::sync::Weak::upgrade)
+            && tokio::time::timeout(inner.timeout * 4, client.wait_for_connect()).await.is_ok_and(|r| r.is_ok())
+        {
+            ResilientDriver { inner }.resubscribe().await;
+        }
     }
 }
 

@@ -203,12 +203,7 @@ impl Redis {
     pub async fn spublishes(&self) -> u64 {
         let mut total = 0;
         for port in self.masters().await {
-            total += cli(port, &["info", "commandstats"])
-                .await
-                .lines()
-                .filter(|l| l.starts_with("cmdstat_spublish:"))
-                .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
-                .sum::<u64>();
+            total += self.calls(port, "spublish").await;
         }
         total
     }
@@ -265,6 +260,13 @@ impl Redis {
     /// Moves one slot, with its keys, from its master to the master on `to`, the
     /// way `redis-cli --cluster reshard` does (IMPORTING, MIGRATING, MIGRATE, NODE).
     pub async fn migrate_slot(&self, slot: u16, to: u16) {
+        self.migrate_slot_holding(slot, to, Duration::ZERO).await;
+    }
+
+    /// [`Redis::migrate_slot`], holding the slot half-moved for `hold` once its keys
+    /// are on `to`: meanwhile the old master answers a command on them with `ASK`,
+    /// which a client must follow (`ASKING`, then the command, on `to`).
+    pub async fn migrate_slot_holding(&self, slot: u16, to: u16, hold: Duration) {
         let from = self.master_of(slot).await;
         assert_ne!(from, to, "slot {slot} is on {to} already");
         let id = |port| async move { cli(port, &["cluster", "myid"]).await.trim().to_owned() };
@@ -282,9 +284,21 @@ impl Redis {
             args.extend(keys);
             cli(from, &args).await;
         }
+        tokio::time::sleep(hold).await;
         for port in self.masters().await {
             cli(port, &["cluster", "setslot", &slot_arg, "node", &to_id]).await;
         }
+    }
+
+    /// How many times a command was called on the server on `port`, from `INFO
+    /// commandstats` (e.g. `asking`: redirections a client followed there).
+    pub async fn calls(&self, port: u16, command: &str) -> u64 {
+        let prefix = format!("cmdstat_{command}:");
+        cli(port, &["info", "commandstats"])
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.split("calls=").nth(1)?.split(',').next()?.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Makes the cluster's master on `master` announce `port` as its own (its bus

@@ -84,6 +84,42 @@ async fn topology_redis_cluster_slot_migrated_under_traffic() {
     println!("topology redis cluster slot migrated figures: slot {slot} moved: {figures}");
 }
 
+/// The slot of the registry of live instances, which every instance reads every
+/// probe round, held half-moved for 3 s: the old master answers `ASK` for the key
+/// it gave away, and the instances follow it (`ASKING` is counted on the new
+/// master) without a failed command (`baton_redis_errors_total` unchanged) or a
+/// moment unready; the checker finds nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_redis_cluster_ask_redirections_during_a_migration_are_followed() {
+    let cluster = Cluster::start_with(2, on(Topology::Cluster, false)).await;
+    let slot = cluster.redis.slot_of("baton:instances").await;
+    let from = cluster.redis.master_of(slot).await;
+    let to = *cluster.redis.masters().await.iter().find(|m| **m != from).unwrap();
+    let errors = || async {
+        let mut total = 0.0;
+        for i in 0..2 {
+            let text = reqwest::get(format!("{}/metrics", cluster.base(i))).await.unwrap().text().await.unwrap();
+            total += text
+                .lines()
+                .find_map(|l| l.strip_prefix("baton_redis_errors_total ")?.parse::<f64>().ok())
+                .unwrap_or(0.0);
+        }
+        total
+    };
+    let (errors_before, asking_before) = (errors().await, cluster.redis.calls(to, "asking").await);
+    let hold = Duration::from_secs(3);
+    let figures = fault_under_traffic(&cluster, cluster.redis.migrate_slot_holding(slot, to, hold)).await;
+    let asked = cluster.redis.calls(to, "asking").await - asking_before;
+    let failed = errors().await - errors_before;
+    assert_eq!(cluster.redis.master_of(slot).await, to, "the slot moved");
+    assert!(asked > 0, "no client was redirected with ASK while slot {slot} was half-moved");
+    assert_eq!(failed, 0.0, "redis commands failed during the migration");
+    println!(
+        "topology redis cluster ask redirections figures: slot {slot} held half-moved {hold:?}, ASKING followed {asked} \
+         times, failed redis commands {failed}: {figures}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topology_sentinel_master_killed_under_traffic() {
     let cluster = Cluster::start_with(2, on(Topology::Sentinel, false)).await;

@@ -94,10 +94,6 @@ impl DeliveryProbe {
         Arc::new(Self { link, me, interval, timeout, state: Mutex::new(state) })
     }
 
-    pub fn interval(&self) -> Duration {
-        self.interval
-    }
-
     /// One round: follows the slots of a Redis Cluster (`RedisLink::follow_slots`),
     /// subscribes to the probe channels of shards not seen before,
     /// judges the rounds so far against `peers` (the other live instances), repairs

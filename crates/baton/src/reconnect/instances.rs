@@ -64,21 +64,23 @@ impl Registry {
 
     /// Other instances silent for longer than [`DEAD_AFTER`].
     pub async fn dead(&self) -> Result<Vec<String>> {
-        let cutoff = (now_ms() - DEAD_AFTER.as_millis() as i64) as f64;
-        let ids: Vec<String> = self
-            .link
-            .run(self.link.commands.zrangebyscore(self.instances(), f64::NEG_INFINITY, cutoff, false, None))
-            .await?;
-        Ok(ids.into_iter().filter(|id| *id != self.id).collect())
+        self.others_beaten_between(f64::NEG_INFINITY, Self::dead_cutoff()).await
     }
 
     /// The other instances that beat within [`DEAD_AFTER`].
     pub async fn live(&self) -> Result<Vec<String>> {
-        let cutoff = (now_ms() - DEAD_AFTER.as_millis() as i64) as f64;
-        let ids: Vec<String> = self
-            .link
-            .run(self.link.commands.zrangebyscore(self.instances(), cutoff, f64::INFINITY, false, None))
-            .await?;
+        self.others_beaten_between(Self::dead_cutoff(), f64::INFINITY).await
+    }
+
+    /// The last beat (Unix ms) of an instance that is just dead now.
+    fn dead_cutoff() -> f64 {
+        (now_ms() - DEAD_AFTER.as_millis() as i64) as f64
+    }
+
+    /// The other instances whose last beat is within `min..=max` (Unix ms).
+    async fn others_beaten_between(&self, min: f64, max: f64) -> Result<Vec<String>> {
+        let ids: Vec<String> =
+            self.link.run(self.link.commands.zrangebyscore(self.instances(), min, max, false, None)).await?;
         Ok(ids.into_iter().filter(|id| *id != self.id).collect())
     }
 
